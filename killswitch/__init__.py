@@ -1,0 +1,1 @@
+"""killswitch: cancel every open order, inside the rate limit, and prove it."""

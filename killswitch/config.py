@@ -1,0 +1,500 @@
+"""Configuration: TOML parsed once into a frozen, typed object.
+
+Every value is checked here, at load time, so the engine never parses a string.
+Errors name the dotted key: ``config error: triggers.pnl.threshold: expected a
+number, got 'abc'``.  Building a :class:`Config` has no side effects; secrets are
+resolved separately by :mod:`killswitch.credentials`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+__all__ = [
+    "CancelAllConfig",
+    "Config",
+    "ConfigError",
+    "ConfirmConfig",
+    "ControlConfig",
+    "DaemonConfig",
+    "ExchangeConfig",
+    "HeaderNames",
+    "HeartbeatTrigger",
+    "LogConfig",
+    "PnlTrigger",
+    "RateLimit",
+    "SignalTrigger",
+    "StateConfig",
+    "Target",
+    "Triggers",
+    "as_dict",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_TERMINAL = ("CANCELLED", "EXECUTED", "EXPIRED", "DISCARDED", "FAILED", "REJECTED")
+
+
+class ConfigError(Exception):
+    """A bad configuration value; ``str()`` is the one line shown to the operator."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class HeaderNames:
+    api_key: str = "X-AUTH-APIKEY"
+    signature: str = "X-AUTH-SIGNATURE"
+    epoch: str = "X-AUTH-EPOCH"
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    base_url: str = "https://coinswitch.co"
+    signing: Literal["ed25519", "hmac-sha256"] = "ed25519"
+    api_key_env: str = "KILLSWITCH_API_KEY"
+    api_secret_env: str = "KILLSWITCH_API_SECRET"  # noqa: S105 - the name of a variable, not a secret
+    cancel_all_path: str = "/trade/api/v2/futures/cancel_all"
+    order_status_path: str = "/trade/api/v2/futures/order"
+    request_timeout: float = 5.0
+    dry_run: bool = False
+    keepalive_interval: float = 10.0
+    headers: HeaderNames = field(default_factory=HeaderNames)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    requests: int
+    per_seconds: float
+    margin: float = 0.5
+
+
+@dataclass(frozen=True)
+class CancelAllConfig:
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(10, 60.0))
+    retry_base: float = 0.2
+    retry_max: float = 10.0
+
+
+@dataclass(frozen=True)
+class Target:
+    exchange: str
+    symbols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConfirmConfig:
+    max_concurrency: int = 64
+    poll_interval: float = 0.25
+    max_poll_interval: float = 5.0
+    deadline: float = 120.0
+    unknown_after: int = 3
+    terminal_statuses: frozenset[str] = frozenset(DEFAULT_TERMINAL)
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
+
+
+@dataclass(frozen=True)
+class SignalTrigger:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class HeartbeatTrigger:
+    enabled: bool = True
+    timeout: float = 10.0
+    arm_on_start: bool = False
+
+
+@dataclass(frozen=True)
+class PnlTrigger:
+    enabled: bool = True
+    path: Path = Path("/var/lib/trading/pnl.json")
+    threshold: float = -5000.0
+    stale_after: float = 30.0
+
+
+@dataclass(frozen=True)
+class Triggers:
+    signal: SignalTrigger = field(default_factory=SignalTrigger)
+    heartbeat: HeartbeatTrigger = field(default_factory=HeartbeatTrigger)
+    pnl: PnlTrigger = field(default_factory=PnlTrigger)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: Path = Path("/run/killswitch/control.sock")
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    path: Path = Path("/var/lib/killswitch/state.db")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    exchange: ExchangeConfig
+    cancel_all: CancelAllConfig
+    targets: tuple[Target, ...]
+    confirm: ConfirmConfig
+    triggers: Triggers
+    control: ControlConfig
+    state: StateConfig
+    log: LogConfig
+    daemon: DaemonConfig
+    source: Path | None = None
+
+
+# --------------------------------------------------------------------------- readers
+
+
+class _Table:
+    """A TOML table being consumed: every key read is ticked off, the rest are unknown."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
+        self._data = data
+        self._prefix = prefix
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}.{name}" if self._prefix else name
+
+    def has(self, name: str) -> bool:
+        return name in self._data
+
+    def raw(self, name: str) -> Any:
+        self._seen.add(name)
+        return self._data[name]
+
+    def table(self, name: str) -> _Table:
+        value = self._data.get(name, {})
+        self._seen.add(name)
+        if not isinstance(value, dict):
+            raise ConfigError(self.key(name), f"expected a table, got {_show(value)}")
+        return _Table(value, self.key(name))
+
+    def finish(self) -> None:
+        for name in self._data:
+            if name not in self._seen:
+                raise ConfigError(self.key(name), "unknown key")
+
+    def string(self, name: str, default: str, *, nonempty: bool = True) -> str:
+        if not self.has(name):
+            return default
+        value = self.raw(name)
+        if not isinstance(value, str):
+            raise ConfigError(self.key(name), f"expected a string, got {_show(value)}")
+        if nonempty and not value.strip():
+            raise ConfigError(self.key(name), "must not be empty")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        if not self.has(name):
+            return default
+        value = self.raw(name)
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(name), f"expected true or false, got {_show(value)}")
+        return value
+
+    def number(
+        self,
+        name: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        positive: bool = False,
+    ) -> float:
+        if not self.has(name):
+            return default
+        value = self.raw(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(self.key(name), f"expected a number, got {_show(value)}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ConfigError(self.key(name), f"expected a finite number, got {_show(value)}")
+        if positive and number <= 0:
+            raise ConfigError(self.key(name), f"must be greater than 0, got {_show(value)}")
+        if minimum is not None and number < minimum:
+            raise ConfigError(self.key(name), f"must be at least {minimum:g}, got {_show(value)}")
+        return number
+
+    def integer(self, name: str, default: int, *, minimum: int = 1) -> int:
+        if not self.has(name):
+            return default
+        value = self.raw(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(self.key(name), f"expected a whole number, got {_show(value)}")
+        if value < minimum:
+            raise ConfigError(self.key(name), f"must be at least {minimum}, got {value}")
+        return value
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        value = self.string(name, default)
+        if value not in options:
+            allowed = ", ".join(f'"{o}"' for o in options)
+            raise ConfigError(self.key(name), f"expected one of {allowed}, got {_show(value)}")
+        return value
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        if not self.has(name):
+            return ()
+        value = self.raw(name)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(self.key(name), f"expected a list of strings, got {_show(value)}")
+        if len(set(value)) != len(value):
+            raise ConfigError(self.key(name), "lists the same entry twice")
+        return tuple(value)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _path(table: _Table, name: str, default: Path, base: Path | None) -> Path:
+    text = table.string(name, str(default))
+    path = Path(text).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return path
+
+
+def _url_path(table: _Table, name: str, default: str) -> str:
+    value = table.string(name, default)
+    if not value.startswith("/"):
+        raise ConfigError(table.key(name), f"must start with '/', got {_show(value)}")
+    return value
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _exchange(t: _Table) -> ExchangeConfig:
+    d = ExchangeConfig()
+    base_url = t.string("base_url", d.base_url).rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(t.key("base_url"), f"expected an http(s) URL, got {_show(base_url)}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            t.key("base_url"), f"http:// is only allowed for loopback hosts, got {parts.hostname!r}"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(t.key("base_url"), "must not carry credentials, a query or a fragment")
+    signing = t.choice("signing", d.signing, ("ed25519", "hmac-sha256"))
+    h = t.table("headers")
+    headers = HeaderNames(
+        api_key=h.string("api_key", d.headers.api_key),
+        signature=h.string("signature", d.headers.signature),
+        epoch=h.string("epoch", d.headers.epoch),
+    )
+    h.finish()
+    return ExchangeConfig(
+        base_url=base_url,
+        signing=signing,  # type: ignore[arg-type]  # checked by choice()
+        api_key_env=t.string("api_key_env", d.api_key_env),
+        api_secret_env=t.string("api_secret_env", d.api_secret_env),
+        cancel_all_path=_url_path(t, "cancel_all_path", d.cancel_all_path),
+        order_status_path=_url_path(t, "order_status_path", d.order_status_path),
+        request_timeout=t.number("request_timeout", d.request_timeout, positive=True),
+        dry_run=t.boolean("dry_run", d.dry_run),
+        keepalive_interval=t.number("keepalive_interval", d.keepalive_interval, positive=True),
+        headers=headers,
+    )
+
+
+def _rate_limit(t: _Table, default: RateLimit) -> RateLimit:
+    limit = RateLimit(
+        requests=t.integer("requests", default.requests),
+        per_seconds=t.number("per_seconds", default.per_seconds, positive=True),
+        margin=t.number("margin", default.margin, minimum=0.0),
+    )
+    t.finish()
+    return limit
+
+
+def _cancel_all(t: _Table) -> CancelAllConfig:
+    d = CancelAllConfig()
+    config = CancelAllConfig(
+        rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
+        retry_base=t.number("retry_base", d.retry_base, positive=True),
+        retry_max=t.number("retry_max", d.retry_max, positive=True),
+    )
+    t.finish()
+    return config
+
+
+def _targets(root: _Table) -> tuple[Target, ...]:
+    if not root.has("targets"):
+        raise ConfigError("targets", "at least one [[targets]] entry is required")
+    raw = root.raw("targets")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("targets", "at least one [[targets]] entry is required")
+    targets: list[Target] = []
+    for index, entry in enumerate(raw):
+        key = f"targets[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(key, f"expected a table, got {_show(entry)}")
+        t = _Table(entry, key)
+        if not t.has("exchange"):
+            raise ConfigError(t.key("exchange"), "is required")
+        target = Target(exchange=t.string("exchange", ""), symbols=t.strings("symbols"))
+        t.finish()
+        if target in targets or any(
+            o.exchange == target.exchange and not (o.symbols and target.symbols) for o in targets
+        ):
+            raise ConfigError(key, f"exchange {target.exchange!r} is targeted twice")
+        targets.append(target)
+    return tuple(targets)
+
+
+def _confirm(t: _Table) -> ConfirmConfig:
+    d = ConfirmConfig()
+    terminal = t.strings("terminal_statuses") or tuple(d.terminal_statuses)
+    poll_interval = t.number("poll_interval", d.poll_interval, positive=True)
+    max_poll_interval = t.number(
+        "max_poll_interval", max(d.max_poll_interval, poll_interval), positive=True
+    )
+    if max_poll_interval < poll_interval:
+        raise ConfigError(t.key("max_poll_interval"), "must be at least poll_interval")
+    config = ConfirmConfig(
+        max_concurrency=t.integer("max_concurrency", d.max_concurrency),
+        poll_interval=poll_interval,
+        max_poll_interval=max_poll_interval,
+        deadline=t.number("deadline", d.deadline, positive=True),
+        unknown_after=t.integer("unknown_after", d.unknown_after),
+        terminal_statuses=frozenset(terminal),
+        rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
+    )
+    t.finish()
+    return config
+
+
+def _triggers(t: _Table, base: Path | None) -> Triggers:
+    s = t.table("signal")
+    signal = SignalTrigger(enabled=s.boolean("enabled", True))
+    s.finish()
+    h = t.table("heartbeat")
+    dh = HeartbeatTrigger()
+    heartbeat = HeartbeatTrigger(
+        enabled=h.boolean("enabled", dh.enabled),
+        timeout=h.number("timeout", dh.timeout, positive=True),
+        arm_on_start=h.boolean("arm_on_start", dh.arm_on_start),
+    )
+    h.finish()
+    p = t.table("pnl")
+    dp = PnlTrigger()
+    pnl = PnlTrigger(
+        enabled=p.boolean("enabled", dp.enabled),
+        path=_path(p, "path", dp.path, base),
+        threshold=p.number("threshold", dp.threshold),
+        stale_after=p.number("stale_after", dp.stale_after, minimum=0.0),
+    )
+    p.finish()
+    t.finish()
+    return Triggers(signal=signal, heartbeat=heartbeat, pnl=pnl)
+
+
+def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config:
+    """Build a :class:`Config` from parsed TOML; relative paths resolve against ``base``."""
+    root = _Table(data, "")
+    exchange_t = root.table("exchange")
+    exchange = _exchange(exchange_t)
+    exchange_t.finish()
+    cancel_all = _cancel_all(root.table("cancel_all"))
+    targets = _targets(root)
+    confirm = _confirm(root.table("confirm"))
+    triggers = _triggers(root.table("triggers"), base)
+
+    c = root.table("control")
+    control = ControlConfig(socket=_path(c, "socket", ControlConfig().socket, base))
+    c.finish()
+    s = root.table("state")
+    state = StateConfig(path=_path(s, "path", StateConfig().path, base))
+    s.finish()
+    lg = root.table("log")
+    log = LogConfig(
+        format=lg.choice("format", "json", ("json", "console")),  # type: ignore[arg-type]
+        level=lg.choice(  # type: ignore[arg-type]
+            "level", "info", ("debug", "info", "warning", "error", "critical")
+        ),
+    )
+    lg.finish()
+    dm = root.table("daemon")
+    daemon = DaemonConfig(shutdown_grace=dm.number("shutdown_grace", 10.0, minimum=0.0))
+    dm.finish()
+    root.finish()
+    if len(str(control.socket).encode()) > 107:
+        raise ConfigError("control.socket", "path is longer than a UNIX socket allows (107 bytes)")
+    return Config(
+        exchange=exchange,
+        cancel_all=cancel_all,
+        targets=targets,
+        confirm=confirm,
+        triggers=triggers,
+        control=control,
+        state=state,
+        log=log,
+        daemon=daemon,
+    )
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the TOML file at ``path``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{str(path)!r} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{str(path)!r} is not valid TOML: {exc}") from None
+    config = parse_config(data, base=path.resolve().parent)
+    return Config(
+        **{f.name: getattr(config, f.name) for f in fields(config) if f.name != "source"},
+        source=path.resolve(),
+    )
+
+
+def as_dict(value: object) -> Any:
+    """The config as plain TOML-like data, for ``check-config`` and ``/status``."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: as_dict(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple | list):
+        return [as_dict(v) for v in value]
+    if isinstance(value, frozenset):
+        return sorted(as_dict(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
+    return value

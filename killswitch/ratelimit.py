@@ -1,0 +1,105 @@
+"""Sliding-window rate limiter (contract §3).
+
+``requests`` per ``per_seconds`` means: in *any* window of ``per_seconds``, at
+most ``requests`` requests leave the daemon.  The limiter keeps a log of send
+times; a request may go when fewer than ``requests`` were sent in the last
+``per_seconds + margin`` seconds.  A full burst is allowed at once.  Waiters are
+served first come, first served.  (aiolimiter's leaky bucket lets ~19 through
+in the first 60 s of a 10/60 s limit, which a strict exchange answers with 429.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from killswitch.clock import Clock
+
+__all__ = ["SlidingWindowLimiter"]
+
+
+class SlidingWindowLimiter:
+    """At most ``requests`` sends in any ``per_seconds`` window, on ``clock``.
+
+    ``history`` seeds the log with earlier send times (monotonic, e.g. restored
+    from the state store after a restart).  ``on_send(monotonic)`` is called for
+    each admitted request (to persist it); ``on_wait(seconds)`` before each wait.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        requests: int,
+        per_seconds: float,
+        clock: Clock,
+        *,
+        margin: float = 0.5,
+        history: Iterable[float] = (),
+        on_send: Callable[[float], None] | None = None,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> None:
+        if requests < 1 or per_seconds <= 0 or margin < 0:
+            raise ValueError("requests >= 1, per_seconds > 0 and margin >= 0 are required")
+        self.name = name
+        self.requests = requests
+        self.window = per_seconds + margin
+        self._clock = clock
+        self._sent: deque[float] = deque(sorted(history)[-requests:], maxlen=requests)
+        self._not_before = 0.0
+        self._turn = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self.on_send = on_send
+        self.on_wait = on_wait
+        self.waits = 0
+
+    def _ready_at(self) -> float:
+        """The earliest monotonic time the next request may be sent."""
+        at = self._not_before
+        if len(self._sent) >= self.requests:
+            at = max(at, self._sent[0] + self.window)
+        return at
+
+    def available(self) -> int:
+        """How many requests could be sent right now without waiting."""
+        now = self._clock.monotonic()
+        if now < self._not_before:
+            return 0
+        return self.requests - sum(1 for t in self._sent if t + self.window > now)
+
+    def next_free_in(self) -> float:
+        """Seconds until a request may be sent (0 when one may go now)."""
+        return max(0.0, self._ready_at() - self._clock.monotonic())
+
+    def history(self) -> list[float]:
+        return list(self._sent)
+
+    def defer_until(self, monotonic: float) -> None:
+        """Send nothing before ``monotonic`` (a server's ``Retry-After``)."""
+        if monotonic > self._not_before:
+            self._not_before = monotonic
+            self._wake.set()
+
+    async def acquire(self) -> float:
+        """Wait for a slot, record the send and return its monotonic time."""
+        async with self._turn:
+            while True:
+                delay = self._ready_at() - self._clock.monotonic()
+                if delay <= 0:
+                    break
+                self.waits += 1
+                if self.on_wait is not None:
+                    self.on_wait(delay)
+                self._wake.clear()
+                sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+                waker = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    waker.cancel()
+            now = self._clock.monotonic()
+            self._sent.append(now)
+            if self.on_send is not None:
+                self.on_send(now)
+            return now
