@@ -1,0 +1,95 @@
+"""The dead-man switch: no heartbeat for ``timeout`` seconds fires a kill.
+
+The deadline is a point on the monotonic clock that each heartbeat moves; the
+watcher sleeps exactly until it (woken early when a heartbeat moves it), checks
+again on waking, and so fires within the loop's timer precision after the
+deadline and never before it.  After firing it stays disarmed until the next
+heartbeat: one kill per loss of heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from killswitch.clock import Clock
+from killswitch.log import get_logger
+
+__all__ = ["DeadManSwitch"]
+
+
+class DeadManSwitch:
+    def __init__(
+        self,
+        timeout: float,
+        clock: Clock,
+        on_timeout: Callable[[float], None],
+        *,
+        enabled: bool = True,
+        armed: bool = False,
+    ) -> None:
+        self.timeout = timeout
+        self.enabled = enabled
+        self.clock = clock
+        self.on_timeout = on_timeout
+        self.last_beat: float | None = None
+        self.deadline: float | None = clock.monotonic() + timeout if armed else None
+        self._armed_at = clock.monotonic() if armed else None
+        self._moved = asyncio.Event()
+        self._log = get_logger()
+        self.beats = 0
+
+    def beat(self) -> None:
+        """A heartbeat arrived: (re-)arm and move the deadline."""
+        now = self.clock.monotonic()
+        self.beats += 1
+        self.last_beat = now
+        self.deadline = now + self.timeout
+        self._moved.set()
+
+    def reconfigure(self, timeout: float, enabled: bool) -> None:
+        """Apply a reloaded config; an armed deadline moves with the new timeout."""
+        self.timeout = timeout
+        self.enabled = enabled
+        if self.deadline is not None:
+            base = self.last_beat if self.last_beat is not None else self._armed_at
+            assert base is not None
+            self.deadline = base + timeout
+        self._moved.set()
+
+    def age(self) -> float | None:
+        """Seconds since the last heartbeat, or None before the first."""
+        if self.last_beat is None:
+            return None
+        return self.clock.monotonic() - self.last_beat
+
+    async def run(self) -> None:
+        """Watch the deadline until cancelled."""
+        while True:
+            deadline = self.deadline if self.enabled else None
+            if deadline is None:
+                self._moved.clear()
+                await self._moved.wait()
+                continue
+            delay = deadline - self.clock.monotonic()
+            if delay > 0:
+                self._moved.clear()
+                sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+                mover = asyncio.ensure_future(self._moved.wait())
+                try:
+                    await asyncio.wait({sleeper, mover}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    mover.cancel()
+                continue
+            # The deadline has passed and no heartbeat moved it: fire once, disarm.
+            base = self.last_beat if self.last_beat is not None else self._armed_at
+            observed = self.clock.monotonic() - base if base is not None else self.timeout
+            self.deadline = None
+            self._log.error(
+                "heartbeat.timeout",
+                age=round(observed, 6),
+                timeout=self.timeout,
+                late_ms=round((self.clock.monotonic() - deadline) * 1000, 3),
+            )
+            self.on_timeout(observed)

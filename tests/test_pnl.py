@@ -1,0 +1,177 @@
+"""The PnL trigger: parsing, edges, staleness and the directory watch."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from killswitch.pnl import PnlMonitor, PnlWatcher, parse_pnl
+from tests.fakes import FakeClock
+
+
+class _Fires:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float | None]] = []
+
+    def __call__(self, why: str, value: float | None) -> None:
+        self.calls.append((why, value))
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [(b'{"pnl": -12.5}', -12.5), (b"42", 42.0), (b' {"pnl": 3, "extra": [1]}\n', 3.0),
+     (b"-0", 0.0), (b'{"pnl": 1e3}', 1000.0)],
+)
+def test_parse_accepts_object_or_bare_number(raw: bytes, value: float) -> None:
+    """A JSON object with numeric pnl, or a bare number; extra fields ignored."""
+    assert parse_pnl(raw) == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"   ", b'{"pnl": NaN}', b"Infinity", b"-Infinity", b'{"pnl": "1"}', b'{"pnl": true}',
+     b'{"pnl": 1', b"garbage", b'{"other": 1}', b"\xff\xfe", b"[1]", b"1e999", b"null"],
+)
+def test_parse_rejects_invalid(raw: bytes) -> None:
+    """NaN, infinities, garbage, partial or empty content raise ValueError."""
+    with pytest.raises(ValueError, match=r"."):
+        parse_pnl(raw)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_parse_arbitrary_bytes_never_crashes(raw: bytes) -> None:
+    """Arbitrary bytes give a finite float or ValueError, nothing else."""
+    try:
+        value = parse_pnl(raw)
+    except ValueError:
+        return
+    assert math.isfinite(value)
+
+
+def test_fires_on_edge_not_level() -> None:
+    """Crossing below fires once; staying below does not; above then below fires again."""
+    fires = _Fires()
+    mon = PnlMonitor(-100.0, 0, FakeClock(), fires)
+    for v in (0.0, -50.0, -100.0, -101.0, -200.0, -150.0):
+        mon.observe(v)
+    assert fires.calls == [("breach", -101.0)]
+    mon.observe(-99.0)
+    mon.observe(-300.0)
+    assert fires.calls == [("breach", -101.0), ("breach", -300.0)]
+
+
+def test_first_valid_reading_below_fires() -> None:
+    """The first valid reading after start counts as an edge."""
+    fires = _Fires()
+    PnlMonitor(-100.0, 0, FakeClock(), fires).observe(-500.0)
+    assert fires.calls == [("breach", -500.0)]
+
+
+def test_after_reset_needs_above_then_below() -> None:
+    """After rearm(), below readings do not fire until one at/above the threshold is seen."""
+    fires = _Fires()
+    mon = PnlMonitor(-100.0, 0, FakeClock(), fires)
+    mon.observe(-500.0)
+    mon.rearm()
+    mon.observe(-600.0)
+    assert len(fires.calls) == 1
+    mon.observe(-100.0)
+    mon.observe(-101.0)
+    assert len(fires.calls) == 2
+
+
+def test_invalid_logged_once_per_distinct_content_and_value_stands() -> None:
+    """Bad content logs pnl.invalid once per distinct content; the last valid value stays."""
+    mon = PnlMonitor(-100.0, 0, FakeClock(), _Fires())
+    mon.observe(10.0)
+    with capture_logs() as logs:
+        mon.invalid("not JSON", b"garbage")
+        mon.invalid("not JSON", b"garbage")
+        mon.invalid("not JSON", b"other garbage")
+    assert [e["event"] for e in logs] == ["pnl.invalid", "pnl.invalid"]
+    assert mon.value == 10.0
+
+
+async def test_stale_fires_once_after_stale_after() -> None:
+    """No valid value for stale_after seconds fires with reason stale, once per episode."""
+    clock = FakeClock()
+    fires = _Fires()
+    mon = PnlMonitor(-100.0, 30.0, clock, fires)
+    mon.observe(5.0)
+    await clock.advance(29.9)
+    mon.check_stale()
+    assert fires.calls == []
+    await clock.advance(0.2)
+    mon.check_stale()
+    mon.check_stale()
+    assert fires.calls == [("stale", 5.0)]
+    mon.observe(6.0)
+    await clock.advance(31)
+    mon.check_stale()
+    assert len(fires.calls) == 2
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def _until(predicate: object, timeout: float = 5.0) -> None:
+    assert callable(predicate)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.002)
+
+
+@pytest.mark.parametrize("backend", ["inotify", "poll"])
+async def test_watcher_sees_renames_and_survives_garbage(tmp_path: Path, backend: str) -> None:
+    """Atomic renames are seen (inotify and poll); garbage logs pnl.invalid, no fire."""
+    path = tmp_path / "pnl.json"
+    _write_atomically(path, '{"pnl": 100}')
+    fires = _Fires()
+    mon = PnlMonitor(-100.0, 0, FakeClock(), fires)
+    watcher = PnlWatcher(path, mon, poll_interval=0.01)
+    if backend == "poll":
+        watcher._inotify_loop = _no_inotify  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        task = asyncio.create_task(watcher.run())
+        await _until(lambda: mon.value == 100)
+        await _until(lambda: watcher.backend == backend)
+        _write_atomically(path, "garbage")
+        await _until(lambda: any(e["event"] == "pnl.invalid" for e in logs))
+        _write_atomically(path, '{"pnl": 50}')
+        await _until(lambda: mon.value == 50)
+        assert fires.calls == []
+        _write_atomically(path, '{"pnl": -150}')
+        await _until(lambda: bool(fires.calls))
+        task.cancel()
+    assert fires.calls == [("breach", -150.0)]
+    assert mon.value == -150.0
+
+
+async def _no_inotify() -> bool:
+    return False
+
+
+async def test_watcher_missing_file_then_created(tmp_path: Path) -> None:
+    """A missing file is pnl.invalid; once written, it is read."""
+    path = tmp_path / "pnl.json"
+    mon = PnlMonitor(-100.0, 0, FakeClock(), _Fires())
+    with capture_logs() as logs:
+        task = asyncio.create_task(PnlWatcher(path, mon).run())
+        await _until(lambda: any(e.get("problem") == "missing" for e in logs))
+        _write_atomically(path, "7")
+        await _until(lambda: mon.value == 7)
+        task.cancel()
