@@ -1,0 +1,85 @@
+"""The state store: what a crash must not lose."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from killswitch.store import StateStore
+
+
+def _open(path: Path) -> StateStore:
+    store = StateStore(path)
+    store.open()
+    return store
+
+
+def test_unfinished_kill_survives_reopen(tmp_path: Path) -> None:
+    """A kill with one acked sweep and order statuses is read back as unfinished."""
+    db = tmp_path / "state.db"
+    store = _open(db)
+    store.start_kill("k1", "signal", "SIGUSR1", 100.0, [("EX", None), ("EX2", "BTCUSDT")])
+    store.sweep_acked("k1", "EX", None, ["a", "b", "c"], 101.0)
+    store.order_status("k1", "a", "CANCELLED", 102.0)
+    store.order_status("k1", "b", "CANCELLATION_RAISED", 102.0)
+    store.close()
+
+    again = _open(db)
+    assert again.latch() == (True, "k1")
+    kill = again.unfinished_kill()
+    assert kill is not None
+    assert (kill.kill_id, kill.source, kill.reason) == ("k1", "signal", "SIGUSR1")
+    assert {(s.exchange, s.symbol, s.acked) for s in kill.sweeps} == {
+        ("EX", None, True),
+        ("EX2", "BTCUSDT", False),
+    }
+    assert kill.orders == {"a": "CANCELLED", "b": "CANCELLATION_RAISED", "c": ""}
+    again.close()
+
+
+def test_completed_kill_is_not_unfinished_but_latch_stays(tmp_path: Path) -> None:
+    """complete_kill ends it; the latch stays set until set_latch(False)."""
+    store = _open(tmp_path / "s.db")
+    store.start_kill("k1", "manual", "test", 1.0, [("EX", None)])
+    store.complete_kill("k1", 2.0, {"cancelled": 3})
+    assert store.unfinished_kill() is None
+    last = store.last_kill()
+    assert last is not None and last.summary == {"cancelled": 3}
+    assert store.latch()[0] is True
+    store.set_latch(False)
+    assert store.latch()[0] is False
+    store.close()
+
+
+def test_recent_sends_prunes_old_rows(tmp_path: Path) -> None:
+    """Send times older than the window are dropped; recent ones come back in order."""
+    store = _open(tmp_path / "s.db")
+    for t in (10.0, 50.0, 70.0, 65.0):
+        store.record_send("cancel_all", t)
+    store.record_send("order_status", 69.0)
+    assert store.recent_sends("cancel_all", 60.0) == [65.0, 70.0]
+    store.close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("SELECT count(*) FROM sends WHERE endpoint='cancel_all'").fetchone() == (2,)
+    db.close()
+
+
+def test_wal_mode_and_private_file(tmp_path: Path) -> None:
+    """The database runs in WAL mode and is readable by its owner only."""
+    path = tmp_path / "s.db"
+    _open(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
+    assert path.stat().st_mode & 0o077 == 0
+
+
+async def test_flush_waits_for_queued_writes(tmp_path: Path) -> None:
+    """Writes are queued (the caller does not wait); flush() makes them visible."""
+    store = _open(tmp_path / "s.db")
+    for i in range(200):
+        store.record_send("order_status", float(i))
+    await store.flush()
+    assert len(store.recent_sends("order_status", 0.0)) == 200
+    assert store.errors == []
+    store.close()
