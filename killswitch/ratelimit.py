@@ -45,7 +45,12 @@ class SlidingWindowLimiter:
         self.requests = requests
         self.window = per_seconds + margin
         self._clock = clock
-        self._sent: deque[float] = deque(sorted(history)[-requests:], maxlen=requests)
+        # A send cannot lie in the future: a restored time later than now (a clock from
+        # before a reboot, a skewed conversion) counts as now, so it holds one window, not
+        # until that clock comes round again.
+        now = clock.monotonic()
+        seeded = sorted(min(t, now) for t in history)[-requests:]
+        self._sent: deque[float] = deque(seeded, maxlen=requests)
         self._not_before = 0.0
         self._turn = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -75,9 +80,16 @@ class SlidingWindowLimiter:
         return list(self._sent)
 
     def defer_until(self, monotonic: float) -> None:
-        """Send nothing before ``monotonic`` (a server's ``Retry-After``)."""
-        if monotonic > self._not_before:
-            self._not_before = monotonic
+        """Send nothing before ``monotonic`` (a server's ``Retry-After``).
+
+        Only ever pushes later.  A waiter is woken (to re-plan and report its longer
+        wait) only when this moves the next send later than it already was.
+        """
+        if monotonic <= self._not_before:
+            return
+        later = monotonic > self._ready_at()
+        self._not_before = monotonic
+        if later:
             self._wake.set()
 
     async def acquire(self) -> float:

@@ -85,9 +85,7 @@ class KillRecord:
 class StateStore:
     """Durable state.  Construct, then :meth:`open`; every write is queued."""
 
-    def __init__(
-        self, path: Path, on_error: Callable[[BaseException], None] | None = None
-    ) -> None:
+    def __init__(self, path: Path, on_error: Callable[[BaseException], None] | None = None) -> None:
         self.path = path
         self.on_error = on_error  # called from the writer thread
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="killswitch-store")

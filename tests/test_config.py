@@ -53,7 +53,10 @@ def test_demo_config_loads() -> None:
         (_with(exchange={"dry_run": "yes"}), "exchange.dry_run"),
         (_with(exchange={"bogus": 1}), "exchange.bogus"),
         (_with(cancel_all={"rate_limit": {"requests": 0}}), "cancel_all.rate_limit.requests"),
-        (_with(cancel_all={"rate_limit": {"per_seconds": -1}}), "cancel_all.rate_limit.per_seconds"),
+        (
+            _with(cancel_all={"rate_limit": {"per_seconds": -1}}),
+            "cancel_all.rate_limit.per_seconds",
+        ),
         (_with(confirm={"max_concurrency": 1.5}), "confirm.max_concurrency"),
         (_with(confirm={"rate_limit": {"margin": -0.1}}), "confirm.rate_limit.margin"),
         (_with(triggers={"pnl": {"threshold": "abc"}}), "triggers.pnl.threshold"),
@@ -84,7 +87,11 @@ def test_http_allowed_for_loopback_only() -> None:
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "killswitch", *args],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
 
 
@@ -113,8 +120,7 @@ def test_check_config_redacts_secrets(tmp_path: Path) -> None:
     """check-config prints the effective config and never the key or secret."""
     key, secret = "AKIA-very-secret-key", "ab" * 32
     env = {"PATH": "/usr/bin:/bin", "KILLSWITCH_API_KEY": key, "KILLSWITCH_API_SECRET": secret}
-    result = _run_cli("check-config", "--config", str(ROOT / "config" / "killswitch.toml"),
-                      env=env)
+    result = _run_cli("check-config", "--config", str(ROOT / "config" / "killswitch.toml"), env=env)
     assert result.returncode == 0, result.stderr
     effective = json.loads(result.stdout)
     assert effective["exchange"]["api_key_env"] == "KILLSWITCH_API_KEY"

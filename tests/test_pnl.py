@@ -26,8 +26,13 @@ class _Fires:
 
 @pytest.mark.parametrize(
     ("raw", "value"),
-    [(b'{"pnl": -12.5}', -12.5), (b"42", 42.0), (b' {"pnl": 3, "extra": [1]}\n', 3.0),
-     (b"-0", 0.0), (b'{"pnl": 1e3}', 1000.0)],
+    [
+        (b'{"pnl": -12.5}', -12.5),
+        (b"42", 42.0),
+        (b' {"pnl": 3, "extra": [1]}\n', 3.0),
+        (b"-0", 0.0),
+        (b'{"pnl": 1e3}', 1000.0),
+    ],
 )
 def test_parse_accepts_object_or_bare_number(raw: bytes, value: float) -> None:
     """A JSON object with numeric pnl, or a bare number; extra fields ignored."""
@@ -36,8 +41,22 @@ def test_parse_accepts_object_or_bare_number(raw: bytes, value: float) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"   ", b'{"pnl": NaN}', b"Infinity", b"-Infinity", b'{"pnl": "1"}', b'{"pnl": true}',
-     b'{"pnl": 1', b"garbage", b'{"other": 1}', b"\xff\xfe", b"[1]", b"1e999", b"null"],
+    [
+        b"",
+        b"   ",
+        b'{"pnl": NaN}',
+        b"Infinity",
+        b"-Infinity",
+        b'{"pnl": "1"}',
+        b'{"pnl": true}',
+        b'{"pnl": 1',
+        b"garbage",
+        b'{"other": 1}',
+        b"\xff\xfe",
+        b"[1]",
+        b"1e999",
+        b"null",
+    ],
 )
 def test_parse_rejects_invalid(raw: bytes) -> None:
     """NaN, infinities, garbage, partial or empty content raise ValueError."""

@@ -44,7 +44,8 @@ def test_completed_kill_is_not_unfinished_but_latch_stays(tmp_path: Path) -> Non
     store.complete_kill("k1", 2.0, {"cancelled": 3})
     assert store.unfinished_kill() is None
     last = store.last_kill()
-    assert last is not None and last.summary == {"cancelled": 3}
+    assert last is not None
+    assert last.summary == {"cancelled": 3}
     assert store.latch()[0] is True
     store.set_latch(False)
     assert store.latch()[0] is False

@@ -1,0 +1,233 @@
+"""The command line (contract §5).  ``main()`` is sync; the work is async."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from killswitch import __version__
+from killswitch.config import Config, ConfigError, as_dict, load_config
+from killswitch.control import ControlClient, DaemonUnavailable, SocketInUse
+from killswitch.credentials import load_credentials
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def _config(path: str) -> Config:
+    return load_config(Path(path))
+
+
+def _fail(message: str, code: int) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from killswitch.daemon import Daemon
+    from killswitch.log import configure_logging
+
+    try:
+        config = _config(args.config)
+        credentials = load_credentials(config.exchange)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", EXIT_CONFIG)
+    configure_logging(config.log.level, config.log.format)
+    try:
+        return asyncio.run(Daemon(config, credentials).serve())
+    except SocketInUse as exc:
+        return _fail(f"killswitch: {exc}", EXIT_FAIL)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args.config)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", EXIT_CONFIG)
+    effective = as_dict(config)
+    try:
+        load_credentials(config.exchange)
+        effective["credentials"] = "found (values not shown)"
+    except ConfigError as exc:
+        effective["credentials"] = f"NOT USABLE: {exc}"
+    print(json.dumps(effective, indent=2))
+    return EXIT_OK
+
+
+def _control(args: argparse.Namespace) -> ControlClient | int:
+    try:
+        config = _config(args.config)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", EXIT_CONFIG)
+    return ControlClient(config.control.socket)
+
+
+def _call(args: argparse.Namespace, method: str, route: str, body: Any = None) -> tuple[int, Any]:
+    client = _control(args)
+    if isinstance(client, int):
+        return -1, client
+    try:
+        return asyncio.run(client.request(method, route, body))
+    except DaemonUnavailable as exc:
+        return -1, _fail(f"killswitch: {exc}", EXIT_FAIL)
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    status, body = _call(args, "POST", "/trigger", {"reason": args.reason})
+    if status < 0:
+        return int(body)
+    print(f"trigger {body.get('outcome')}: kill {body.get('kill_id')}")
+    return EXIT_OK if status == 202 else EXIT_FAIL
+
+
+def cmd_heartbeat(args: argparse.Namespace) -> int:
+    status, body = _call(args, "POST", "/heartbeat")
+    if status < 0:
+        return int(body)
+    return EXIT_OK if status == 200 else EXIT_FAIL
+
+
+def _age(value: float | None) -> str:
+    return "never" if value is None else f"{value:.3f}s ago"
+
+
+def format_status(s: dict[str, Any]) -> str:
+    rows = [("state", s["state"])]
+    if s.get("progress"):
+        rows.append(
+            ("progress", f"{s['progress']['confirmed']}/{s['progress']['total']} confirmed")
+        )
+    rows.append(
+        (
+            "heartbeat",
+            f"{_age(s.get('heartbeat_age'))} (armed: {s.get('heartbeat_armed')},"
+            f" timeout {s.get('heartbeat_timeout')}s)",
+        )
+    )
+    pnl = s.get("pnl")
+    rows.append(
+        (
+            "pnl",
+            "none yet"
+            if pnl is None
+            else f"{pnl} ({_age(s.get('pnl_age'))}, threshold {s.get('pnl_threshold')})",
+        )
+    )
+    last = s.get("last_kill")
+    if last:
+        rows.append(
+            (
+                "last kill",
+                f"{last.get('kill_id')} by {last.get('source')}: "
+                f"{last.get('cancelled')} cancelled, {last.get('filled')} filled, "
+                f"{last.get('other')} other, {last.get('unknown')} unknown, "
+                f"{last.get('unconfirmed')} unconfirmed in {last.get('duration_ms')} ms",
+            )
+        )
+    else:
+        rows.append(("last kill", "none"))
+    for name, lim in (s.get("rate_limit") or {}).items():
+        rows.append(
+            (
+                f"budget {name}",
+                f"{lim['available']}/{lim['limit']} now, next in {lim['next_free_in']}s",
+            )
+        )
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status, body = _call(args, "GET", "/status")
+    if status < 0:
+        return int(body)
+    print(json.dumps(body, indent=2) if args.json else format_status(body))
+    return EXIT_OK
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    status, body = _call(args, "POST", "/reset")
+    if status < 0:
+        return int(body)
+    if status != 200:
+        return _fail(f"killswitch: reset refused: {body.get('error')}", EXIT_FAIL)
+    print(f"reset: state {body['state']}")
+    return EXIT_OK
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from killswitch.sim import run_sim
+
+    config = _sim_config(args)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_sim(config, args.host, args.port))
+    return EXIT_OK
+
+
+def _sim_config(args: argparse.Namespace) -> Any:
+    from killswitch import sim
+
+    return sim.SimConfig(
+        api_key=os.environ.get("KILLSWITCH_API_KEY", sim.DEMO_API_KEY),
+        api_secret=os.environ.get("KILLSWITCH_API_SECRET", sim.DEMO_API_SECRET),
+        fill_ratio=args.fill_ratio,
+        seed=args.seed,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from killswitch.demo import run_demo
+
+    return asyncio.run(run_demo(orders=args.orders, fill_ratio=args.fill_ratio))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="killswitch",
+        description="Cancel every open order on the exchange, inside its rate limit, and prove it.",
+    )
+    parser.add_argument("--version", action="version", version=f"killswitch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", required=True, metavar="PATH", help="the TOML config file")
+        return p
+
+    with_config("run", "run the daemon in the foreground").set_defaults(fn=cmd_run)
+    with_config("check-config", "validate and print the effective config").set_defaults(
+        fn=cmd_check_config
+    )
+    p = with_config("trigger", "ask the running daemon to kill now")
+    p.add_argument("--reason", default="operator", help="why (logged with the kill)")
+    p.set_defaults(fn=cmd_trigger)
+    with_config("heartbeat", "send one heartbeat").set_defaults(fn=cmd_heartbeat)
+    p = with_config("status", "show state, heartbeat, PnL and the last kill")
+    p.add_argument("--json", action="store_true", help="print the body of GET /status")
+    p.set_defaults(fn=cmd_status)
+    with_config("reset", "re-arm a tripped switch").set_defaults(fn=cmd_reset)
+    p = sub.add_parser("demo", help="run a kill against the built-in simulated exchange")
+    p.add_argument("--orders", type=int, default=300, help="open orders to seed (default 300)")
+    p.add_argument("--fill-ratio", type=float, default=0.02, help="share that fill instead")
+    p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("sim", help="run the simulated exchange alone")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--fill-ratio", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(fn=cmd_sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.fn(args)
+    return code

@@ -1,0 +1,399 @@
+"""The daemon's lifecycle: wire the parts, serve, stop in order.
+
+``serve()`` is the async core (tests await it directly); ``killswitch run``
+wraps it.  Start-up: state restored → limiters seeded from persisted send
+times → exchange connections warm → control socket listening → signal
+handlers → ``daemon.ready`` (and ``READY=1`` to systemd).  Stop: refuse new
+triggers, let a running kill confirm for ``daemon.shutdown_grace`` seconds,
+cancel the rest with a message, flush the store, exit 0.  An exception in any
+watcher is never swallowed: it ends the daemon with status 1, so systemd
+restarts it and the unfinished kill resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from killswitch import __version__
+from killswitch.clock import Clock, SystemClock
+from killswitch.config import Config, ConfigError, RateLimit, load_config
+from killswitch.control import ControlServer
+from killswitch.credentials import Credentials
+from killswitch.exchange import ExchangeClient
+from killswitch.heartbeat import DeadManSwitch
+from killswitch.kill import KillRunner
+from killswitch.log import configure_logging, get_logger, redactor
+from killswitch.metrics import Metrics
+from killswitch.notify import Notifier, watchdog_loop
+from killswitch.pnl import PnlMonitor, PnlWatcher
+from killswitch.ratelimit import SlidingWindowLimiter
+from killswitch.signing import make_signer
+from killswitch.store import StateStore
+from killswitch.switch import KillSwitch, State
+
+__all__ = ["Daemon"]
+
+CANCEL_ALL = "cancel_all"
+ORDER_STATUS = "order_status"
+
+
+class _Stop(Exception):
+    """Raised inside the task group to end it on SIGTERM/SIGINT."""
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        credentials: Credentials,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier.from_env()
+        self.prom = Metrics()
+        self.store = StateStore(config.state.path, on_error=self._store_failed)
+        self._log = get_logger()
+        self._stop = asyncio.Event()
+        self._started = self.clock.monotonic()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
+
+    # ------------------------------------------------------------------ wiring
+
+    def _store_failed(self, exc: BaseException) -> None:
+        # Runs on the store's writer thread: hand the event to the loop.
+        def log() -> None:
+            self._log.critical("store.write_failed", error=type(exc).__name__, detail=str(exc))
+
+        try:
+            self._loop.call_soon_threadsafe(log)
+        except RuntimeError:  # the loop is closed: last resort, log from here
+            log()
+
+    def _limiter(self, endpoint: str, limit: RateLimit) -> SlidingWindowLimiter:
+        now_wall, now_mono = self.clock.time(), self.clock.monotonic()
+        window = limit.per_seconds + limit.margin
+        sent = self.store.recent_sends(endpoint, now_wall - window)
+        # Wall-clock send times from the store, mapped onto this process's monotonic clock.
+        history = [now_mono - max(0.0, now_wall - t) for t in sent]
+        log = self._log
+
+        def on_send(at: float) -> None:
+            self.store.record_send(endpoint, self.clock.time())
+            if endpoint == CANCEL_ALL:
+                log.info("cancel_all.sent")
+
+        def on_wait(seconds: float) -> None:
+            self.prom.ratelimit_waits.labels(endpoint).inc()
+            log.warning("ratelimit.wait", endpoint=endpoint, seconds=round(seconds, 3))
+
+        return SlidingWindowLimiter(
+            endpoint,
+            limit.requests,
+            limit.per_seconds,
+            self.clock,
+            margin=limit.margin,
+            history=history,
+            on_send=on_send,
+            on_wait=on_wait,
+        )
+
+    def _build(self) -> None:
+        cfg = self.config
+        self.cancel_limiter = self._limiter(CANCEL_ALL, cfg.cancel_all.rate_limit)
+        self.status_limiter = self._limiter(ORDER_STATUS, cfg.confirm.rate_limit)
+        self.exchange = ExchangeClient(
+            cfg.exchange,
+            make_signer(cfg.exchange, self.credentials),
+            cancel_limiter=self.cancel_limiter,
+            status_limiter=self.status_limiter,
+            clock=self.clock,
+            status_pool_size=cfg.confirm.max_concurrency,
+        )
+        self.runner = KillRunner(
+            cfg,
+            self.exchange,
+            self.store,
+            self.clock,
+            on_outcome=self._count_request,
+            status_gate=self.status_limiter,
+        )
+        self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
+        hb = cfg.triggers.heartbeat
+        self.deadman = DeadManSwitch(
+            hb.timeout,
+            self.clock,
+            lambda age: self._fire("heartbeat", f"no heartbeat for {age:.3f}s"),
+            enabled=hb.enabled,
+            armed=hb.arm_on_start,
+        )
+        pnl = cfg.triggers.pnl
+        self.pnl = PnlMonitor(
+            pnl.threshold,
+            pnl.stale_after,
+            self.clock,
+            lambda why, value: self._fire("pnl", why if value is None else f"{why}: pnl={value}"),
+        )
+        self.pnl_watcher = PnlWatcher(pnl.path, self.pnl)
+        self.switch.on_reset(self.pnl.rearm)
+        self.control = ControlServer(cfg.control.socket, self)
+        self.prom.watch(
+            heartbeat_age=self.deadman.age,
+            pnl=lambda: self.pnl.value,
+            pnl_age=self.pnl.age,
+            state=lambda: self.switch.state.value,
+            available={
+                CANCEL_ALL: self.cancel_limiter.available,
+                ORDER_STATUS: self.status_limiter.available,
+            },
+        )
+
+    def _count_request(self, endpoint: str, outcome: str) -> None:
+        self.prom.requests.labels(endpoint, outcome).inc()
+
+    def _state_changed(self, state: State, why: str) -> None:
+        if state is State.KILLING:
+            self.prom.kills.labels(why.split(":", 1)[0]).inc()
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        state = self.switch.state
+        if state is State.KILLING:
+            progress = self.switch.progress()
+            if progress is not None:
+                return f"KILLING {progress[0]}/{progress[1]} confirmed"
+            return "KILLING"
+        if state is State.TRIPPED and self.switch.last_kill is not None:
+            return f"TRIPPED by {self.switch.last_kill.get('source', '?')}"
+        return state.value
+
+    def _fire(self, source: str, reason: str) -> None:
+        enabled = {
+            "signal": self.config.triggers.signal.enabled,
+            "heartbeat": self.config.triggers.heartbeat.enabled,
+            "pnl": self.config.triggers.pnl.enabled,
+        }.get(source, True)
+        if not enabled:
+            self._log.info("trigger.disabled", source=source, reason=reason)
+            return
+        outcome = self.switch.trigger(source, reason)
+        self.prom.triggers.labels(source, outcome.value).inc()
+
+    # ------------------------------------------------------------------ control API
+
+    def heartbeat(self) -> None:
+        self.deadman.beat()
+
+    def trigger(self, reason: str) -> dict[str, Any]:
+        outcome = self.switch.trigger("manual", reason)
+        self.prom.triggers.labels("manual", outcome.value).inc()
+        return {"outcome": outcome.value, "kill_id": self.switch.current_kill_id}
+
+    def reset(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.switch.reset()
+        return ok, self.status()
+
+    def status(self) -> dict[str, Any]:
+        progress = self.switch.progress()
+        hb_deadline = self.deadman.deadline
+        return {
+            "state": self.switch.state.value,
+            "kill_id": self.switch.current_kill_id,
+            "progress": None
+            if progress is None
+            else {"confirmed": progress[0], "total": progress[1]},
+            "heartbeat_age": self.deadman.age(),
+            "heartbeat_armed": hb_deadline is not None and self.deadman.enabled,
+            "heartbeat_timeout": self.deadman.timeout,
+            "pnl": self.pnl.value,
+            "pnl_age": self.pnl.age(),
+            "pnl_threshold": self.pnl.threshold,
+            "last_kill": self.switch.last_kill,
+            "rate_limit": {
+                name: {
+                    "available": lim.available(),
+                    "limit": lim.requests,
+                    "next_free_in": round(lim.next_free_in(), 3),
+                }
+                for name, lim in (
+                    (CANCEL_ALL, self.cancel_limiter),
+                    (ORDER_STATUS, self.status_limiter),
+                )
+            },
+            "triggers": {
+                "signal": self.config.triggers.signal.enabled,
+                "heartbeat": self.config.triggers.heartbeat.enabled,
+                "pnl": self.config.triggers.pnl.enabled,
+            },
+            "uptime": round(self.clock.monotonic() - self._started, 3),
+            "pid": os.getpid(),
+            "version": __version__,
+        }
+
+    def metrics(self) -> bytes:
+        return self.prom.render()
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; the latch, heartbeat clock and state stay."""
+        self._notify("RELOADING=1", self.notifier.reloading())
+        try:
+            if self.config.source is None:
+                raise ConfigError("config", "no file to reload from")
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            self._log.error("config.reload_failed", key=exc.key, problem=exc.problem)
+            self._notify("READY=1", self.notifier.ready())
+            return
+        fixed = {
+            "exchange": new.exchange != self.config.exchange,
+            "cancel_all": new.cancel_all != self.config.cancel_all,
+            "confirm.rate_limit": new.confirm.rate_limit != self.config.confirm.rate_limit,
+            "control": new.control != self.config.control,
+            "state": new.state != self.config.state,
+            "triggers.pnl.path": new.triggers.pnl.path != self.config.triggers.pnl.path,
+        }
+        ignored = sorted(k for k, changed in fixed.items() if changed)
+        confirm = replace(new.confirm, rate_limit=self.config.confirm.rate_limit)
+        pnl_cfg = replace(new.triggers.pnl, path=self.config.triggers.pnl.path)
+        triggers = replace(new.triggers, pnl=pnl_cfg)
+        self.config = replace(
+            new,
+            confirm=confirm,
+            triggers=triggers,
+            exchange=self.config.exchange,
+            cancel_all=self.config.cancel_all,
+            control=self.config.control,
+            state=self.config.state,
+        )
+        self.runner.config = self.config
+        self.deadman.reconfigure(triggers.heartbeat.timeout, triggers.heartbeat.enabled)
+        self.pnl.threshold = pnl_cfg.threshold
+        self.pnl.stale_after = pnl_cfg.stale_after
+        configure_logging(self.config.log.level, self.config.log.format)
+        self._log.info("config.reloaded", needs_restart=ignored)
+        self._notify("READY=1", self.notifier.ready())
+        self.notifier.status(self._status_line())
+
+    # ------------------------------------------------------------------ serve
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; 0 on a clean stop."""
+        loop = self._loop = asyncio.get_running_loop()
+        self.store.open()
+        tripped, _ = self.store.latch()
+        unfinished = self.store.unfinished_kill()
+        self._build()
+        self.switch.restore(tripped, self.store.last_kill(), unfinished)
+        self.store.set_clean(False)
+        await self.exchange.start()
+        try:
+            await self.control.start()
+        except BaseException:
+            await self.exchange.close()
+            raise
+        handlers = {
+            signal.SIGUSR1: self._on_sigusr1,
+            signal.SIGTERM: lambda: self._on_stop("SIGTERM"),
+            signal.SIGINT: lambda: self._on_stop("SIGINT"),
+            signal.SIGHUP: self.reload,
+        }
+        for signum, handler in handlers.items():
+            loop.add_signal_handler(signum, handler)
+        try:
+            return await self._serve()
+        finally:
+            for signum in handlers:
+                loop.remove_signal_handler(signum)
+            await self.control.close()
+            await self.exchange.close()
+            await self.store.flush()
+            self.store.close()
+
+    def _on_sigusr1(self) -> None:
+        self._fire("signal", "SIGUSR1")
+
+    def _on_stop(self, why: str) -> None:
+        if not self._stop.is_set():
+            self._log.info("daemon.stop_requested", signal=why)
+        self._stop.set()
+
+    async def _serve(self) -> int:
+        self._log.info(
+            "daemon.ready",
+            state=self.switch.state.value,
+            pid=os.getpid(),
+            version=__version__,
+            targets=len(self.config.targets),
+            control_socket=str(self.config.control.socket),
+            pnl_watch=self.config.triggers.pnl.enabled,
+        )
+        self._notify("READY=1", self.notifier.ready())
+        self.notifier.status(self._status_line())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tasks = {
+                    "switch": tg.create_task(self.switch.run(), name="switch"),
+                    "heartbeat": tg.create_task(self.deadman.run(), name="heartbeat"),
+                }
+                if self.config.triggers.pnl.enabled:
+                    self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
+                tg.create_task(
+                    watchdog_loop(
+                        self.notifier, self._healthy, self.clock, on_failure=self._notify_failed
+                    ),
+                    name="watchdog",
+                )
+                await self._stop.wait()
+                await self._shutdown()
+                raise _Stop
+        except* _Stop:
+            pass
+        self.store.set_clean(True)
+        self._log.info("daemon.stopped")
+        return 0
+
+    def _notify(self, what: str, sent: bool) -> None:
+        if not sent:
+            self._notify_failed(self.notifier.last_error, what)
+
+    def _notify_failed(self, error: OSError | None, what: str = "WATCHDOG=1") -> None:
+        self._log.warning(
+            "notify.failed", message=what, error=None if error is None else str(error)
+        )
+
+    def _healthy(self) -> bool:
+        """The watchdog pings only while every watcher task is still running."""
+        return all(not t.done() for t in self._tasks.values())
+
+    async def _shutdown(self) -> None:
+        self._log.info(
+            "daemon.stopping",
+            state=self.switch.state.value,
+            grace=self.config.daemon.shutdown_grace,
+        )
+        self._notify("STOPPING=1", self.notifier.stopping())
+        finished = await self.switch.drain(self.config.daemon.shutdown_grace)
+        if not finished:
+            progress = self.switch.progress()
+            self._log.warning(
+                "kill.interrupted",
+                kill_id=self.switch.current_kill_id,
+                confirmed=None if progress is None else progress[0],
+                total=None if progress is None else progress[1],
+                note="resumes at the next start",
+            )
+        for name, task in self._tasks.items():
+            task.cancel(f"daemon stopping ({name})")
+        structlog.contextvars.clear_contextvars()

@@ -1,0 +1,187 @@
+"""The switch: an explicit state machine, latched until an operator resets it.
+
+``ARMED`` → (trigger) → ``KILLING`` → (kill.completed) → ``TRIPPED`` → (reset) → ``ARMED``.
+
+Triggers only record intent and wake :meth:`KillSwitch.run`, which owns the
+kill.  A trigger during a kill is coalesced into it; an explicit trigger
+(signal, manual) while tripped starts a new sweep; an automatic one (heartbeat,
+PnL) while tripped is logged and changes nothing — the switch is already
+latched.  Every state change is a ``switch.state`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from killswitch.clock import Clock
+from killswitch.kill import KillPlan, KillRunner, plan_sweeps
+from killswitch.log import get_logger
+from killswitch.store import KillRecord, StateStore
+
+__all__ = ["EXPLICIT_SOURCES", "KillSwitch", "State", "TriggerOutcome"]
+
+EXPLICIT_SOURCES = frozenset({"signal", "manual"})
+
+
+class State(enum.StrEnum):
+    ARMED = "ARMED"
+    KILLING = "KILLING"
+    TRIPPED = "TRIPPED"
+
+
+class TriggerOutcome(enum.StrEnum):
+    STARTED = "started"
+    COALESCED = "coalesced"
+    LATCHED = "latched"  # automatic trigger while tripped: nothing new to do
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class _Request:
+    source: str
+    reason: str
+
+
+class KillSwitch:
+    def __init__(
+        self,
+        runner: KillRunner,
+        store: StateStore,
+        clock: Clock,
+        *,
+        on_state: Callable[[State, str], None] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.store = store
+        self.clock = clock
+        self.on_state = on_state
+        self.state = State.ARMED
+        self.last_kill: dict[str, Any] | None = None
+        self.current_kill_id: str | None = None
+        self._pending: KillPlan | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._resets: list[Callable[[], None]] = []
+        self._log = get_logger()
+
+    # ------------------------------------------------------------------ state
+
+    def _set_state(self, state: State, why: str) -> None:
+        if state is self.state:
+            return
+        previous, self.state = self.state, state
+        self._log.info("switch.state", state=state.value, previous=previous.value, why=why)
+        if self.on_state is not None:
+            self.on_state(state, why)
+
+    def on_reset(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each reset (trigger sources re-arm their edges)."""
+        self._resets.append(callback)
+
+    def restore(
+        self, tripped: bool, last: KillRecord | None, unfinished: KillRecord | None
+    ) -> None:
+        """Adopt what the state store remembers, before :meth:`run` starts."""
+        if last is not None and last.summary is not None:
+            self.last_kill = {"kill_id": last.kill_id, **last.summary}
+        if unfinished is not None:
+            pending = [(s.exchange, s.symbol) for s in unfinished.sweeps if not s.acked]
+            self._pending = KillPlan(
+                kill_id=unfinished.kill_id,
+                source=unfinished.source,
+                reason=unfinished.reason,
+                sweeps=pending,
+                known_orders=dict(unfinished.orders),
+                resumed=True,
+            )
+            self.current_kill_id = unfinished.kill_id
+            self.state = State.KILLING
+            self._idle.clear()
+            self._wake.set()
+        elif tripped:
+            self.state = State.TRIPPED
+
+    # ------------------------------------------------------------------ triggers
+
+    def trigger(self, source: str, reason: str) -> TriggerOutcome:
+        """Record a trigger; the kill itself runs in :meth:`run`.  Never blocks."""
+        if self._stopping:
+            outcome = TriggerOutcome.STOPPING
+        elif self.state is State.KILLING:
+            outcome = TriggerOutcome.COALESCED
+        elif self.state is State.TRIPPED and source not in EXPLICIT_SOURCES:
+            outcome = TriggerOutcome.LATCHED
+        else:
+            outcome = TriggerOutcome.STARTED
+        self._log.warning(
+            "trigger.fired",
+            source=source,
+            reason=reason,
+            coalesced=outcome is TriggerOutcome.COALESCED,
+            outcome=outcome.value,
+        )
+        if outcome is TriggerOutcome.STARTED:
+            kill_id = uuid.uuid4().hex[:16]
+            sweeps = plan_sweeps(self.runner.config.targets)
+            self._pending = KillPlan(kill_id=kill_id, source=source, reason=reason, sweeps=sweeps)
+            self.current_kill_id = kill_id
+            self._idle.clear()
+            self._set_state(State.KILLING, f"{source}: {reason}")
+            self._wake.set()
+            self.store.start_kill(kill_id, source, reason, self.clock.time(), sweeps)
+        return outcome
+
+    def reset(self) -> bool:
+        """Re-arm a tripped switch.  Refused (False) while a kill is running."""
+        if self.state is State.KILLING:
+            return False
+        if self.state is State.TRIPPED:
+            self.store.set_latch(False)
+            self._set_state(State.ARMED, "reset")
+            self._log.warning("switch.reset")
+            for callback in self._resets:
+                callback()
+        return True
+
+    # ------------------------------------------------------------------ the owner loop
+
+    async def run(self) -> None:
+        """Run kills as they are requested, until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            plan, self._pending = self._pending, None
+            if plan is None:
+                continue
+            summary = await self.runner.run(plan)
+            self.last_kill = {"kill_id": plan.kill_id, **summary}
+            self.current_kill_id = None
+            self._set_state(State.TRIPPED, f"kill {plan.kill_id} completed")
+            self._idle.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Refuse new triggers; wait up to ``grace`` s for a running kill.  True if idle."""
+        self._stopping = True
+        if self._idle.is_set():
+            return True
+        idle = asyncio.ensure_future(self._idle.wait())
+        timer = asyncio.ensure_future(self.clock.sleep(grace))
+        try:
+            await asyncio.wait({idle, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            timer.cancel()
+        return self._idle.is_set()
+
+    def progress(self) -> tuple[int, int] | None:
+        confirmer = self.runner.confirmer
+        if self.state is not State.KILLING or confirmer is None:
+            return None
+        return confirmer.progress()

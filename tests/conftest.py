@@ -1,0 +1,36 @@
+"""Shared fixtures: a short work directory (UNIX socket paths are short) and the sim."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from killswitch.sim import SimConfig, SimExchange
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A fresh directory with a short path (UNIX socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ks-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def sim_factory() -> AsyncIterator[object]:
+    """Start simulated exchanges on loopback; all are stopped after the test."""
+    started: list[SimExchange] = []
+
+    async def start(**overrides: object) -> tuple[SimExchange, str]:
+        sim = SimExchange(SimConfig(**overrides))  # type: ignore[arg-type]
+        url = await sim.start()
+        started.append(sim)
+        return sim, url
+
+    yield start
+    for sim in started:
+        await sim.stop()

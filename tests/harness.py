@@ -1,0 +1,201 @@
+"""End-to-end harness: the real daemon as a subprocess, its events as data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET
+
+__all__ = ["DaemonProcess", "toml", "write_config"]
+
+Event = dict[str, Any]
+
+
+def _value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        return json.dumps(str(v))
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for test configs (tables, arrays of tables, scalars, lists)."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, Mapping) or (
+            isinstance(value, list) and value and all(isinstance(x, Mapping) for x in value)
+        ):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_value(value)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for key, value in tables:
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, list):
+            for item in value:
+                out += f"\n[[{name}]]\n" + toml(item, name)
+        else:
+            out += f"\n[{name}]\n" + toml(value, name)
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def write_config(directory: Path, base_url: str, **overrides: Any) -> Path:
+    """A daemon config against ``base_url`` with everything under ``directory``."""
+    data: dict[str, Any] = {
+        "exchange": {"base_url": base_url, "request_timeout": 1.0},
+        "cancel_all": {"retry_base": 0.05, "retry_max": 0.5},
+        "targets": [{"exchange": "EXCHANGE_2", "symbols": []}],
+        "confirm": {
+            "poll_interval": 0.05,
+            "max_poll_interval": 0.2,
+            "deadline": 20,
+            "rate_limit": {"requests": 2000, "per_seconds": 1, "margin": 0.05},
+        },
+        "triggers": {
+            "heartbeat": {"enabled": False},
+            "pnl": {"enabled": False, "path": str(directory / "pnl.json")},
+        },
+        "control": {"socket": str(directory / "ctl.sock")},
+        "state": {"path": str(directory / "state.db")},
+        "daemon": {"shutdown_grace": 5},
+    }
+    data = _merge(data, overrides)
+    path = directory / "killswitch.toml"
+    path.write_text(toml(data))
+    return path
+
+
+def daemon_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env.update(
+        KILLSWITCH_API_KEY=DEMO_API_KEY,
+        KILLSWITCH_API_SECRET=DEMO_API_SECRET,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class DaemonProcess:
+    """``python -m killswitch run`` with its stdout parsed into events."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = env if env is not None else daemon_env()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.events: list[Event] = []
+        self.raw: list[bytes] = []
+        self.stderr = b""
+        self._changed = asyncio.Condition()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, *, wait_ready: bool = True) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "killswitch",
+            "run",
+            "--config",
+            str(self.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+        )
+        self._reader = asyncio.create_task(self._read())
+        if wait_ready:
+            await self.wait_for("daemon.ready")
+
+    async def _read(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self.raw.append(line)
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = {"event": "<unparsed>", "line": line.decode(errors="replace")}
+            async with self._changed:
+                self.events.append(event)
+                self._changed.notify_all()
+        if self.proc.stderr is not None:
+            self.stderr = await self.proc.stderr.read()
+        async with self._changed:
+            self._changed.notify_all()
+
+    def named(self, name: str) -> list[Event]:
+        return [e for e in self.events if e.get("event") == name]
+
+    async def wait_for(
+        self,
+        name: str,
+        where: Callable[[Event], bool] = lambda e: True,
+        *,
+        count: int = 1,
+        timeout: float = 20.0,
+    ) -> Event:
+        """Wait until ``count`` events named ``name`` (matching ``where``) were logged."""
+
+        def found() -> list[Event]:
+            return [e for e in self.named(name) if where(e)]
+
+        async with asyncio.timeout(timeout), self._changed:
+            while len(found()) < count:
+                if self._reader is not None and self._reader.done():
+                    raise AssertionError(
+                        f"daemon exited before {name!r}: rc={self.returncode} "
+                        f"stderr={self.stderr.decode(errors='replace')[-2000:]}"
+                    )
+                await self._changed.wait()
+        return found()[count - 1]
+
+    def send(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+        async with asyncio.timeout(timeout):
+            code = await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    async def kill(self) -> None:
+        """SIGKILL: no chance to clean up (a crash)."""
+        await self.stop(signal.SIGKILL)
