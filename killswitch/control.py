@@ -69,7 +69,8 @@ class ControlServer:
         app.router.add_get("/metrics", self._metrics)
         return app
 
-    async def start(self) -> None:
+    def claim(self) -> None:
+        """Refuse a path a live daemon holds; remove a stale socket file left by a crash."""
         if self.path.exists() or self.path.is_symlink():
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise SocketInUse(f"{self.path} exists and is not a socket")
@@ -77,6 +78,9 @@ class ControlServer:
                 raise SocketInUse(f"a live daemon already listens on {self.path}")
             self.path.unlink()
             self._log.warning("control.stale_socket_removed", path=str(self.path))
+
+    async def start(self) -> None:
+        self.claim()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await self._runner.setup()

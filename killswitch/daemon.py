@@ -6,8 +6,8 @@ times → exchange connections warm → control socket listening → signal
 handlers → ``daemon.ready`` (and ``READY=1`` to systemd).  Stop: refuse new
 triggers, let a running kill confirm for ``daemon.shutdown_grace`` seconds,
 cancel the rest with a message, flush the store, exit 0.  An exception in any
-watcher is never swallowed: it ends the daemon with status 1, so systemd
-restarts it and the unfinished kill resumes.
+watcher is never swallowed: it is logged as ``daemon.crashed`` and ends the
+daemon with status 1, so systemd restarts it and the unfinished kill resumes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import os
 import signal
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -41,6 +42,7 @@ __all__ = ["Daemon"]
 
 CANCEL_ALL = "cancel_all"
 ORDER_STATUS = "order_status"
+STATUS_REFRESH = 0.5  # seconds between STATUS= progress updates during a kill
 
 
 class _Stop(Exception):
@@ -66,6 +68,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._started = self.clock.monotonic()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._killing = asyncio.Event()  # wakes the STATUS= progress loop
+        self._status_sent: str | None = None
+        self._tripped_at: float | None = None  # wall-clock time the last kill completed
         redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
 
     # ------------------------------------------------------------------ wiring
@@ -164,7 +169,16 @@ class Daemon:
     def _state_changed(self, state: State, why: str) -> None:
         if state is State.KILLING:
             self.prom.kills.labels(why.split(":", 1)[0]).inc()
-        self.notifier.status(self._status_line())
+            self._killing.set()
+        elif state is State.TRIPPED:
+            self._tripped_at = self.clock.time()
+        self._send_status()
+
+    def _send_status(self, *, force: bool = False) -> None:
+        """``STATUS=`` the current line, unless systemd already has it."""
+        line = self._status_line()
+        if (force or line != self._status_sent) and self.notifier.status(line):
+            self._status_sent = line
 
     def _status_line(self) -> str:
         state = self.switch.state
@@ -174,8 +188,22 @@ class Daemon:
                 return f"KILLING {progress[0]}/{progress[1]} confirmed"
             return "KILLING"
         if state is State.TRIPPED and self.switch.last_kill is not None:
-            return f"TRIPPED by {self.switch.last_kill.get('source', '?')}"
+            source = self.switch.last_kill.get("source", "?")
+            if self._tripped_at is None:
+                return f"TRIPPED by {source}"
+            at = datetime.fromtimestamp(self._tripped_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return f"TRIPPED at {at} by {source}"
         return state.value
+
+    async def _status_loop(self) -> None:
+        """While a kill runs, refresh ``STATUS=`` with its progress (only when it changed)."""
+        while True:
+            if self.switch.state is State.KILLING:
+                self._send_status()
+                await self.clock.sleep(STATUS_REFRESH)
+            else:
+                self._killing.clear()
+                await self._killing.wait()
 
     def _fire(self, source: str, reason: str) -> None:
         enabled = {
@@ -284,19 +312,25 @@ class Daemon:
         configure_logging(self.config.log.level, self.config.log.format)
         self._log.info("config.reloaded", needs_restart=ignored)
         self._notify("READY=1", self.notifier.ready())
-        self.notifier.status(self._status_line())
+        self._send_status(force=True)
 
     # ------------------------------------------------------------------ serve
 
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT; 0 on a clean stop."""
         loop = self._loop = asyncio.get_running_loop()
+        # Before touching the state store: is another daemon already running here?
+        ControlServer(self.config.control.socket, self).claim()
         self.store.open()
         tripped, _ = self.store.latch()
         unfinished = self.store.unfinished_kill()
+        last = self.store.last_kill()
         self._build()
-        self.switch.restore(tripped, self.store.last_kill(), unfinished)
+        self.switch.restore(tripped, last, unfinished)
+        self._tripped_at = None if last is None else last.completed_at
         self.store.set_clean(False)
+        if self.config.triggers.pnl.enabled:
+            self.pnl_watcher.open()
         await self.exchange.start()
         try:
             await self.control.start()
@@ -340,7 +374,8 @@ class Daemon:
             pnl_watch=self.config.triggers.pnl.enabled,
         )
         self._notify("READY=1", self.notifier.ready())
-        self.notifier.status(self._status_line())
+        self._send_status(force=True)
+        crash: BaseExceptionGroup[Exception] | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = {
@@ -349,17 +384,20 @@ class Daemon:
                 }
                 if self.config.triggers.pnl.enabled:
                     self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
-                tg.create_task(
-                    watchdog_loop(
-                        self.notifier, self._healthy, self.clock, on_failure=self._notify_failed
-                    ),
-                    name="watchdog",
-                )
+                tg.create_task(self._watchdog(), name="watchdog")
+                if self.notifier.enabled:
+                    tg.create_task(self._status_loop(), name="status")
                 await self._stop.wait()
                 await self._shutdown()
                 raise _Stop
         except* _Stop:
             pass
+        except* Exception as group:
+            crash = group
+        if crash is not None:
+            errors = [{"error": type(e).__name__, "detail": str(e)} for e in _leaves(crash)]
+            self._log.critical("daemon.crashed", errors=errors, exc_info=crash)
+            return 1
         self.store.set_clean(True)
         self._log.info("daemon.stopped")
         return 0
@@ -376,6 +414,14 @@ class Daemon:
     def _healthy(self) -> bool:
         """The watchdog pings only while every watcher task is still running."""
         return all(not t.done() for t in self._tasks.values())
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog; say which watcher died if the pings stop early."""
+        notifier, clock = self.notifier, self.clock
+        await watchdog_loop(notifier, self._healthy, clock, on_failure=self._notify_failed)
+        dead = sorted(name for name, task in self._tasks.items() if task.done())
+        if dead and not self._stop.is_set():
+            self._log.critical("watchdog.stopped", dead=dead, note="systemd restarts the daemon")
 
     async def _shutdown(self) -> None:
         self._log.info(
@@ -397,3 +443,10 @@ class Daemon:
         for name, task in self._tasks.items():
             task.cancel(f"daemon stopping ({name})")
         structlog.contextvars.clear_contextvars()
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from killswitch.clock import Clock
 from killswitch.log import get_logger
@@ -136,8 +137,8 @@ class PnlWatcher:
         self.path = path
         self.monitor = monitor
         self.poll_interval = poll_interval
-        self._changed = asyncio.Event()
         self._last_stat: tuple[int, int, int] | None = None
+        self._inotify: Any = None
         self.backend = "none"
 
     def read(self) -> None:
@@ -157,14 +158,54 @@ class PnlWatcher:
             return
         self.monitor.observe(value)
 
+    def open(self) -> None:
+        """Start watching, then read the file once.
+
+        The watch is in place before the first read, so no rename after this
+        returns can be missed; the daemon calls it before ``daemon.ready``.
+        """
+        if self.backend == "none":
+            self.backend = "inotify" if self._open_inotify() else "poll"
+            self._last_stat = self._stat()
+        self.read()
+
+    def _open_inotify(self) -> bool:
+        try:
+            from asyncinotify import Inotify, Mask
+        except ImportError:  # not Linux
+            return False
+        try:
+            inotify = Inotify()
+        except OSError:
+            return False
+        mask = (
+            Mask.MOVED_TO
+            | Mask.CLOSE_WRITE
+            | Mask.CREATE
+            | Mask.DELETE
+            | Mask.MOVED_FROM
+            | Mask.DELETE_SELF
+            | Mask.MOVE_SELF
+        )
+        try:
+            inotify.add_watch(self.path.parent, mask)
+        except OSError as exc:
+            inotify.close()
+            self.monitor.invalid(f"cannot watch directory: {exc.strerror}", None)
+            return False
+        self._inotify = inotify
+        return True
+
     async def run(self) -> None:
         """Watch until cancelled: inotify on the directory, else a stat poll."""
-        self.read()
+        if self.backend == "none":
+            self.open()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._stale_loop())
-            if not await self._inotify_loop():
+            if self.backend == "inotify":
+                await self._inotify_loop()
                 self.backend = "poll"
-                await self._poll_loop()
+            await self._poll_loop()
 
     async def _stale_loop(self) -> None:
         clock = self.monitor.clock
@@ -176,33 +217,21 @@ class PnlWatcher:
             await clock.sleep(max(0.0, deadline - clock.monotonic()))
             self.monitor.check_stale()
 
-    async def _inotify_loop(self) -> bool:
-        try:
-            from asyncinotify import Inotify, Mask
-        except ImportError:  # not Linux
-            return False
-        directory = self.path.parent
-        mask = Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE | Mask.MOVED_FROM
-        try:
-            inotify = Inotify()
-        except OSError:
-            return False
+    async def _inotify_loop(self) -> None:
+        """Consume inotify events; returns when the directory watch is lost."""
+        from asyncinotify import Mask
+
+        inotify = self._inotify
+        assert inotify is not None
         with inotify:
-            try:
-                inotify.add_watch(directory, mask | Mask.DELETE_SELF | Mask.MOVE_SELF)
-            except OSError as exc:
-                self.monitor.invalid(f"cannot watch directory: {exc.strerror}", None)
-                return False
-            self.backend = "inotify"
             async for event in inotify:
                 if event.mask & (Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED):
-                    self.monitor.invalid("directory went away", None)
-                    return False
+                    self.monitor.invalid("directory went away; polling instead", None)
+                    return
                 if event.name is not None and event.name.name == self.path.name:
                     if event.mask & (Mask.DELETE | Mask.MOVED_FROM):
                         continue  # a replacement will follow; keep the last valid value
                     self.read()
-        return False
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:

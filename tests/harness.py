@@ -196,6 +196,15 @@ class DaemonProcess:
             await self._reader
         return code
 
+    async def exited(self, timeout: float = 20.0) -> int:
+        """Wait for the process to end by itself."""
+        assert self.proc is not None
+        async with asyncio.timeout(timeout):
+            code = await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+        return code
+
     async def kill(self) -> None:
         """SIGKILL: no chance to clean up (a crash)."""
         await self.stop(signal.SIGKILL)

@@ -163,7 +163,7 @@ async def test_watcher_sees_renames_and_survives_garbage(tmp_path: Path, backend
     mon = PnlMonitor(-100.0, 0, FakeClock(), fires)
     watcher = PnlWatcher(path, mon, poll_interval=0.01)
     if backend == "poll":
-        watcher._inotify_loop = _no_inotify  # type: ignore[method-assign]
+        watcher._open_inotify = lambda: False  # type: ignore[method-assign]
     with capture_logs() as logs:
         task = asyncio.create_task(watcher.run())
         await _until(lambda: mon.value == 100)
@@ -178,10 +178,6 @@ async def test_watcher_sees_renames_and_survives_garbage(tmp_path: Path, backend
         task.cancel()
     assert fires.calls == [("breach", -150.0)]
     assert mon.value == -150.0
-
-
-async def _no_inotify() -> bool:
-    return False
 
 
 async def test_watcher_missing_file_then_created(tmp_path: Path) -> None:
