@@ -172,6 +172,9 @@ class Daemon:
             self._killing.set()
         elif state is State.TRIPPED:
             self._tripped_at = self.clock.time()
+            last = self.switch.last_kill or {}
+            for outcome in ("cancelled", "filled", "other", "unknown", "unconfirmed"):
+                self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
         self._send_status()
 
     def _send_status(self, *, force: bool = False) -> None:
@@ -296,6 +299,7 @@ class Daemon:
         confirm = replace(new.confirm, rate_limit=self.config.confirm.rate_limit)
         pnl_cfg = replace(new.triggers.pnl, path=self.config.triggers.pnl.path)
         triggers = replace(new.triggers, pnl=pnl_cfg)
+        previous = self.config
         self.config = replace(
             new,
             confirm=confirm,
@@ -309,7 +313,8 @@ class Daemon:
         self.deadman.reconfigure(triggers.heartbeat.timeout, triggers.heartbeat.enabled)
         self.pnl.threshold = pnl_cfg.threshold
         self.pnl.stale_after = pnl_cfg.stale_after
-        configure_logging(self.config.log.level, self.config.log.format)
+        if self.config.log != previous.log:
+            configure_logging(self.config.log.level, self.config.log.format)
         self._log.info("config.reloaded", needs_restart=ignored)
         self._notify("READY=1", self.notifier.ready())
         self._send_status(force=True)

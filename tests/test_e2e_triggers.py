@@ -203,13 +203,14 @@ async def test_control_api_contract(workdir: Path, sim_factory: SimFactory) -> N
     """POST /trigger → 202, bad body → 400, socket mode 0600, /metrics is Prometheus text."""
     _, daemon, ctl = await _started(sim_factory, workdir)
     assert (workdir / "ctl.sock").stat().st_mode & 0o777 == 0o600
-    code, _ = await ctl.request("POST", "/trigger", parse=lambda b: b)  # type: ignore[arg-type]
+    code, _ = await ctl.request("POST", "/trigger", parse=lambda b: b)
     assert code == 202
     await daemon.wait_for("kill.completed")
     code, body = await ctl.request("GET", "/metrics", parse=lambda b: b.decode())
     assert code == 200
     assert 'killswitch_kills_total{source="manual"} 1.0' in body
     assert 'killswitch_state{state="TRIPPED"} 1.0' in body
+    assert 'killswitch_orders_final_total{outcome="cancelled"} 10.0' in body
     assert "killswitch_exchange_requests_total" in body
     assert "killswitch_heartbeat_age_seconds" in body
     assert await daemon.stop() == 0

@@ -1,0 +1,139 @@
+"""The switch's state machine: coalescing, the latch, explicit vs automatic triggers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from killswitch.config import parse_config
+from killswitch.kill import KillPlan
+from killswitch.store import StateStore
+from killswitch.switch import KillSwitch, State, TriggerOutcome
+from tests.fakes import FakeClock, settle
+
+
+class FakeRunner:
+    """Records plans; each kill waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.config = parse_config({"targets": [{"exchange": "EX", "symbols": ["A", "B"]}]})
+        self.plans: list[KillPlan] = []
+        self.release = asyncio.Event()
+        self.confirmer = None
+
+    async def run(self, plan: KillPlan) -> dict[str, Any]:
+        self.plans.append(plan)
+        await self.release.wait()
+        self.release.clear()
+        return {"source": plan.source, "cancelled": 1}
+
+
+@pytest.fixture
+async def switch(tmp_path: Path) -> AsyncIterator[tuple[KillSwitch, FakeRunner, StateStore]]:
+    store = StateStore(tmp_path / "s.db")
+    store.open()
+    runner = FakeRunner()
+    sw = KillSwitch(runner, store, FakeClock())  # type: ignore[arg-type]
+    task = asyncio.create_task(sw.run())
+    yield sw, runner, store
+    task.cancel()
+    store.close()
+
+
+async def test_trigger_plans_one_sweep_per_symbol(switch: Any) -> None:
+    """A trigger moves ARMED → KILLING and plans one sweep per configured symbol."""
+    sw, runner, store = switch
+    assert sw.trigger("signal", "SIGUSR1") is TriggerOutcome.STARTED
+    assert sw.state is State.KILLING
+    await settle()
+    assert runner.plans[0].sweeps == [("EX", "A"), ("EX", "B")]
+    await store.flush()
+    assert store.latch() == (True, runner.plans[0].kill_id)
+
+
+async def test_triggers_during_a_kill_are_coalesced(switch: Any) -> None:
+    """Every trigger during a kill logs trigger.fired coalesced=true; one kill runs."""
+    sw, runner, _ = switch
+    with capture_logs() as logs:
+        sw.trigger("signal", "SIGUSR1")
+        await settle()
+        for source in ("signal", "manual", "heartbeat", "pnl"):
+            assert sw.trigger(source, "again") is TriggerOutcome.COALESCED
+        await settle()
+    fired = [e for e in logs if e["event"] == "trigger.fired"]
+    assert [e["coalesced"] for e in fired] == [False, True, True, True, True]
+    assert len(runner.plans) == 1
+
+
+async def test_latched_until_reset_explicit_triggers_sweep_again(switch: Any) -> None:
+    """TRIPPED: automatic triggers change nothing; explicit ones start a new sweep."""
+    sw, runner, _ = switch
+    sw.trigger("pnl", "breach")
+    await settle()
+    runner.release.set()
+    await settle()
+    assert sw.state is State.TRIPPED
+    assert sw.trigger("heartbeat", "timeout") is TriggerOutcome.LATCHED
+    assert sw.trigger("pnl", "breach") is TriggerOutcome.LATCHED
+    assert sw.state is State.TRIPPED
+    assert sw.trigger("manual", "operator") is TriggerOutcome.STARTED
+    await settle()
+    assert len(runner.plans) == 2
+    assert sw.state.value == "KILLING"
+
+
+async def test_reset_refused_while_killing_then_rearms(switch: Any) -> None:
+    """reset() is refused during a kill; after it, re-arms, clears the latch, calls back."""
+    sw, runner, store = switch
+    rearmed: list[bool] = []
+    sw.on_reset(lambda: rearmed.append(True))
+    sw.trigger("manual", "x")
+    await settle()
+    assert sw.reset() is False
+    runner.release.set()
+    await settle()
+    assert sw.reset() is True
+    assert sw.state is State.ARMED
+    assert rearmed == [True]
+    await store.flush()
+    assert store.latch()[0] is False
+
+
+async def test_drain_waits_for_the_kill_within_grace(switch: Any) -> None:
+    """drain() refuses new triggers and reports whether the kill ended within the grace."""
+    sw, runner, _ = switch
+    clock = sw.clock
+    sw.trigger("manual", "x")
+    await settle()
+    draining = asyncio.create_task(sw.drain(5.0))
+    await clock.advance(4.9)
+    assert not draining.done()
+    assert sw.trigger("manual", "late") is TriggerOutcome.STOPPING
+    await clock.advance(0.2)
+    assert await draining is False
+    runner.release.set()
+    await settle()
+    assert await sw.drain(5.0) is True
+
+
+def test_restore_resumes_an_unfinished_kill(tmp_path: Path) -> None:
+    """restore() with an unfinished kill plans only the unacknowledged sweeps, resumed."""
+    store = StateStore(tmp_path / "s.db")
+    store.open()
+    store.start_kill("k1", "signal", "SIGUSR1", 1.0, [("EX", "A"), ("EX", "B")])
+    store.sweep_acked("k1", "EX", "A", ["o1", "o2"], 2.0)
+    store.order_status("k1", "o1", "CANCELLED", 3.0)
+    sw = KillSwitch(FakeRunner(), store, FakeClock())  # type: ignore[arg-type]
+    sw.restore(True, store.last_kill(), store.unfinished_kill())
+    assert sw.state is State.KILLING
+    plan = sw._pending
+    assert plan is not None
+    assert plan.resumed
+    assert plan.sweeps == [("EX", "B")]
+    assert plan.known_orders == {"o1": "CANCELLED", "o2": ""}
+    store.close()
