@@ -50,6 +50,7 @@ class KillPlan:
     reason: str
     sweeps: list[tuple[str, str | None]]
     known_orders: dict[str, str] = field(default_factory=dict)  # resumed: id -> last status
+    first_polled: dict[str, float] = field(default_factory=dict)  # resumed: id -> wall time
     resumed: bool = False
 
 
@@ -138,7 +139,8 @@ class KillRunner:
         )
         self.confirmer = confirmer
         for order_id, status in plan.known_orders.items():
-            confirmer.add_known(order_id, status)
+            # A resumed order keeps its deadline from its first poll before the restart.
+            confirmer.add_known(order_id, status, first_polled_at=plan.first_polled.get(order_id))
         async with asyncio.TaskGroup() as tg:
             sweeps = [
                 tg.create_task(self._sweep(plan, exchange, symbol, confirmer))

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS orders (
     symbol TEXT NOT NULL,
     status TEXT NOT NULL,
     updated_at REAL NOT NULL,
+    first_polled_at REAL,
     PRIMARY KEY (kill_id, order_id)
 );
 CREATE TABLE IF NOT EXISTS sends (
@@ -61,6 +63,12 @@ CREATE TABLE IF NOT EXISTS sends (
 );
 CREATE INDEX IF NOT EXISTS sends_by_endpoint ON sends (endpoint, sent_at);
 """
+
+
+@dataclass(frozen=True)
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: Future[Any]
 
 
 @dataclass(frozen=True)
@@ -80,27 +88,32 @@ class KillRecord:
     summary: dict[str, Any] | None = None
     sweeps: list[SweepRecord] = field(default_factory=list)
     orders: dict[str, str] = field(default_factory=dict)
+    first_polled: dict[str, float] = field(default_factory=dict)  # wall clock
 
 
 class StateStore:
-    """Durable state.  Construct, then :meth:`open`; every write is queued."""
+    """Durable state.  Construct, then :meth:`open`; every write is queued.
+
+    One writer thread drains the queue: everything queued while it was busy is
+    committed in one transaction (one fsync), each operation under its own
+    savepoint so a failing one loses nothing else.  So the store keeps up with
+    any rate of status updates, and a record reaches the disk within about one
+    fsync of being queued.  A write's future resolves once it is committed.
+    """
 
     def __init__(self, path: Path, on_error: Callable[[BaseException], None] | None = None) -> None:
         self.path = path
         self.on_error = on_error  # called from the writer thread
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="killswitch-store")
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
-        self._last: Future[Any] | None = None
-        self._lock = threading.Lock()
         self.errors: list[BaseException] = []
+        self.batches = 0
 
     # ------------------------------------------------------------------ plumbing
 
     def open(self) -> None:
-        """Create or open the database (blocking; call before serving)."""
-        self._call(self._open).result()
-
-    def _open(self) -> None:
+        """Create or open the database and start the writer (blocking; call before serving)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
@@ -110,51 +123,88 @@ class StateStore:
         self._db = db
         with contextlib.suppress(OSError):  # not ours to chmod (e.g. a bind mount)
             self.path.chmod(0o600)
+        self._thread = threading.Thread(target=self._work, name="killswitch-store", daemon=True)
+        self._thread.start()
 
-    def _call(self, fn: Callable[[], T]) -> Future[T]:
-        with self._lock:
-            fut = self._pool.submit(fn)
-            self._last = fut
-        fut.add_done_callback(self._note_error)
-        return fut
+    def _work(self) -> None:
+        db = self._db
+        assert db is not None
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(db, batch)
+            if stop:
+                return
 
-    def _note_error(self, fut: Future[Any]) -> None:
-        exc = fut.exception()
-        if exc is not None:
-            self.errors.append(exc)
-            if self.on_error is not None:
-                self.on_error(exc)
+    def _commit(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                db.execute("SAVEPOINT op")
+                try:
+                    results.append((op, op.fn(db), None))
+                    db.execute("RELEASE op")
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
+                    results.append((op, None, exc))
+            db.execute("COMMIT")
+        except BaseException as exc:  # the commit itself failed: every op in it failed
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            results = [(op, None, exc) for op in batch]
+        self.batches += 1
+        for op, value, error in results:
+            if error is None:
+                op.future.set_result(value)
+            else:
+                self.errors.append(error)
+                op.future.set_exception(error)
+                if self.on_error is not None:
+                    self.on_error(error)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        if self._thread is None:
+            raise RuntimeError("the state store is not open")
+        future: Future[T] = Future()
+        self._queue.put(_Op(fn, future))
+        return future
 
     def _write(self, sql: str, *params: object) -> Future[None]:
-        def run() -> None:
-            assert self._db is not None
-            self._db.execute(sql, params)
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(sql, params)
 
         return self._call(run)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            assert self._db is not None
-            return fn(self._db)
-
-        return self._call(run).result()
+        return self._call(fn).result()
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
-        fut = self._call(lambda: None)
-        await asyncio.wrap_future(fut)
-
-    def flush_sync(self) -> None:
-        self._call(lambda: None).result()
+        await asyncio.wrap_future(self._call(lambda db: None))
 
     def close(self) -> None:
-        def run() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        self._call(run).result()
-        self._pool.shutdown(wait=True)
+        """Commit what is queued, stop the writer and close the database."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     # ------------------------------------------------------------------ latch
 
@@ -181,24 +231,21 @@ class StateStore:
         started_at: float,
         sweeps: list[tuple[str, str | None]],
     ) -> Future[None]:
-        """Record a kill, the latch and the sweeps it plans, in one transaction."""
+        """Record a kill, the latch and the sweeps it plans, atomically."""
 
-        def run() -> None:
-            assert self._db is not None
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.execute(
-                    "INSERT INTO kills (kill_id, source, reason, started_at) VALUES (?,?,?,?)",
-                    (kill_id, source, reason, started_at),
-                )
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO sweeps (kill_id, exchange, symbol) VALUES (?,?,?)",
-                    [(kill_id, ex, sym or "") for ex, sym in sweeps],
-                )
-                self._db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('latch', ?)",
-                    (json.dumps({"tripped": True, "kill_id": kill_id}),),
-                )
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO kills (kill_id, source, reason, started_at) VALUES (?,?,?,?)",
+                (kill_id, source, reason, started_at),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO sweeps (kill_id, exchange, symbol) VALUES (?,?,?)",
+                [(kill_id, ex, sym or "") for ex, sym in sweeps],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('latch', ?)",
+                (json.dumps({"tripped": True, "kill_id": kill_id}),),
+            )
 
         return self._call(run)
 
@@ -212,28 +259,28 @@ class StateStore:
     ) -> Future[None]:
         """Record an acknowledged ``cancel_all`` and the ids it returned, atomically."""
 
-        def run() -> None:
-            assert self._db is not None
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO orders "
-                    "(order_id, kill_id, exchange, symbol, status, updated_at) "
-                    "VALUES (?,?,?,?,'',?)",
-                    [(oid, kill_id, exchange, symbol or "", acked_at) for oid in order_ids],
-                )
-                self._db.execute(
-                    "UPDATE sweeps SET acked_at = ?, order_count = ? "
-                    "WHERE kill_id = ? AND exchange = ? AND symbol = ?",
-                    (acked_at, len(order_ids), kill_id, exchange, symbol or ""),
-                )
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR IGNORE INTO orders "
+                "(order_id, kill_id, exchange, symbol, status, updated_at) "
+                "VALUES (?,?,?,?,'',?)",
+                [(oid, kill_id, exchange, symbol or "", acked_at) for oid in order_ids],
+            )
+            db.execute(
+                "UPDATE sweeps SET acked_at = ?, order_count = ? "
+                "WHERE kill_id = ? AND exchange = ? AND symbol = ?",
+                (acked_at, len(order_ids), kill_id, exchange, symbol or ""),
+            )
 
         return self._call(run)
 
     def order_status(self, kill_id: str, order_id: str, status: str, at: float) -> Future[None]:
+        """The order's latest status; the first one also stamps ``first_polled_at``."""
         return self._write(
-            "UPDATE orders SET status = ?, updated_at = ? WHERE kill_id = ? AND order_id = ?",
+            "UPDATE orders SET status = ?, updated_at = ?, "
+            "first_polled_at = COALESCE(first_polled_at, ?) WHERE kill_id = ? AND order_id = ?",
             status,
+            at,
             at,
             kill_id,
             order_id,
@@ -264,9 +311,13 @@ class StateStore:
             (kill.kill_id,),
         ):
             kill.sweeps.append(SweepRecord(exchange, symbol or None, acked_at is not None))
-        kill.orders = dict(
-            db.execute("SELECT order_id, status FROM orders WHERE kill_id = ?", (kill.kill_id,))
-        )
+        for order_id, status, first_polled_at in db.execute(
+            "SELECT order_id, status, first_polled_at FROM orders WHERE kill_id = ?",
+            (kill.kill_id,),
+        ):
+            kill.orders[order_id] = status
+            if first_polled_at is not None:
+                kill.first_polled[order_id] = first_polled_at
         return kill
 
     def unfinished_kill(self) -> KillRecord | None:

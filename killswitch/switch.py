@@ -99,6 +99,7 @@ class KillSwitch:
                 reason=unfinished.reason,
                 sweeps=pending,
                 known_orders=dict(unfinished.orders),
+                first_polled=dict(unfinished.first_polled),
                 resumed=True,
             )
             self.current_kill_id = unfinished.kill_id

@@ -84,3 +84,44 @@ async def test_flush_waits_for_queued_writes(tmp_path: Path) -> None:
     assert len(store.recent_sends("order_status", 0.0)) == 200
     assert store.errors == []
     store.close()
+
+
+async def test_queued_writes_commit_in_batches(tmp_path: Path) -> None:
+    """A burst of writes is committed in far fewer transactions than writes."""
+    store = _open(tmp_path / "s.db")
+    store.start_kill("k", "manual", "x", 1.0, [("EX", None)])
+    store.sweep_acked("k", "EX", None, [f"o{i}" for i in range(500)], 2.0)
+    for i in range(500):
+        store.order_status("k", f"o{i}", "CANCELLED", 3.0 + i)
+    await store.flush()
+    kill = store.unfinished_kill()
+    assert kill is not None
+    assert set(kill.orders.values()) == {"CANCELLED"}
+    assert store.batches < 100
+    store.close()
+
+
+async def test_a_failing_write_loses_nothing_else(tmp_path: Path) -> None:
+    """One failing operation in a batch fails alone; the others in it are committed."""
+    store = _open(tmp_path / "s.db")
+    store.start_kill("k", "manual", "x", 1.0, [("EX", None)])
+    duplicate = store.start_kill("k", "manual", "again", 1.0, [("EX", None)])  # same kill_id
+    store.record_send("cancel_all", 5.0)
+    await store.flush()
+    assert isinstance(duplicate.exception(), sqlite3.IntegrityError)
+    assert store.recent_sends("cancel_all", 0.0) == [5.0]
+    assert len(store.errors) == 1
+    store.close()
+
+
+def test_first_poll_time_is_kept_for_resume(tmp_path: Path) -> None:
+    """The first status stamps first_polled_at; later ones keep it (resume keeps deadlines)."""
+    store = _open(tmp_path / "s.db")
+    store.start_kill("k", "manual", "x", 1.0, [("EX", None)])
+    store.sweep_acked("k", "EX", None, ["a"], 2.0)
+    store.order_status("k", "a", "CANCELLATION_RAISED", 10.0)
+    store.order_status("k", "a", "CANCELLATION_RAISED", 20.0)
+    kill = store.unfinished_kill()
+    assert kill is not None
+    assert kill.first_polled == {"a": 10.0}
+    store.close()

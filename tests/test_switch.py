@@ -136,4 +136,5 @@ def test_restore_resumes_an_unfinished_kill(tmp_path: Path) -> None:
     assert plan.resumed
     assert plan.sweeps == [("EX", "B")]
     assert plan.known_orders == {"o1": "CANCELLED", "o2": ""}
+    assert plan.first_polled == {"o1": 3.0}
     store.close()
