@@ -47,7 +47,10 @@ def parse_pnl(raw: bytes) -> float:
         data = data["pnl"]
     if isinstance(data, bool) or not isinstance(data, int | float):
         raise ValueError("pnl is not a number")
-    value = float(data)
+    try:
+        value = float(data)
+    except OverflowError:  # an integer too large for a float
+        raise ValueError("pnl is not finite") from None
     if not math.isfinite(value):
         raise ValueError("pnl is not finite")
     return value
