@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "sleep_or_wake"]
 
 
 class Clock(Protocol):
@@ -35,3 +35,26 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+async def sleep_or_wake(clock: Clock, seconds: float | None, wake: asyncio.Event) -> bool:
+    """Sleep ``seconds`` on ``clock`` (None: indefinitely) or until ``wake`` is set.
+
+    Returns True when woken by the event.  The caller clears the event before
+    it decides how long to sleep, so a set() in between is never lost.
+    """
+    if wake.is_set():
+        return True
+    if seconds is None:
+        await wake.wait()
+        return True
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waker = asyncio.ensure_future(wake.wait())
+    try:
+        done, _ = await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()
+    if sleeper in done:
+        sleeper.result()  # a failing clock must not be mistaken for a wake-up
+    return wake.is_set()

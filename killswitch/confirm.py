@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
-from killswitch.clock import Clock
+from killswitch.clock import Clock, sleep_or_wake
 from killswitch.config import ConfirmConfig
 from killswitch.errors import ExchangeError, OrderNotFound, RateLimited
 from killswitch.log import get_logger
@@ -289,18 +289,7 @@ class Confirmer:
     async def _wait(self, seconds: float | None) -> None:
         """Sleep ``seconds`` on the clock (None: indefinitely), or until the schedule changes."""
         self._changed.clear()
-        if seconds is None:
-            await self._changed.wait()
-            return
-        sleeper = asyncio.create_task(self._clock.sleep(seconds))
-        woken = asyncio.create_task(self._changed.wait())
-        try:
-            done, _ = await asyncio.wait((sleeper, woken), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            woken.cancel()
-        for task in done:
-            task.result()  # a failing clock must not be mistaken for a wake-up
+        await sleep_or_wake(self._clock, seconds, self._changed)
 
     async def _poll(self, order: _Order) -> None:
         if order.first_polled is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from killswitch.clock import Clock
+from killswitch.clock import Clock, sleep_or_wake
 from killswitch.log import get_logger
 
 __all__ = ["DeadManSwitch"]
@@ -67,21 +67,12 @@ class DeadManSwitch:
         """Watch the deadline until cancelled."""
         while True:
             deadline = self.deadline if self.enabled else None
-            if deadline is None:
+            delay = None if deadline is None else deadline - self.clock.monotonic()
+            if delay is None or delay > 0:
                 self._moved.clear()
-                await self._moved.wait()
+                await sleep_or_wake(self.clock, delay, self._moved)
                 continue
-            delay = deadline - self.clock.monotonic()
-            if delay > 0:
-                self._moved.clear()
-                sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-                mover = asyncio.ensure_future(self._moved.wait())
-                try:
-                    await asyncio.wait({sleeper, mover}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    sleeper.cancel()
-                    mover.cancel()
-                continue
+            assert deadline is not None
             # The deadline has passed and no heartbeat moved it: fire once, disarm.
             base = self.last_beat if self.last_beat is not None else self._armed_at
             observed = self.clock.monotonic() - base if base is not None else self.timeout

@@ -14,7 +14,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from killswitch.clock import Clock
+from killswitch.clock import Clock, sleep_or_wake
 
 __all__ = ["SlidingWindowLimiter"]
 
@@ -103,13 +103,7 @@ class SlidingWindowLimiter:
                 if self.on_wait is not None:
                     self.on_wait(delay)
                 self._wake.clear()
-                sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-                waker = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    sleeper.cancel()
-                    waker.cancel()
+                await sleep_or_wake(self._clock, delay, self._wake)
             now = self._clock.monotonic()
             self._sent.append(now)
             if self.on_send is not None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from killswitch.clock import Clock
+from killswitch.clock import Clock, sleep_or_wake
 from killswitch.kill import KillPlan, KillRunner, plan_sweeps
 from killswitch.log import get_logger
 from killswitch.store import KillRecord, StateStore
@@ -172,14 +172,7 @@ class KillSwitch:
         self._stopping = True
         if self._idle.is_set():
             return True
-        idle = asyncio.ensure_future(self._idle.wait())
-        timer = asyncio.ensure_future(self.clock.sleep(grace))
-        try:
-            await asyncio.wait({idle, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            idle.cancel()
-            timer.cancel()
-        return self._idle.is_set()
+        return await sleep_or_wake(self.clock, grace, self._idle)
 
     def progress(self) -> tuple[int, int] | None:
         confirmer = self.runner.confirmer
