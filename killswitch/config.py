@@ -196,7 +196,8 @@ class _Table:
     def finish(self) -> None:
         for name in self._data:
             if name not in self._seen:
-                raise ConfigError(self.key(name), "unknown key")
+                shown = name if name and name.isprintable() else repr(name)  # one line, always
+                raise ConfigError(self.key(shown), "unknown key")
 
     def string(self, name: str, default: str, *, nonempty: bool = True) -> str:
         if not self.has(name):
@@ -229,7 +230,10 @@ class _Table:
         value = self.raw(name)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(self.key(name), f"expected a number, got {_show(value)}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
         if not math.isfinite(number):
             raise ConfigError(self.key(name), f"expected a finite number, got {_show(value)}")
         if positive and number <= 0:
@@ -238,7 +242,7 @@ class _Table:
             raise ConfigError(self.key(name), f"must be at least {minimum:g}, got {_show(value)}")
         return number
 
-    def integer(self, name: str, default: int, *, minimum: int = 1) -> int:
+    def integer(self, name: str, default: int, *, minimum: int = 1, maximum: int) -> int:
         if not self.has(name):
             return default
         value = self.raw(name)
@@ -246,6 +250,8 @@ class _Table:
             raise ConfigError(self.key(name), f"expected a whole number, got {_show(value)}")
         if value < minimum:
             raise ConfigError(self.key(name), f"must be at least {minimum}, got {value}")
+        if value > maximum:
+            raise ConfigError(self.key(name), f"must be at most {maximum}, got {_show(value)}")
         return value
 
     def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
@@ -282,6 +288,8 @@ def _is_loopback(host: str) -> bool:
 
 def _path(table: _Table, name: str, default: Path, base: Path | None) -> Path:
     text = table.string(name, str(default))
+    if "\x00" in text:
+        raise ConfigError(table.key(name), "must not contain a NUL character")
     path = Path(text).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
@@ -301,7 +309,11 @@ def _url_path(table: _Table, name: str, default: str) -> str:
 def _exchange(t: _Table) -> ExchangeConfig:
     d = ExchangeConfig()
     base_url = t.string("base_url", d.base_url).rstrip("/")
-    parts = urlsplit(base_url)
+    try:
+        parts = urlsplit(base_url)
+        _ = parts.port  # raises ValueError for a port that is not 0-65535
+    except ValueError as exc:
+        raise ConfigError(t.key("base_url"), f"not a usable URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(t.key("base_url"), f"expected an http(s) URL, got {_show(base_url)}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
@@ -334,7 +346,7 @@ def _exchange(t: _Table) -> ExchangeConfig:
 
 def _rate_limit(t: _Table, default: RateLimit) -> RateLimit:
     limit = RateLimit(
-        requests=t.integer("requests", default.requests),
+        requests=t.integer("requests", default.requests, maximum=1_000_000),
         per_seconds=t.number("per_seconds", default.per_seconds, positive=True),
         margin=t.number("margin", default.margin, minimum=0.0),
     )
@@ -387,11 +399,11 @@ def _confirm(t: _Table) -> ConfirmConfig:
     if max_poll_interval < poll_interval:
         raise ConfigError(t.key("max_poll_interval"), "must be at least poll_interval")
     config = ConfirmConfig(
-        max_concurrency=t.integer("max_concurrency", d.max_concurrency),
+        max_concurrency=t.integer("max_concurrency", d.max_concurrency, maximum=4096),
         poll_interval=poll_interval,
         max_poll_interval=max_poll_interval,
         deadline=t.number("deadline", d.deadline, positive=True),
-        unknown_after=t.integer("unknown_after", d.unknown_after),
+        unknown_after=t.integer("unknown_after", d.unknown_after, maximum=1000),
         terminal_statuses=frozenset(terminal),
         rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
     )
@@ -478,7 +490,8 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError("config", f"{str(path)!r} is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: an integer over Python's 4300-digit limit; RecursionError: deep nesting.
         raise ConfigError("config", f"{str(path)!r} is not valid TOML: {exc}") from None
     config = parse_config(data, base=path.resolve().parent)
     return Config(

@@ -430,7 +430,7 @@ class ExchangeClient:
     def _json_data(self, endpoint: str, answer: _Answer) -> dict[str, Any]:
         try:
             document = json.loads(answer.body)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
             raise self._fail(endpoint, BadResponse(endpoint, "body is not JSON")) from None
         data = document.get("data") if isinstance(document, dict) else None
         if not isinstance(data, dict):

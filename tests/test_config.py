@@ -58,6 +58,8 @@ def test_demo_config_loads() -> None:
             "cancel_all.rate_limit.per_seconds",
         ),
         (_with(confirm={"max_concurrency": 1.5}), "confirm.max_concurrency"),
+        (_with(confirm={"max_concurrency": 10**400}), "confirm.max_concurrency"),
+        (_with(confirm={"rate_limit": {"requests": 10**7}}), "confirm.rate_limit.requests"),
         (_with(confirm={"rate_limit": {"margin": -0.1}}), "confirm.rate_limit.margin"),
         (_with(triggers={"pnl": {"threshold": "abc"}}), "triggers.pnl.threshold"),
         (_with(triggers={"heartbeat": {"timeout": True}}), "triggers.heartbeat.timeout"),

@@ -6,6 +6,8 @@
 - ``POST /_sim/faults`` ``{"endpoint", "kind", "count"?: 1, "delay"?: seconds}``
   → ``{"faults_pending": {...}}``
 - ``POST /_sim/clear`` drops every pending fault → ``{"faults_pending": {...}}``
+- ``POST /_sim/forget`` ``{"order_ids": [...]}`` drops those orders (status answers 404)
+  → ``{"forgotten": n}``
 - ``GET /_sim/requests`` → ``{"requests": [ReceivedRequest, ...]}``
 """
 
@@ -94,6 +96,16 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         sim.clear_faults()
         return web.json_response({"faults_pending": sim.faults.pending()})
 
+    async def forget(request: web.Request) -> web.Response:
+        try:
+            body = await _body(request)
+        except _BadRequest as exc:
+            return _bad(str(exc))
+        ids = body.get("order_ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return _bad("order_ids: expected a list of strings")
+        return web.json_response({"forgotten": sim.forget(ids)})
+
     async def received(request: web.Request) -> web.Response:
         return web.json_response({"requests": [r.to_json() for r in sim.requests]})
 
@@ -102,5 +114,6 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         web.get("/_sim/stats", stats, allow_head=False),
         web.post("/_sim/faults", faults),
         web.post("/_sim/clear", clear),
+        web.post("/_sim/forget", forget),
         web.get("/_sim/requests", received, allow_head=False),
     ]

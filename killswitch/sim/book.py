@@ -94,6 +94,10 @@ class OrderBook:
     def get(self, order_id: str) -> Order | None:
         return self.orders.get(order_id)
 
+    def forget(self, order_ids: list[str]) -> int:
+        """Drop orders as if never placed (status answers 404); the number dropped."""
+        return sum(self.orders.pop(order_id, None) is not None for order_id in order_ids)
+
     def by_status(self) -> dict[str, int]:
         now = self._clock()
         return dict(Counter(order.status_at(now) for order in self.orders.values()))

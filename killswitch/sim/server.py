@@ -103,6 +103,10 @@ class SimExchange:
         """Add ``count`` open orders per symbol; return the new ids."""
         return self.book.seed(exchange or self.config.exchange, orders, status)
 
+    def forget(self, order_ids: list[str]) -> int:
+        """Forget orders: their status is answered 404 from now on; the number forgotten."""
+        return self.book.forget(order_ids)
+
     def inject(self, endpoint: str, kind: str, count: int = 1, delay: float | None = None) -> None:
         """Answer the next ``count`` requests to ``endpoint`` with fault ``kind``."""
         self.faults.inject(endpoint, kind, count, delay)
