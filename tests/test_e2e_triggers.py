@@ -264,3 +264,26 @@ async def test_sighup_reloads_thresholds_and_keeps_latch(
     assert status["heartbeat_timeout"] == 7.5
     assert status["state"] == "TRIPPED"
     assert await daemon.stop() == 0
+
+
+async def test_pnl_stale_file_fires_with_reason_stale(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """No valid PnL for stale_after seconds (the writer died): one kill, reason stale."""
+    pnl = workdir / "pnl.json"
+    _write_atomically(pnl, "10")
+    _, daemon, _ = await _started(
+        sim_factory,
+        workdir,
+        triggers={"pnl": {"enabled": True, "threshold": -1000.0, "stale_after": 0.6}},
+    )
+    _write_atomically(pnl, "garbage")  # invalid content does not refresh the clock
+    fired = await daemon.wait_for("trigger.fired")
+    assert fired["source"] == "pnl"
+    assert fired["reason"].startswith("stale")
+    stale = daemon.named("pnl.stale")
+    assert len(stale) == 1
+    assert stale[0]["age"] >= 0.6
+    await daemon.wait_for("kill.completed")
+    assert len(daemon.named("kill.started")) == 1
+    assert await daemon.stop() == 0
