@@ -9,13 +9,14 @@ resolved separately by :mod:`killswitch.credentials`.
 from __future__ import annotations
 
 import ipaddress
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+
+from killswitch.config_reader import ConfigError, Table, show
 
 __all__ = [
     "CancelAllConfig",
@@ -40,15 +41,6 @@ __all__ = [
 ]
 
 DEFAULT_TERMINAL = ("CANCELLED", "EXECUTED", "EXPIRED", "DISCARDED", "FAILED", "REJECTED")
-
-
-class ConfigError(Exception):
-    """A bad configuration value; ``str()`` is the one line shown to the operator."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -165,118 +157,6 @@ class Config:
     source: Path | None = None
 
 
-# --------------------------------------------------------------------------- readers
-
-
-class _Table:
-    """A TOML table being consumed: every key read is ticked off, the rest are unknown."""
-
-    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
-        self._data = data
-        self._prefix = prefix
-        self._seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self._prefix}.{name}" if self._prefix else name
-
-    def has(self, name: str) -> bool:
-        return name in self._data
-
-    def raw(self, name: str) -> Any:
-        self._seen.add(name)
-        return self._data[name]
-
-    def table(self, name: str) -> _Table:
-        value = self._data.get(name, {})
-        self._seen.add(name)
-        if not isinstance(value, dict):
-            raise ConfigError(self.key(name), f"expected a table, got {_show(value)}")
-        return _Table(value, self.key(name))
-
-    def finish(self) -> None:
-        for name in self._data:
-            if name not in self._seen:
-                shown = name if name and name.isprintable() else repr(name)  # one line, always
-                raise ConfigError(self.key(shown), "unknown key")
-
-    def string(self, name: str, default: str, *, nonempty: bool = True) -> str:
-        if not self.has(name):
-            return default
-        value = self.raw(name)
-        if not isinstance(value, str):
-            raise ConfigError(self.key(name), f"expected a string, got {_show(value)}")
-        if nonempty and not value.strip():
-            raise ConfigError(self.key(name), "must not be empty")
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        if not self.has(name):
-            return default
-        value = self.raw(name)
-        if not isinstance(value, bool):
-            raise ConfigError(self.key(name), f"expected true or false, got {_show(value)}")
-        return value
-
-    def number(
-        self,
-        name: str,
-        default: float,
-        *,
-        minimum: float | None = None,
-        positive: bool = False,
-    ) -> float:
-        if not self.has(name):
-            return default
-        value = self.raw(name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(self.key(name), f"expected a number, got {_show(value)}")
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond any float
-            number = math.inf
-        if not math.isfinite(number):
-            raise ConfigError(self.key(name), f"expected a finite number, got {_show(value)}")
-        if positive and number <= 0:
-            raise ConfigError(self.key(name), f"must be greater than 0, got {_show(value)}")
-        if minimum is not None and number < minimum:
-            raise ConfigError(self.key(name), f"must be at least {minimum:g}, got {_show(value)}")
-        return number
-
-    def integer(self, name: str, default: int, *, minimum: int = 1, maximum: int) -> int:
-        if not self.has(name):
-            return default
-        value = self.raw(name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(self.key(name), f"expected a whole number, got {_show(value)}")
-        if value < minimum:
-            raise ConfigError(self.key(name), f"must be at least {minimum}, got {value}")
-        if value > maximum:
-            raise ConfigError(self.key(name), f"must be at most {maximum}, got {_show(value)}")
-        return value
-
-    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
-        value = self.string(name, default)
-        if value not in options:
-            allowed = ", ".join(f'"{o}"' for o in options)
-            raise ConfigError(self.key(name), f"expected one of {allowed}, got {_show(value)}")
-        return value
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        if not self.has(name):
-            return ()
-        value = self.raw(name)
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(self.key(name), f"expected a list of strings, got {_show(value)}")
-        if len(set(value)) != len(value):
-            raise ConfigError(self.key(name), "lists the same entry twice")
-        return tuple(value)
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -286,7 +166,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _path(table: _Table, name: str, default: Path, base: Path | None) -> Path:
+def _path(table: Table, name: str, default: Path, base: Path | None) -> Path:
     text = table.string(name, str(default))
     if "\x00" in text:
         raise ConfigError(table.key(name), "must not contain a NUL character")
@@ -296,17 +176,17 @@ def _path(table: _Table, name: str, default: Path, base: Path | None) -> Path:
     return path
 
 
-def _url_path(table: _Table, name: str, default: str) -> str:
+def _url_path(table: Table, name: str, default: str) -> str:
     value = table.string(name, default)
     if not value.startswith("/"):
-        raise ConfigError(table.key(name), f"must start with '/', got {_show(value)}")
+        raise ConfigError(table.key(name), f"must start with '/', got {show(value)}")
     return value
 
 
 # --------------------------------------------------------------------------- sections
 
 
-def _exchange(t: _Table) -> ExchangeConfig:
+def _exchange(t: Table) -> ExchangeConfig:
     d = ExchangeConfig()
     base_url = t.string("base_url", d.base_url).rstrip("/")
     try:
@@ -315,7 +195,7 @@ def _exchange(t: _Table) -> ExchangeConfig:
     except ValueError as exc:
         raise ConfigError(t.key("base_url"), f"not a usable URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(t.key("base_url"), f"expected an http(s) URL, got {_show(base_url)}")
+        raise ConfigError(t.key("base_url"), f"expected an http(s) URL, got {show(base_url)}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ConfigError(
             t.key("base_url"), f"http:// is only allowed for loopback hosts, got {parts.hostname!r}"
@@ -344,7 +224,7 @@ def _exchange(t: _Table) -> ExchangeConfig:
     )
 
 
-def _rate_limit(t: _Table, default: RateLimit) -> RateLimit:
+def _rate_limit(t: Table, default: RateLimit) -> RateLimit:
     limit = RateLimit(
         requests=t.integer("requests", default.requests, maximum=1_000_000),
         per_seconds=t.number("per_seconds", default.per_seconds, positive=True),
@@ -354,7 +234,7 @@ def _rate_limit(t: _Table, default: RateLimit) -> RateLimit:
     return limit
 
 
-def _cancel_all(t: _Table) -> CancelAllConfig:
+def _cancel_all(t: Table) -> CancelAllConfig:
     d = CancelAllConfig()
     config = CancelAllConfig(
         rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
@@ -365,7 +245,7 @@ def _cancel_all(t: _Table) -> CancelAllConfig:
     return config
 
 
-def _targets(root: _Table) -> tuple[Target, ...]:
+def _targets(root: Table) -> tuple[Target, ...]:
     if not root.has("targets"):
         raise ConfigError("targets", "at least one [[targets]] entry is required")
     raw = root.raw("targets")
@@ -375,8 +255,8 @@ def _targets(root: _Table) -> tuple[Target, ...]:
     for index, entry in enumerate(raw):
         key = f"targets[{index}]"
         if not isinstance(entry, dict):
-            raise ConfigError(key, f"expected a table, got {_show(entry)}")
-        t = _Table(entry, key)
+            raise ConfigError(key, f"expected a table, got {show(entry)}")
+        t = Table(entry, key)
         if not t.has("exchange"):
             raise ConfigError(t.key("exchange"), "is required")
         target = Target(exchange=t.string("exchange", ""), symbols=t.strings("symbols"))
@@ -389,7 +269,7 @@ def _targets(root: _Table) -> tuple[Target, ...]:
     return tuple(targets)
 
 
-def _confirm(t: _Table) -> ConfirmConfig:
+def _confirm(t: Table) -> ConfirmConfig:
     d = ConfirmConfig()
     terminal = t.strings("terminal_statuses") or tuple(d.terminal_statuses)
     poll_interval = t.number("poll_interval", d.poll_interval, positive=True)
@@ -411,7 +291,7 @@ def _confirm(t: _Table) -> ConfirmConfig:
     return config
 
 
-def _triggers(t: _Table, base: Path | None) -> Triggers:
+def _triggers(t: Table, base: Path | None) -> Triggers:
     s = t.table("signal")
     signal = SignalTrigger(enabled=s.boolean("enabled", True))
     s.finish()
@@ -438,7 +318,7 @@ def _triggers(t: _Table, base: Path | None) -> Triggers:
 
 def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; relative paths resolve against ``base``."""
-    root = _Table(data, "")
+    root = Table(data, "")
     exchange_t = root.table("exchange")
     exchange = _exchange(exchange_t)
     exchange_t.finish()
