@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -38,6 +38,7 @@ __all__ = [
     "as_dict",
     "load_config",
     "parse_config",
+    "reloadable",
 ]
 
 DEFAULT_TERMINAL = ("CANCELLED", "EXECUTED", "EXPIRED", "DISCARDED", "FAILED", "REJECTED")
@@ -391,3 +392,39 @@ def as_dict(value: object) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
+    """What a SIGHUP may change in a running daemon.
+
+    Thresholds, timeouts, targets, confirmation settings and logging apply at
+    once.  The exchange connection and credentials, the rate limits (their send
+    logs are live), the socket and state paths, the PnL path and turning the PnL
+    watcher on need a restart: those keep their running values, and their
+    dotted names are returned so the operator is told.
+    """
+    pnl_on = new.triggers.pnl.enabled and not current.triggers.pnl.enabled
+    restart = {
+        "exchange": new.exchange != current.exchange,
+        "cancel_all": new.cancel_all != current.cancel_all,
+        "confirm.rate_limit": new.confirm.rate_limit != current.confirm.rate_limit,
+        "control": new.control != current.control,
+        "state": new.state != current.state,
+        "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
+        "triggers.pnl.enabled": pnl_on,
+    }
+    pnl = replace(
+        new.triggers.pnl,
+        path=current.triggers.pnl.path,
+        enabled=new.triggers.pnl.enabled and current.triggers.pnl.enabled,
+    )
+    applied = replace(
+        new,
+        exchange=current.exchange,
+        cancel_all=current.cancel_all,
+        confirm=replace(new.confirm, rate_limit=current.confirm.rate_limit),
+        triggers=replace(new.triggers, pnl=pnl),
+        control=current.control,
+        state=current.state,
+    )
+    return applied, sorted(key for key, changed in restart.items() if changed)

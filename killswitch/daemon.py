@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +22,7 @@ import structlog
 
 from killswitch import __version__
 from killswitch.clock import Clock, SystemClock
-from killswitch.config import Config, ConfigError, RateLimit, load_config
+from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
 from killswitch.control import ControlServer
 from killswitch.credentials import Credentials
 from killswitch.exchange import ExchangeClient
@@ -287,32 +286,13 @@ class Daemon:
             self._log.error("config.reload_failed", key=exc.key, problem=exc.problem)
             self._notify("READY=1", self.notifier.ready())
             return
-        fixed = {
-            "exchange": new.exchange != self.config.exchange,
-            "cancel_all": new.cancel_all != self.config.cancel_all,
-            "confirm.rate_limit": new.confirm.rate_limit != self.config.confirm.rate_limit,
-            "control": new.control != self.config.control,
-            "state": new.state != self.config.state,
-            "triggers.pnl.path": new.triggers.pnl.path != self.config.triggers.pnl.path,
-        }
-        ignored = sorted(k for k, changed in fixed.items() if changed)
-        confirm = replace(new.confirm, rate_limit=self.config.confirm.rate_limit)
-        pnl_cfg = replace(new.triggers.pnl, path=self.config.triggers.pnl.path)
-        triggers = replace(new.triggers, pnl=pnl_cfg)
         previous = self.config
-        self.config = replace(
-            new,
-            confirm=confirm,
-            triggers=triggers,
-            exchange=self.config.exchange,
-            cancel_all=self.config.cancel_all,
-            control=self.config.control,
-            state=self.config.state,
-        )
+        self.config, ignored = reloadable(previous, new)
+        triggers = self.config.triggers
         self.runner.config = self.config
         self.deadman.reconfigure(triggers.heartbeat.timeout, triggers.heartbeat.enabled)
-        self.pnl.threshold = pnl_cfg.threshold
-        self.pnl.stale_after = pnl_cfg.stale_after
+        self.pnl.threshold = triggers.pnl.threshold
+        self.pnl.stale_after = triggers.pnl.stale_after
         if self.config.log != previous.log:
             configure_logging(self.config.log.level, self.config.log.format)
         self._log.info("config.reloaded", needs_restart=ignored)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.config import ConfigError, load_config, parse_config
+from killswitch.config import ConfigError, load_config, parse_config, reloadable
 from killswitch.credentials import Secret, load_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,3 +159,26 @@ def test_secret_never_prints() -> None:
     """Secret's repr and str hide the value."""
     s = Secret("hunter2-hunter2")
     assert "hunter2" not in repr(s) + str(s) + f"{s}"
+
+
+def test_reload_applies_live_keys_and_names_the_rest() -> None:
+    """reloadable() takes thresholds and targets, keeps restart-only keys and names them."""
+    current = parse_config(_with(triggers={"pnl": {"enabled": False}}))
+    new = parse_config(
+        {
+            "targets": [{"exchange": "EXCHANGE_2", "symbols": ["BTCUSDT"]}],
+            "exchange": {"base_url": "https://other.example"},
+            "cancel_all": {"rate_limit": {"requests": 5}},
+            "confirm": {"deadline": 30, "rate_limit": {"requests": 40}},
+            "triggers": {"heartbeat": {"timeout": 3.0}, "pnl": {"enabled": True}},
+        }
+    )
+    applied, restart = reloadable(current, new)
+    assert applied.targets[0].symbols == ("BTCUSDT",)
+    assert applied.confirm.deadline == 30
+    assert applied.triggers.heartbeat.timeout == 3.0
+    assert applied.exchange == current.exchange
+    assert applied.cancel_all == current.cancel_all
+    assert applied.confirm.rate_limit == current.confirm.rate_limit
+    assert applied.triggers.pnl.enabled is False
+    assert restart == ["cancel_all", "confirm.rate_limit", "exchange", "triggers.pnl.enabled"]
