@@ -88,6 +88,7 @@ class Target:
 @dataclass(frozen=True)
 class ConfirmConfig:
     max_concurrency: int = 64
+    first_poll_delay: float = 0.25
     poll_interval: float = 0.25
     max_poll_interval: float = 5.0
     deadline: float = 120.0
@@ -281,6 +282,7 @@ def _confirm(t: Table) -> ConfirmConfig:
         raise ConfigError(t.key("max_poll_interval"), "must be at least poll_interval")
     config = ConfirmConfig(
         max_concurrency=t.integer("max_concurrency", d.max_concurrency, maximum=4096),
+        first_poll_delay=t.number("first_poll_delay", d.first_poll_delay, minimum=0.0),
         poll_interval=poll_interval,
         max_poll_interval=max_poll_interval,
         deadline=t.number("deadline", d.deadline, positive=True),

@@ -114,6 +114,7 @@ class _Order:
     status: str = ""
     outcome: Outcome | None = None
     first_polled: float | None = None  # monotonic
+    ready_at: float = 0.0  # monotonic: not polled for the first time before this
     first_polled_wall: float | None = None
     backoff: int = 0  # doublings of poll_interval so far
     not_found: int = 0  # 404 answers in a row
@@ -176,9 +177,12 @@ class Confirmer:
     def add(self, order_ids: Iterable[str]) -> None:
         """Queue ids for their first poll; ids already known are ignored."""
         self._check_open()
+        ready_at = self._clock.monotonic() + self._config.first_poll_delay
         for order_id in order_ids:
             if order_id not in self._orders:
-                order = _Order(order_id)
+                # An order the exchange just acknowledged is still CANCELLATION_RAISED:
+                # a poll at once would be wasted budget.
+                order = _Order(order_id, ready_at=ready_at)
                 self._orders[order_id] = order
                 self._fresh.append(order)
         self._changed.set()
@@ -275,16 +279,23 @@ class Confirmer:
                 if wait == 0.0 and self._gate is not None:
                     wait = max(0.0, self._gate.next_free_in())
                 if wait == 0.0:
-                    return self._fresh.popleft() if self._fresh else heapq.heappop(self._due)[2]
+                    return self._take()
                 await self._wait(wait)
+
+    def _take(self) -> _Order:
+        """A due order: never-polled ones first; a re-poll only when no first poll is due."""
+        now = self._clock.monotonic()
+        if self._fresh and self._fresh[0].ready_at <= now:
+            return self._fresh.popleft()
+        return heapq.heappop(self._due)[2]
 
     def _due_in(self) -> float | None:
         """Seconds until the next poll is due; None when nothing is scheduled."""
-        if self._fresh:
-            return 0.0
-        if not self._due:
-            return None
-        return max(0.0, self._due[0][0] - self._clock.monotonic())
+        now = self._clock.monotonic()
+        times = [self._fresh[0].ready_at] if self._fresh else []
+        if self._due:
+            times.append(self._due[0][0])
+        return max(0.0, min(times) - now) if times else None
 
     async def _wait(self, seconds: float | None) -> None:
         """Sleep ``seconds`` on the clock (None: indefinitely), or until the schedule changes."""

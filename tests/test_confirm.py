@@ -135,7 +135,8 @@ class ThrottledVenue(RecordingSource):
 
 
 def config(**changes: Any) -> ConfirmConfig:
-    return replace(ConfirmConfig(), **changes)
+    """The defaults, but first polls go at once unless a test says otherwise."""
+    return replace(ConfirmConfig(first_poll_delay=0.0), **changes)
 
 
 async def finish(clock: FakeClock, confirmer: Confirmer, limit: float = 100_000.0) -> ConfirmResult:
@@ -623,7 +624,7 @@ async def test_forty_orders_confirm_inside_20_per_60s_with_few_polls() -> None:
     venue = ThrottledVenue(clock, limiter)
     ids = [f"o{i:02}" for i in range(40)]
     venue.cancelled_at = dict.fromkeys(ids, START + 1.0)
-    confirmer = Confirmer(venue, ConfirmConfig(), clock, gate=limiter)
+    confirmer = Confirmer(venue, config(), clock, gate=limiter)
 
     confirmer.add(ids)
     confirmer.close()
@@ -646,7 +647,7 @@ async def test_ids_added_under_a_saturated_limit_go_before_repolls() -> None:
     early = [f"e{i:02}" for i in range(20)]
     late = [f"l{i:02}" for i in range(20)]
     venue.cancelled_at = {**dict.fromkeys(early, START + 1.0), **dict.fromkeys(late, START + 4.0)}
-    confirmer = Confirmer(venue, ConfirmConfig(), clock, gate=limiter)
+    confirmer = Confirmer(venue, config(), clock, gate=limiter)
     confirmer.add(early)
     task = asyncio.create_task(confirmer.run())
 
@@ -669,7 +670,7 @@ async def test_without_a_gate_the_limit_still_holds() -> None:
     venue = ThrottledVenue(clock, limiter)
     ids = [f"o{i:02}" for i in range(40)]
     venue.cancelled_at = dict.fromkeys(ids, START + 1.0)
-    confirmer = Confirmer(venue, ConfirmConfig(), clock)
+    confirmer = Confirmer(venue, config(), clock)
 
     confirmer.add(ids)
     confirmer.close()
@@ -678,3 +679,44 @@ async def test_without_a_gate_the_limit_still_holds() -> None:
     assert result.cancelled == 40
     assert venue.rejected == 0
     assert limiter.waits > 0
+
+
+async def test_first_poll_waits_for_the_transition_so_no_poll_is_wasted() -> None:
+    """With first_poll_delay, orders that settle within it are confirmed with one poll each.
+
+    Each order shows CANCELLED 0.2 s after the kill; first polls wait 0.25 s.
+    Window 1: 20 polls at t=0.25, all final.  Window 2: the other 20.  40 polls.
+    """
+    clock = FakeClock(START)
+    limiter = status_limiter(clock)
+    venue = ThrottledVenue(clock, limiter)
+    ids = [f"o{i:02}" for i in range(40)]
+    venue.cancelled_at = dict.fromkeys(ids, START + 0.2)
+    confirmer = Confirmer(venue, ConfirmConfig(first_poll_delay=0.25), clock, gate=limiter)
+
+    confirmer.add(ids)
+    confirmer.close()
+    result = await finish(clock, confirmer)
+
+    assert result.cancelled == 40
+    assert result.polls == 40
+    assert venue.rejected == 0
+    assert venue.calls[0].at == pytest.approx(START + 0.25)
+    assert clock.monotonic() - START == pytest.approx(60.75 + 0.05)
+
+
+async def test_a_due_repoll_goes_before_a_first_poll_that_is_not_ready() -> None:
+    """A re-poll that is due is not held back by newer ids still inside first_poll_delay."""
+    clock = FakeClock(START)
+    source = ScriptedSource(clock, {"a": ["CANCELLATION_RAISED", "CANCELLED"]})
+    cfg = config(first_poll_delay=1.0, poll_interval=0.25)
+    confirmer = Confirmer(source, cfg, clock)
+    confirmer.add(["a"])
+    task = asyncio.create_task(confirmer.run())
+    await clock.advance(1.0)  # a: first poll
+    confirmer.add(["b"])  # b may not be polled before t+2.0
+    confirmer.close()
+    await clock.run_until(task)
+    calls = [(c.order_id, round(c.at - START, 3)) for c in source.calls]
+    assert calls[:2] == [("a", 1.0), ("a", 1.25)]
+    assert calls[2] == ("b", 2.0)
