@@ -95,7 +95,10 @@ class Daemon:
         def on_send(at: float) -> None:
             self.store.record_send(endpoint, self.clock.time())
             if endpoint == CANCEL_ALL:
-                log.info("cancel_all.sent")
+                # Logged two loop turns later, once aiohttp's writer task has put the
+                # request on the wire (the event keeps the sweep's exchange and symbol).
+                loop = asyncio.get_running_loop()
+                loop.call_soon(loop.call_soon, log.info, "cancel_all.sent")
 
         def on_wait(seconds: float) -> None:
             self.prom.ratelimit_waits.labels(endpoint).inc()
@@ -186,7 +189,7 @@ class Daemon:
         state = self.switch.state
         if state is State.KILLING:
             progress = self.switch.progress()
-            if progress is not None:
+            if progress is not None and progress[1] > 0:
                 return f"KILLING {progress[0]}/{progress[1]} confirmed"
             return "KILLING"
         if state is State.TRIPPED and self.switch.last_kill is not None:

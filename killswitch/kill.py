@@ -52,6 +52,7 @@ class KillPlan:
     known_orders: dict[str, str] = field(default_factory=dict)  # resumed: id -> last status
     first_polled: dict[str, float] = field(default_factory=dict)  # resumed: id -> wall time
     resumed: bool = False
+    announce: Callable[[], None] | None = None  # events and records deferred past the first send
 
 
 class KillRunner:
@@ -146,6 +147,14 @@ class KillRunner:
                 tg.create_task(self._sweep(plan, exchange, symbol, confirmer))
                 for exchange, symbol in plan.sweeps
             ]
+            # Let every sweep put its first request on the wire before anything else
+            # runs: a sweep's first step queues aiohttp's body-writing task, the second
+            # yield lets that task send.  (Only latency depends on this; if a step
+            # yields sooner, the bookkeeping below simply runs a little earlier.)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if plan.announce is not None:
+                plan.announce()
             if plan.resumed:
                 self._log.info(
                     "kill.resumed",

@@ -73,10 +73,14 @@ class KillSwitch:
 
     # ------------------------------------------------------------------ state
 
-    def _set_state(self, state: State, why: str) -> None:
-        if state is self.state:
-            return
-        previous, self.state = self.state, state
+    def _set_state(self, state: State, why: str, *, announced: State | None = None) -> None:
+        """Change state (or, with ``announced``, report a change already made) as an event."""
+        if announced is None:
+            if state is self.state:
+                return
+            previous, self.state = self.state, state
+        else:
+            previous = announced
         self._log.info("switch.state", state=state.value, previous=previous.value, why=why)
         if self.on_state is not None:
             self.on_state(state, why)
@@ -121,6 +125,33 @@ class KillSwitch:
             outcome = TriggerOutcome.LATCHED
         else:
             outcome = TriggerOutcome.STARTED
+        if outcome is not TriggerOutcome.STARTED:
+            self._fired(source, reason, outcome)
+            return outcome
+        # The fast path: decide, latch in memory and wake the kill.  The events, the
+        # state callbacks and the durable record follow in announce(), which the kill
+        # runs right after its first cancel_all requests have left.
+        kill_id = uuid.uuid4().hex[:16]
+        sweeps = plan_sweeps(self.runner.config.targets)
+        started_at = self.clock.time()
+
+        previous = self.state
+
+        def announce() -> None:
+            self._fired(source, reason, outcome)
+            self._set_state(State.KILLING, f"{source}: {reason}", announced=previous)
+            self.store.start_kill(kill_id, source, reason, started_at, sweeps)
+
+        self._pending = KillPlan(
+            kill_id=kill_id, source=source, reason=reason, sweeps=sweeps, announce=announce
+        )
+        self.current_kill_id = kill_id
+        self._idle.clear()
+        self.state = State.KILLING
+        self._wake.set()
+        return outcome
+
+    def _fired(self, source: str, reason: str, outcome: TriggerOutcome) -> None:
         self._log.warning(
             "trigger.fired",
             source=source,
@@ -128,16 +159,6 @@ class KillSwitch:
             coalesced=outcome is TriggerOutcome.COALESCED,
             outcome=outcome.value,
         )
-        if outcome is TriggerOutcome.STARTED:
-            kill_id = uuid.uuid4().hex[:16]
-            sweeps = plan_sweeps(self.runner.config.targets)
-            self._pending = KillPlan(kill_id=kill_id, source=source, reason=reason, sweeps=sweeps)
-            self.current_kill_id = kill_id
-            self._idle.clear()
-            self._set_state(State.KILLING, f"{source}: {reason}")
-            self._wake.set()
-            self.store.start_kill(kill_id, source, reason, self.clock.time(), sweeps)
-        return outcome
 
     def reset(self) -> bool:
         """Re-arm a tripped switch.  Refused (False) while a kill is running."""

@@ -28,6 +28,8 @@ class FakeRunner:
 
     async def run(self, plan: KillPlan) -> dict[str, Any]:
         self.plans.append(plan)
+        if plan.announce is not None:  # the real runner announces after its first sends
+            plan.announce()
         await self.release.wait()
         self.release.clear()
         return {"source": plan.source, "cancelled": 1}
