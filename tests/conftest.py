@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -10,6 +11,18 @@ from pathlib import Path
 import pytest
 
 from killswitch.sim import SimConfig, SimExchange
+from tests.harness import DaemonProcess
+
+
+@pytest.fixture(autouse=True)
+def reap_daemons() -> Iterator[None]:
+    """A test that fails half-way must not leave its daemon processes running."""
+    yield
+    for daemon in DaemonProcess.started:
+        if daemon.proc is not None and daemon.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                daemon.proc.kill()
+    DaemonProcess.started.clear()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET
 
@@ -103,6 +103,8 @@ def daemon_env(**extra: str) -> dict[str, str]:
 class DaemonProcess:
     """``python -m killswitch run`` with its stdout parsed into events."""
 
+    started: ClassVar[list[DaemonProcess]] = []  # every one, so teardown can reap them
+
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.env = env if env is not None else daemon_env()
@@ -130,6 +132,7 @@ class DaemonProcess:
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
         )
+        DaemonProcess.started.append(self)
         self._reader = asyncio.create_task(self._read())
         if wait_ready:
             await self.wait_for("daemon.ready")
