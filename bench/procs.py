@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import aiohttp
+import tomli_w
 
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET
 
@@ -30,7 +31,6 @@ __all__ = [
     "SimProcess",
     "daemon_config",
     "daemon_env",
-    "toml",
 ]
 
 Event = dict[str, Any]
@@ -38,40 +38,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- config
-
-
-def _value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str | Path):
-        return json.dumps(str(v))
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    """A small TOML writer: tables, arrays of tables, scalars and lists."""
-    lines: list[str] = []
-    tables: list[tuple[str, Any]] = []
-    for key, value in data.items():
-        if isinstance(value, Mapping) or (
-            isinstance(value, list) and value and all(isinstance(x, Mapping) for x in value)
-        ):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_value(value)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for key, value in tables:
-        name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, list):
-            for item in value:
-                out += f"\n[[{name}]]\n" + toml(item, name)
-        else:
-            out += f"\n[{name}]\n" + toml(value, name)
-    return out
 
 
 def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,7 +66,7 @@ def daemon_config(directory: Path, base_url: str, overrides: Mapping[str, Any]) 
         "daemon": {"shutdown_grace": 5},
     }
     path = directory / "killswitch.toml"
-    path.write_text(toml(_merge(data, overrides)))
+    path.write_text(tomli_w.dumps(_merge(data, overrides)))
     return path
 
 

@@ -12,45 +12,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import tomli_w
+
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET
 
-__all__ = ["DaemonProcess", "toml", "write_config"]
+__all__ = ["DaemonProcess", "write_config"]
 
 Event = dict[str, Any]
-
-
-def _value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str | Path):
-        return json.dumps(str(v))
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    """A small TOML writer for test configs (tables, arrays of tables, scalars, lists)."""
-    lines: list[str] = []
-    tables: list[tuple[str, Any]] = []
-    for key, value in data.items():
-        if isinstance(value, Mapping) or (
-            isinstance(value, list) and value and all(isinstance(x, Mapping) for x in value)
-        ):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_value(value)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for key, value in tables:
-        name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, list):
-            for item in value:
-                out += f"\n[[{name}]]\n" + toml(item, name)
-        else:
-            out += f"\n[{name}]\n" + toml(value, name)
-    return out
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,7 +53,7 @@ def write_config(directory: Path, base_url: str, **overrides: Any) -> Path:
     }
     data = _merge(data, overrides)
     path = directory / "killswitch.toml"
-    path.write_text(toml(data))
+    path.write_text(tomli_w.dumps(data))
     return path
 
 
