@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -30,9 +29,10 @@ from killswitch.heartbeat import DeadManSwitch
 from killswitch.kill import KillRunner
 from killswitch.log import configure_logging, get_logger, redactor
 from killswitch.metrics import Metrics
-from killswitch.notify import Notifier, watchdog_loop
+from killswitch.notify import Notifier
 from killswitch.pnl import PnlMonitor, PnlWatcher
 from killswitch.ratelimit import SlidingWindowLimiter
+from killswitch.service import Service
 from killswitch.signing import make_signer
 from killswitch.store import StateStore
 from killswitch.switch import KillSwitch, State
@@ -41,7 +41,6 @@ __all__ = ["Daemon"]
 
 CANCEL_ALL = "cancel_all"
 ORDER_STATUS = "order_status"
-STATUS_REFRESH = 0.5  # seconds between STATUS= progress updates during a kill
 
 
 class _Stop(Exception):
@@ -67,9 +66,6 @@ class Daemon:
         self._stop = asyncio.Event()
         self._started = self.clock.monotonic()
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._killing = asyncio.Event()  # wakes the STATUS= progress loop
-        self._status_sent: str | None = None
-        self._tripped_at: float | None = None  # wall-clock time the last kill completed
         redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
 
     # ------------------------------------------------------------------ wiring
@@ -136,6 +132,7 @@ class Daemon:
             status_gate=self.status_limiter,
         )
         self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
+        self.service = Service(self.notifier, self.switch, self.clock)
         hb = cfg.triggers.heartbeat
         self.deadman = DeadManSwitch(
             hb.timeout,
@@ -171,44 +168,11 @@ class Daemon:
     def _state_changed(self, state: State, why: str) -> None:
         if state is State.KILLING:
             self.prom.kills.labels(why.split(":", 1)[0]).inc()
-            self._killing.set()
         elif state is State.TRIPPED:
-            self._tripped_at = self.clock.time()
             last = self.switch.last_kill or {}
             for outcome in ("cancelled", "filled", "other", "unknown", "unconfirmed"):
                 self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
-        self._send_status()
-
-    def _send_status(self, *, force: bool = False) -> None:
-        """``STATUS=`` the current line, unless systemd already has it."""
-        line = self._status_line()
-        if (force or line != self._status_sent) and self.notifier.status(line):
-            self._status_sent = line
-
-    def _status_line(self) -> str:
-        state = self.switch.state
-        if state is State.KILLING:
-            progress = self.switch.progress()
-            if progress is not None and progress[1] > 0:
-                return f"KILLING {progress[0]}/{progress[1]} confirmed"
-            return "KILLING"
-        if state is State.TRIPPED and self.switch.last_kill is not None:
-            source = self.switch.last_kill.get("source", "?")
-            if self._tripped_at is None:
-                return f"TRIPPED by {source}"
-            at = datetime.fromtimestamp(self._tripped_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            return f"TRIPPED at {at} by {source}"
-        return state.value
-
-    async def _status_loop(self) -> None:
-        """While a kill runs, refresh ``STATUS=`` with its progress (only when it changed)."""
-        while True:
-            if self.switch.state is State.KILLING:
-                self._send_status()
-                await self.clock.sleep(STATUS_REFRESH)
-            else:
-                self._killing.clear()
-                await self._killing.wait()
+        self.service.state_changed(state)
 
     def _fire(self, source: str, reason: str) -> None:
         enabled = {
@@ -280,14 +244,14 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; the latch, heartbeat clock and state stay."""
-        self._notify("RELOADING=1", self.notifier.reloading())
+        self.service.notify("RELOADING=1", self.notifier.reloading())
         try:
             if self.config.source is None:
                 raise ConfigError("config", "no file to reload from")
             new = load_config(self.config.source)
         except ConfigError as exc:
             self._log.error("config.reload_failed", key=exc.key, problem=exc.problem)
-            self._notify("READY=1", self.notifier.ready())
+            self.service.notify("READY=1", self.notifier.ready())
             return
         previous = self.config
         self.config, ignored = reloadable(previous, new)
@@ -299,8 +263,8 @@ class Daemon:
         if self.config.log != previous.log:
             configure_logging(self.config.log.level, self.config.log.format)
         self._log.info("config.reloaded", needs_restart=ignored)
-        self._notify("READY=1", self.notifier.ready())
-        self._send_status(force=True)
+        self.service.notify("READY=1", self.notifier.ready())
+        self.service.send_status(force=True)
 
     # ------------------------------------------------------------------ serve
 
@@ -315,7 +279,7 @@ class Daemon:
         last = self.store.last_kill()
         self._build()
         self.switch.restore(tripped, last, unfinished)
-        self._tripped_at = None if last is None else last.completed_at
+        self.service.tripped_at = None if last is None else last.completed_at
         self.store.set_clean(False)
         if self.config.triggers.pnl.enabled:
             self.pnl_watcher.open()
@@ -361,8 +325,8 @@ class Daemon:
             control_socket=str(self.config.control.socket),
             pnl_watch=self.config.triggers.pnl.enabled,
         )
-        self._notify("READY=1", self.notifier.ready())
-        self._send_status(force=True)
+        self.service.notify("READY=1", self.notifier.ready())
+        self.service.send_status(force=True)
         crash: BaseExceptionGroup[Exception] | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -372,9 +336,12 @@ class Daemon:
                 }
                 if self.config.triggers.pnl.enabled:
                     self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
-                tg.create_task(self._watchdog(), name="watchdog")
+                tg.create_task(
+                    self.service.watchdog(lambda: self._tasks, self._stop.is_set),
+                    name="watchdog",
+                )
                 if self.notifier.enabled:
-                    tg.create_task(self._status_loop(), name="status")
+                    tg.create_task(self.service.status_loop(), name="status")
                 await self._stop.wait()
                 await self._shutdown()
                 raise _Stop
@@ -390,34 +357,13 @@ class Daemon:
         self._log.info("daemon.stopped")
         return 0
 
-    def _notify(self, what: str, sent: bool) -> None:
-        if not sent:
-            self._notify_failed(self.notifier.last_error, what)
-
-    def _notify_failed(self, error: OSError | None, what: str = "WATCHDOG=1") -> None:
-        self._log.warning(
-            "notify.failed", message=what, error=None if error is None else str(error)
-        )
-
-    def _healthy(self) -> bool:
-        """The watchdog pings only while every watcher task is still running."""
-        return all(not t.done() for t in self._tasks.values())
-
-    async def _watchdog(self) -> None:
-        """Ping systemd's watchdog; say which watcher died if the pings stop early."""
-        notifier, clock = self.notifier, self.clock
-        await watchdog_loop(notifier, self._healthy, clock, on_failure=self._notify_failed)
-        dead = sorted(name for name, task in self._tasks.items() if task.done())
-        if dead and not self._stop.is_set():
-            self._log.critical("watchdog.stopped", dead=dead, note="systemd restarts the daemon")
-
     async def _shutdown(self) -> None:
         self._log.info(
             "daemon.stopping",
             state=self.switch.state.value,
             grace=self.config.daemon.shutdown_grace,
         )
-        self._notify("STOPPING=1", self.notifier.stopping())
+        self.service.notify("STOPPING=1", self.notifier.stopping())
         finished = await self.switch.drain(self.config.daemon.shutdown_grace)
         if not finished:
             progress = self.switch.progress()

@@ -1,0 +1,97 @@
+"""What the daemon tells systemd: readiness, ``STATUS=`` lines and watchdog pings.
+
+``READY=1``/``RELOADING=1``/``STOPPING=1`` go out through :meth:`Service.notify`,
+which logs ``notify.failed`` when a datagram cannot be sent.  The ``STATUS=``
+line follows the switch (``ARMED``, ``KILLING 412/500 confirmed``, ``TRIPPED at
+<time> by <source>``) and is refreshed while a kill runs.  Watchdog pings stop
+as soon as a watcher task is no longer running, so systemd restarts the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from killswitch.clock import Clock
+from killswitch.log import get_logger
+from killswitch.notify import Notifier, watchdog_loop
+from killswitch.switch import KillSwitch, State
+
+__all__ = ["STATUS_REFRESH", "Service"]
+
+STATUS_REFRESH = 0.5  # seconds between STATUS= progress updates during a kill
+
+
+class Service:
+    def __init__(self, notifier: Notifier, switch: KillSwitch, clock: Clock) -> None:
+        self.notifier = notifier
+        self.switch = switch
+        self.clock = clock
+        self.tripped_at: float | None = None  # wall-clock time the last kill completed
+        self._killing = asyncio.Event()  # wakes the STATUS= progress loop
+        self._status_sent: str | None = None
+        self._log = get_logger()
+
+    def notify(self, what: str, sent: bool) -> None:
+        """Log a ``READY=1``-style message that could not be delivered."""
+        if not sent:
+            self.notify_failed(self.notifier.last_error, what)
+
+    def notify_failed(self, error: OSError | None, what: str = "WATCHDOG=1") -> None:
+        self._log.warning(
+            "notify.failed", message=what, error=None if error is None else str(error)
+        )
+
+    def state_changed(self, state: State) -> None:
+        if state is State.KILLING:
+            self._killing.set()
+        elif state is State.TRIPPED:
+            self.tripped_at = self.clock.time()
+        self.send_status()
+
+    def send_status(self, *, force: bool = False) -> None:
+        """``STATUS=`` the current line, unless systemd already has it."""
+        line = self.status_line()
+        if (force or line != self._status_sent) and self.notifier.status(line):
+            self._status_sent = line
+
+    def status_line(self) -> str:
+        state = self.switch.state
+        if state is State.KILLING:
+            progress = self.switch.progress()
+            if progress is not None and progress[1] > 0:
+                return f"KILLING {progress[0]}/{progress[1]} confirmed"
+            return "KILLING"
+        if state is State.TRIPPED and self.switch.last_kill is not None:
+            source = self.switch.last_kill.get("source", "?")
+            if self.tripped_at is None:
+                return f"TRIPPED by {source}"
+            at = datetime.fromtimestamp(self.tripped_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return f"TRIPPED at {at} by {source}"
+        return state.value
+
+    async def status_loop(self) -> None:
+        """While a kill runs, refresh ``STATUS=`` with its progress (only when it changed)."""
+        while True:
+            if self.switch.state is State.KILLING:
+                self.send_status()
+                await self.clock.sleep(STATUS_REFRESH)
+            else:
+                self._killing.clear()
+                await self._killing.wait()
+
+    async def watchdog(
+        self,
+        tasks: Callable[[], dict[str, asyncio.Task[None]]],
+        stopping: Callable[[], bool],
+    ) -> None:
+        """Ping the watchdog while every watcher runs; say which one died if the pings stop."""
+
+        def healthy() -> bool:
+            return all(not t.done() for t in tasks().values())
+
+        await watchdog_loop(self.notifier, healthy, self.clock, on_failure=self.notify_failed)
+        dead = sorted(name for name, task in tasks().items() if task.done())
+        if dead and not stopping():
+            self._log.critical("watchdog.stopped", dead=dead, note="systemd restarts the daemon")
