@@ -16,7 +16,7 @@ import tomli_w
 
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET
 
-__all__ = ["DaemonProcess", "write_config"]
+__all__ = ["DaemonProcess", "write_atomically", "write_config"]
 
 Event = dict[str, Any]
 
@@ -55,6 +55,13 @@ def write_config(directory: Path, base_url: str, **overrides: Any) -> Path:
     path = directory / "killswitch.toml"
     path.write_text(tomli_w.dumps(data))
     return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` the way a strategy writes its PnL file: temp file, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def daemon_env(**extra: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 from killswitch.control import ControlClient, DaemonUnavailable
 from killswitch.sim import SimExchange
-from tests.harness import DaemonProcess, write_config
+from tests.harness import DaemonProcess, write_atomically, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -28,12 +27,6 @@ def _ts(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 async def _started(
     sim_factory: SimFactory, workdir: Path, **overrides: Any
 ) -> tuple[SimExchange, DaemonProcess, ControlClient]:
@@ -42,6 +35,20 @@ async def _started(
     daemon = DaemonProcess(write_config(workdir, url, **overrides))
     await daemon.start()
     return sim, daemon, ControlClient(workdir / "ctl.sock")
+
+
+async def _pnl_started(
+    sim_factory: SimFactory, workdir: Path, initial: str, stale_after: float = 0
+) -> tuple[Path, DaemonProcess, ControlClient]:
+    """A daemon watching workdir/pnl.json (threshold -1000), the file first holding ``initial``."""
+    pnl = workdir / "pnl.json"
+    write_atomically(pnl, initial)
+    _, daemon, ctl = await _started(
+        sim_factory,
+        workdir,
+        triggers={"pnl": {"enabled": True, "threshold": -1000.0, "stale_after": stale_after}},
+    )
+    return pnl, daemon, ctl
 
 
 async def test_heartbeat_silence_fires_exactly_one_kill_after_timeout(
@@ -77,22 +84,16 @@ async def test_pnl_rename_below_threshold_fires_one_kill(
     workdir: Path, sim_factory: SimFactory
 ) -> None:
     """PnL rewritten by rename from above to below the threshold: one kill, source pnl."""
-    pnl = workdir / "pnl.json"
-    _write_atomically(pnl, '{"pnl": 250.0}')
-    _, daemon, ctl = await _started(
-        sim_factory,
-        workdir,
-        triggers={"pnl": {"enabled": True, "threshold": -1000.0, "stale_after": 0}},
-    )
+    pnl, daemon, ctl = await _pnl_started(sim_factory, workdir, '{"pnl": 250.0}')
     _, status = await ctl.request("GET", "/status")
     assert status["pnl"] == 250.0
-    _write_atomically(pnl, '{"pnl": -999.0, "ts": 1}')
-    _write_atomically(pnl, '{"pnl": -1500.5}')
+    write_atomically(pnl, '{"pnl": -999.0, "ts": 1}')
+    write_atomically(pnl, '{"pnl": -1500.5}')
     breach = await daemon.wait_for("pnl.breach")
     assert breach["pnl"] == -1500.5
     assert breach["threshold"] == -1000.0
     await daemon.wait_for("kill.completed")
-    _write_atomically(pnl, '{"pnl": -2000}')  # still below: level, not edge
+    write_atomically(pnl, '{"pnl": -2000}')  # still below: level, not edge
     await asyncio.sleep(0.3)
     fired = daemon.named("trigger.fired")
     assert [(e["source"], e["outcome"]) for e in fired] == [("pnl", "started")]
@@ -103,17 +104,11 @@ async def test_pnl_garbage_is_logged_and_never_kills(
     workdir: Path, sim_factory: SimFactory
 ) -> None:
     """Garbage between good values: pnl.invalid, no kill, daemon alive, last value stands."""
-    pnl = workdir / "pnl.json"
-    _write_atomically(pnl, "100")
-    _, daemon, ctl = await _started(
-        sim_factory,
-        workdir,
-        triggers={"pnl": {"enabled": True, "threshold": -1000.0, "stale_after": 0}},
-    )
+    pnl, daemon, ctl = await _pnl_started(sim_factory, workdir, "100")
     for garbage in ("NaN", '{"pnl": Infinity}', "", '{"pnl": 1', "\x00\xff", "lots of junk"):
-        _write_atomically(pnl, garbage)
+        write_atomically(pnl, garbage)
         await daemon.wait_for("pnl.invalid", count=len(daemon.named("pnl.invalid")) + 1)
-    _write_atomically(pnl, "50")
+    write_atomically(pnl, "50")
     await asyncio.sleep(0.2)
     _, status = await ctl.request("GET", "/status")
     assert status["state"] == "ARMED"
@@ -270,14 +265,8 @@ async def test_pnl_stale_file_fires_with_reason_stale(
     workdir: Path, sim_factory: SimFactory
 ) -> None:
     """No valid PnL for stale_after seconds (the writer died): one kill, reason stale."""
-    pnl = workdir / "pnl.json"
-    _write_atomically(pnl, "10")
-    _, daemon, _ = await _started(
-        sim_factory,
-        workdir,
-        triggers={"pnl": {"enabled": True, "threshold": -1000.0, "stale_after": 0.6}},
-    )
-    _write_atomically(pnl, "garbage")  # invalid content does not refresh the clock
+    pnl, daemon, _ = await _pnl_started(sim_factory, workdir, "10", stale_after=0.6)
+    write_atomically(pnl, "garbage")  # invalid content does not refresh the clock
     fired = await daemon.wait_for("trigger.fired")
     assert fired["source"] == "pnl"
     assert fired["reason"].startswith("stale")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from structlog.testing import capture_logs
 
 from killswitch.pnl import PnlMonitor, PnlWatcher, parse_pnl
 from tests.fakes import FakeClock
+from tests.harness import write_atomically
 
 
 class _Fires:
@@ -138,12 +138,6 @@ async def test_stale_fires_once_after_stale_after() -> None:
     assert len(fires.calls) == 2
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 async def _until(predicate: object, timeout: float = 5.0) -> None:
     assert callable(predicate)
     loop = asyncio.get_running_loop()
@@ -158,7 +152,7 @@ async def _until(predicate: object, timeout: float = 5.0) -> None:
 async def test_watcher_sees_renames_and_survives_garbage(tmp_path: Path, backend: str) -> None:
     """Atomic renames are seen (inotify and poll); garbage logs pnl.invalid, no fire."""
     path = tmp_path / "pnl.json"
-    _write_atomically(path, '{"pnl": 100}')
+    write_atomically(path, '{"pnl": 100}')
     fires = _Fires()
     mon = PnlMonitor(-100.0, 0, FakeClock(), fires)
     watcher = PnlWatcher(path, mon, poll_interval=0.01)
@@ -168,12 +162,12 @@ async def test_watcher_sees_renames_and_survives_garbage(tmp_path: Path, backend
         task = asyncio.create_task(watcher.run())
         await _until(lambda: mon.value == 100)
         await _until(lambda: watcher.backend == backend)
-        _write_atomically(path, "garbage")
+        write_atomically(path, "garbage")
         await _until(lambda: any(e["event"] == "pnl.invalid" for e in logs))
-        _write_atomically(path, '{"pnl": 50}')
+        write_atomically(path, '{"pnl": 50}')
         await _until(lambda: mon.value == 50)
         assert fires.calls == []
-        _write_atomically(path, '{"pnl": -150}')
+        write_atomically(path, '{"pnl": -150}')
         await _until(lambda: bool(fires.calls))
         task.cancel()
     assert fires.calls == [("breach", -150.0)]
@@ -187,6 +181,6 @@ async def test_watcher_missing_file_then_created(tmp_path: Path) -> None:
     with capture_logs() as logs:
         task = asyncio.create_task(PnlWatcher(path, mon).run())
         await _until(lambda: any(e.get("problem") == "missing" for e in logs))
-        _write_atomically(path, "7")
+        write_atomically(path, "7")
         await _until(lambda: mon.value == 7)
         task.cancel()
