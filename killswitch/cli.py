@@ -190,6 +190,7 @@ def _sim_config(args: argparse.Namespace) -> Any:
         cancel_delay=args.cancel_delay,
         clock_offset_ms=args.clock_offset_ms,
         require_content_type=args.require_content_type,
+        retry_after_on_violation=args.retry_after,
         seed=args.seed,
     )
 
@@ -299,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="require_content_type",
         action="store_false",
         help="serve signed requests that lack Content-Type: application/json (default: 400)",
+    )
+    p.add_argument(
+        "--no-retry-after",
+        dest="retry_after",
+        action="store_false",
+        help="answer a request over a limit 429 without Retry-After (default: with it)",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed for ids and outcomes")
     p.set_defaults(fn=cmd_sim)

@@ -785,6 +785,19 @@ async def test_refused_requests_count_in_the_window_and_it_slides(
     assert sim.windows["cancel_all"].peak == 3
 
 
+async def test_a_violation_can_be_answered_without_retry_after(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """retry_after_on_violation=False: the 429 for a violation carries no Retry-After."""
+    sim, url = await make_sim(cancel_all_limit=(1, 60.0), retry_after_on_violation=False)
+
+    await cancel_all(session, sim, url)
+    status, _, resp = await cancel_all(session, sim, url)
+
+    assert (status, resp.headers.get("Retry-After")) == (429, None)
+    assert sim.violations("cancel_all") == 1
+
+
 async def test_unknown_paths_answer_404_uncounted_on_a_kept_alive_connection(
     make_sim: SimFactory,
 ) -> None:
@@ -1500,7 +1513,7 @@ def test_sim_subcommand_builds_its_config_from_every_option() -> None:
             "sim", "--port", "0", "--cancel-all-limit", "5/30", "--status-limit", "7/60",
             "--open-orders-limit", "8/60", "--closed-orders-limit", "9/60", "--fill-ratio", "0.1",
             "--partial-fill-ratio", "0.3", "--cancel-delay", "0.05-0.5", "--clock-offset-ms",
-            "-90000", "--no-require-content-type", "--seed", "4",
+            "-90000", "--no-require-content-type", "--no-retry-after", "--seed", "4",
         ]
     )  # fmt: skip
     config = _sim_config(args)
@@ -1512,6 +1525,7 @@ def test_sim_subcommand_builds_its_config_from_every_option() -> None:
     assert config.cancel_delay == (0.05, 0.5)
     assert config.clock_offset_ms == -90_000
     assert config.require_content_type is False
+    assert config.retry_after_on_violation is False
     assert config.seed == 4
 
 
