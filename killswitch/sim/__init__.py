@@ -4,11 +4,13 @@ from killswitch.sim.auth import sign_headers
 from killswitch.sim.config import DEMO_API_KEY, DEMO_API_SECRET, SimConfig
 from killswitch.sim.record import ReceivedRequest
 from killswitch.sim.server import SimExchange, run_sim
+from killswitch.sim.venue import Rejection
 
 __all__ = [
     "DEMO_API_KEY",
     "DEMO_API_SECRET",
     "ReceivedRequest",
+    "Rejection",
     "SimConfig",
     "SimExchange",
     "run_sim",

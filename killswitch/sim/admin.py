@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from killswitch.sim.venue import Rejection
-
 if TYPE_CHECKING:
     from killswitch.sim.server import SimExchange
 
@@ -151,36 +149,31 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         return sim.behaviour.to_json()
 
     def reject(body: dict[str, Any]) -> dict[str, Any]:
-        symbol = body.get("symbol")
-        if not isinstance(symbol, str) or not symbol:
+        symbol, status = body.get("symbol"), body.get("status")
+        if not isinstance(symbol, str):
             raise _BadRequest("symbol: expected a string")
-        status = body.get("status")
-        if status is None:
-            sim.reject(symbol, None)
-        else:
-            if not _is_int(status) or not 400 <= status <= 499 or status == 429:
-                raise _BadRequest("status: expected a 4xx other than 429, or null")
-            message = _optional(body, "message", str, "a string")
-            unscoped = body.get("unscoped", "refuse")
-            if unscoped not in ("refuse", "spare"):
-                raise _BadRequest('unscoped: expected "refuse" or "spare"')
-            text = message or f"symbol: {symbol} is not accepting cancellations"
-            sim.reject(symbol, Rejection(status, text, unscoped))
+        if status is not None and not _is_int(status):
+            raise _BadRequest("status: expected a 4xx other than 429, or null")
+        message = _optional(body, "message", str, "a string")
+        unscoped = _optional(body, "unscoped", str, '"refuse" or "spare"') or "refuse"
+        sim.reject(symbol, status, message, unscoped=unscoped)
         return {"rejected": {s: r.to_json() for s, r in sim.venue.rejections.items()}}
 
     async def trader(body: dict[str, Any]) -> dict[str, Any]:
         if body.get("stop") is True:
-            await sim.trader.stop()
+            await sim.stop_trader()
             return sim.trader.to_json()
         orders = _counts(body.get("orders"))
         interval = body.get("interval", 1.0)
         if not _is_number(interval):
             raise _BadRequest("interval: expected seconds")
-        exchange = _optional(body, "exchange", str, "a string") or sim.config.exchange
+        exchange = _optional(body, "exchange", str, "a string")
         on_cancel_all = body.get("on_cancel_all", False)
         if not isinstance(on_cancel_all, bool):
             raise _BadRequest("on_cancel_all: expected true or false")
-        await sim.trader.start(orders, float(interval), exchange, on_cancel_all=on_cancel_all)
+        await sim.start_trader(
+            orders, float(interval), exchange=exchange, on_cancel_all=on_cancel_all
+        )
         return sim.trader.to_json()
 
     async def stats(request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -158,12 +158,51 @@ class SimExchange:
         """The venue's clock is the real wall clock plus ``offset_ms`` from now on."""
         self.clock.offset_ms = offset_ms
 
-    def reject(self, symbol: str, rejection: Rejection | None) -> None:
-        """Refuse ``cancel_all`` for ``symbol`` with ``rejection``; ``None`` lifts it."""
-        if rejection is None:
+    def reject(
+        self,
+        symbol: str,
+        status: int | None,
+        message: str | None = None,
+        *,
+        unscoped: str = "refuse",
+    ) -> None:
+        """Refuse ``cancel_all`` for ``symbol`` with ``status`` (a 4xx but 429); ``None`` lifts it.
+
+        ``unscoped``: ``refuse`` answers a ``cancel_all`` without a symbol the
+        same way; ``spare`` cancels the other symbols and leaves this one.
+        """
+        if not symbol:
+            raise ValueError("symbol: expected a non-empty string")
+        if status is None:
             self.venue.rejections.pop(symbol, None)
-        else:
-            self.venue.rejections[symbol] = rejection
+            return
+        if not 400 <= status <= 499 or status == 429:
+            raise ValueError("status: expected a 4xx other than 429, or null")
+        if unscoped not in ("refuse", "spare"):
+            raise ValueError('unscoped: expected "refuse" or "spare"')
+        text = message or f"symbol: {symbol} is not accepting cancellations"
+        mode: Literal["refuse", "spare"] = "refuse" if unscoped == "refuse" else "spare"
+        self.venue.rejections[symbol] = Rejection(status, text, mode)
+
+    async def start_trader(
+        self,
+        orders: dict[str, int],
+        interval: float = 1.0,
+        *,
+        exchange: str | None = None,
+        on_cancel_all: bool = False,
+    ) -> None:
+        """Place ``orders[symbol]`` orders per symbol, one each every ``interval`` s.
+
+        With ``on_cancel_all`` the first ones go in right after the next
+        ``cancel_all`` is served.  Replaces a running trader.
+        """
+        await self.trader.start(
+            orders, interval, exchange or self.config.exchange, on_cancel_all=on_cancel_all
+        )
+
+    async def stop_trader(self) -> None:
+        await self.trader.stop()
 
     def violations(self, endpoint: Endpoint) -> int:
         return self.windows[endpoint].violations
