@@ -315,6 +315,21 @@ async def test_clock_offset_moves_server_time_and_the_epoch_check(
     assert sim.stats()["clock"]["offset_ms"] == 90_000
 
 
+async def test_moving_the_clock_keeps_every_orders_age(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """Set back 90 s after seeding, the venue still lists its fresh orders at their age."""
+    sim, url = await make_sim()
+    ids = sim.seed({"BTCUSDT": 2})
+    ages = [sim.clock.now_ms() - sim.book.orders[i].created_at for i in ids]
+
+    await admin(session, url, "clock", {"offset_ms": -90_000})
+    listed = (await listing(session, sim, url))[1]["data"]["orders"]
+
+    assert sorted(o["order_id"] for o in listed) == sorted(ids)
+    assert [sim.clock.now_ms() - sim.book.orders[i].created_at for i in ids] == ages
+
+
 @pytest.mark.parametrize(("off_ms", "expected"), [(60_000, 200), (-60_000, 200), (60_001, 401)])
 async def test_epoch_skew_allowed_is_sixty_seconds_either_way(
     make_sim: SimFactory, session: aiohttp.ClientSession, off_ms: int, expected: int

@@ -184,6 +184,16 @@ class OrderBook:
         self.exchanges.add(exchange)
         return self._new(exchange, symbol, self._venue.now_ms(), "RAISED").order_id
 
+    def shift_times(self, delta_ms: int) -> None:
+        """Move every stamped time by ``delta_ms``: the venue's clock was always this far off."""
+        for order in self.orders.values():
+            order.created_at += delta_ms
+            if order.cancelled_at is not None:
+                order.cancelled_at += delta_ms
+            if order.resolve_ms is not None:
+                order.resolve_ms += delta_ms
+        self._used_ms = {ms + delta_ms for ms in self._used_ms}
+
     def cancel_all(
         self, exchange: str, symbol: str | None, spare: frozenset[str] = frozenset()
     ) -> list[str]:

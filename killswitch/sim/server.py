@@ -155,7 +155,14 @@ class SimExchange:
         self.faults.clear()
 
     def set_clock_offset(self, offset_ms: int) -> None:
-        """The venue's clock is the real wall clock plus ``offset_ms`` from now on."""
+        """The venue's clock is the real wall clock plus ``offset_ms`` from now on.
+
+        Orders already on the book move with it (their ``created_at`` and
+        ``updated_at`` keep their age), as if the venue's clock had always
+        been this far off: moving it back never hides a fresh order in the
+        future, beyond a default listing's ``to_time``.
+        """
+        self.book.shift_times(offset_ms - self.clock.offset_ms)
         self.clock.offset_ms = offset_ms
 
     def reject(
