@@ -1313,15 +1313,15 @@ async def test_trader_places_orders_per_symbol_every_interval_until_done(
     started = await admin(
         session, url, "trader", {"orders": {"BTCUSDT": 3, "ETHUSDT": 1}, "interval": 5}
     )
-    await clock.advance(0)
+    await clock.advance(4.9)
     first = len(sim.trader.placed)
-    await clock.advance(5)
+    await clock.advance(0.1)
     second = len(sim.trader.placed)
     await clock.advance(5)
     listed = ids_of((await listing(session, sim, url))[1])
     stats = sim.stats()
 
-    assert started["remaining"] == {"BTCUSDT": 3, "ETHUSDT": 1}
+    assert (started["remaining"], len(started["placed"])) == ({"BTCUSDT": 2, "ETHUSDT": 0}, 2)
     assert (first, second) == (2, 3)
     assert sorted(listed) == sorted(stats["trader"]["placed"])
     assert stats["trader"]["running"] is False
@@ -1345,11 +1345,13 @@ async def test_trader_armed_on_cancel_all_places_orders_no_answer_named(
     before = list(sim.trader.placed)
 
     named = (await cancel_all(session, sim, url))[1]["data"]["orders_ids"]
+    right_after = len(sim.trader.placed)
     await clock.advance(1)
     await clock.advance(0.3)
     stats = sim.stats()
 
     assert (armed["armed"], armed["running"], before) == (True, False, [])
+    assert right_after == 1  # placed as soon as the cancel_all was served
     assert sorted(named) == sorted(seeded)
     assert len(stats["trader"]["placed"]) == 2
     assert not set(named) & set(stats["trader"]["placed"])
