@@ -1,4 +1,4 @@
-"""The simulated exchange: strict rate limits, lazy cancellation, injectable faults."""
+"""The simulated exchange: the venue of VENUE.md, strict rate limits, bad days on demand."""
 
 from killswitch.sim.auth import sign_headers
 from killswitch.sim.config import DEMO_API_KEY, DEMO_API_SECRET, SimConfig

@@ -13,13 +13,16 @@ Errors answer 400 ``{"error": "bad_request", "message": ...}`` naming the field.
 - ``POST /_sim/forget`` ``{"order_ids": [...]}`` drops those orders (status answers 404)
   → ``{"forgotten": n}``
 - ``GET /_sim/requests`` → ``{"requests": [ReceivedRequest, ...]}``
-- ``POST /_sim/clock`` ``{"offset_ms": int}`` → ``{"offset_ms", "server_time"}``
+- ``POST /_sim/clock`` ``{"offset_ms": int}`` → ``{"offset_ms", "server_time"}``: the
+  venue's clock is the real one plus the offset (orders on the book keep their age)
 - ``POST /_sim/behaviour`` ``{"fill_ratio"?, "partial_fill_ratio"?, "cancel_delay"?: [lo, hi]}``
   → the behaviour now
 - ``POST /_sim/reject`` ``{"symbol", "status": 4xx | null, "message"?, "unscoped"?:
   "refuse" | "spare"}`` → ``{"rejected": {...}}``
-- ``POST /_sim/trader`` ``{"orders": {"SYM": n}, "interval": s, "exchange"?,
+- ``POST /_sim/trader`` ``{"orders": {"SYM": n}, "interval"?: s (1), "exchange"?,
   "on_cancel_all"?: bool}`` or ``{"stop": true}`` → the trader's state
+  (:mod:`killswitch.sim.trader`): one order per symbol now (or right after the
+  next ``cancel_all``) and one more every ``interval`` s, ``n`` per symbol
 """
 
 from __future__ import annotations
