@@ -15,8 +15,8 @@ Errors answer 400 ``{"error": "bad_request", "message": ...}`` naming the field.
 - ``GET /_sim/requests`` → ``{"requests": [ReceivedRequest, ...]}``
 - ``POST /_sim/clock`` ``{"offset_ms": int}`` → ``{"offset_ms", "server_time"}``: the
   venue's clock is the real one plus the offset (orders on the book keep their age)
-- ``POST /_sim/behaviour`` ``{"fill_ratio"?, "partial_fill_ratio"?, "cancel_delay"?: [lo, hi]}``
-  → the behaviour now
+- ``POST /_sim/behaviour`` ``{"fill_ratio"?, "partial_fill_ratio"?, "expire_ratio"?,
+  "cancel_delay"?: [lo, hi]}`` → the behaviour now (for cancels that arrive after it)
 - ``POST /_sim/reject`` ``{"symbol", "status": 4xx | null, "message"?, "unscoped"?:
   "refuse" | "spare"}`` → ``{"rejected": {...}}``
 - ``POST /_sim/trader`` ``{"orders": {"SYM": n}, "interval"?: s (1), "exchange"?,
@@ -138,17 +138,16 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         return {"offset_ms": sim.clock.offset_ms, "server_time": sim.clock.now_ms()}
 
     def behaviour(body: dict[str, Any]) -> dict[str, Any]:
-        fill = body.get("fill_ratio")
-        partial = body.get("partial_fill_ratio")
-        delay = body.get("cancel_delay")
-        for name, value in (("fill_ratio", fill), ("partial_fill_ratio", partial)):
+        for name in ("fill_ratio", "partial_fill_ratio", "expire_ratio"):
+            value = body.get(name)
             if value is not None and not _is_number(value):
                 raise _BadRequest(f"{name}: expected a share between 0 and 1")
+        delay = body.get("cancel_delay")
         if delay is not None and not (
             isinstance(delay, list) and len(delay) == 2 and all(map(_is_number, delay))
         ):
             raise _BadRequest("cancel_delay: expected [low, high] in seconds")
-        sim.behaviour.update(fill, partial, None if delay is None else (delay[0], delay[1]))
+        sim.behaviour.update(**body)
         return sim.behaviour.to_json()
 
     def reject(body: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 An order sent for cancellation sits in ``CANCELLATION_RAISED`` for a random
 delay, then ends ``EXECUTED``, ``PARTIALLY_EXECUTED`` (terminal on futures,
-with ``0 < exec_quantity < quantity``) or ``CANCELLED``.  The outcome is drawn
+with ``0 < exec_quantity < quantity``), ``EXPIRED`` or ``CANCELLED``.  The outcome is drawn
 when the cancel arrives and shown once the (monotonic) clock passes it.
 """
 
@@ -40,27 +40,29 @@ class Behaviour:
 
     fill_ratio: float
     partial_fill_ratio: float
+    expire_ratio: float
     cancel_delay: tuple[float, float]
 
-    def update(
-        self,
-        fill_ratio: float | None = None,
-        partial_fill_ratio: float | None = None,
-        cancel_delay: tuple[float, float] | None = None,
-    ) -> None:
+    def update(self, **changes: Any) -> None:
         """Change the given fields, all or none (``ValueError`` names the bad one)."""
-        new = (
-            self.fill_ratio if fill_ratio is None else fill_ratio,
-            self.partial_fill_ratio if partial_fill_ratio is None else partial_fill_ratio,
-            self.cancel_delay if cancel_delay is None else cancel_delay,
+        unknown = set(changes) - set(self.to_json())
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: not a behaviour field")
+        new = self.to_json() | {k: v for k, v in changes.items() if v is not None}
+        delay = tuple(new["cancel_delay"])
+        check_behaviour(
+            new["fill_ratio"], new["partial_fill_ratio"], new["expire_ratio"], (delay[0], delay[1])
         )
-        check_behaviour(*new)
-        self.fill_ratio, self.partial_fill_ratio, self.cancel_delay = new
+        self.fill_ratio = new["fill_ratio"]
+        self.partial_fill_ratio = new["partial_fill_ratio"]
+        self.expire_ratio = new["expire_ratio"]
+        self.cancel_delay = (delay[0], delay[1])
 
     def to_json(self) -> dict[str, Any]:
         return {
             "fill_ratio": self.fill_ratio,
             "partial_fill_ratio": self.partial_fill_ratio,
+            "expire_ratio": self.expire_ratio,
             "cancel_delay": list(self.cancel_delay),
         }
 
@@ -219,11 +221,13 @@ class OrderBook:
         return ids
 
     def _outcome(self, quantity: int) -> tuple[str, int]:
-        draw = self._rng.random()
-        if draw < self.behaviour.fill_ratio:
+        draw, b = self._rng.random(), self.behaviour
+        if draw < b.fill_ratio:
             return "EXECUTED", quantity
-        if draw < self.behaviour.fill_ratio + self.behaviour.partial_fill_ratio:
+        if draw < b.fill_ratio + b.partial_fill_ratio:
             return "PARTIALLY_EXECUTED", self._rng.randint(1, quantity - 1)
+        if draw < b.fill_ratio + b.partial_fill_ratio + b.expire_ratio:
+            return "EXPIRED", 0
         return "CANCELLED", 0
 
     def get(self, order_id: str) -> Order | None:
@@ -255,4 +259,5 @@ class OrderBook:
             "cancelled": counts["CANCELLED"],
             "executed": counts["EXECUTED"],
             "partially_executed": counts["PARTIALLY_EXECUTED"],
+            "expired": counts["EXPIRED"],
         }

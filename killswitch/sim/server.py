@@ -67,7 +67,10 @@ class SimExchange:
         self._wall = wall
         self.clock = VenueClock(wall, self.config.clock_offset_ms)
         self.behaviour = Behaviour(
-            self.config.fill_ratio, self.config.partial_fill_ratio, self.config.cancel_delay
+            self.config.fill_ratio,
+            self.config.partial_fill_ratio,
+            self.config.expire_ratio,
+            self.config.cancel_delay,
         )
         self.book = OrderBook(
             behaviour=self.behaviour,

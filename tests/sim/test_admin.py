@@ -142,8 +142,9 @@ def test_sim_subcommand_builds_its_config_from_every_option() -> None:
         [
             "sim", "--port", "0", "--cancel-all-limit", "5/30", "--status-limit", "7/60",
             "--open-orders-limit", "8/60", "--closed-orders-limit", "9/60", "--fill-ratio", "0.1",
-            "--partial-fill-ratio", "0.3", "--cancel-delay", "0.05-0.5", "--clock-offset-ms",
-            "-90000", "--no-require-content-type", "--no-retry-after", "--seed", "4",
+            "--partial-fill-ratio", "0.3", "--expire-ratio", "0.2", "--cancel-delay", "0.05-0.5",
+            "--clock-offset-ms", "-90000", "--no-require-content-type", "--no-retry-after",
+            "--seed", "4",
         ]
     )  # fmt: skip
     config = _sim_config(args)
@@ -151,7 +152,7 @@ def test_sim_subcommand_builds_its_config_from_every_option() -> None:
     assert config.cancel_all_limit == (5, 30.0)
     assert (config.status_limit, config.open_orders_limit) == ((7, 60.0), (8, 60.0))
     assert config.closed_orders_limit == (9, 60.0)
-    assert (config.fill_ratio, config.partial_fill_ratio) == (0.1, 0.3)
+    assert (config.fill_ratio, config.partial_fill_ratio, config.expire_ratio) == (0.1, 0.3, 0.2)
     assert config.cancel_delay == (0.05, 0.5)
     assert config.clock_offset_ms == -90_000
     assert config.require_content_type is False

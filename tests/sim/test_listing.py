@@ -15,6 +15,7 @@ from tests.sim.client import (
     cancel_all,
     ids_of,
     listing,
+    status_of,
 )
 
 
@@ -214,3 +215,21 @@ async def test_closed_listing_shows_only_its_three_statuses_and_filters_by_one(
     assert all(by_status[s] == sorted(i for i, t in truth.items() if t == s) for s in by_status)
     assert all(by_status.values())  # the seed gives each outcome at least one order
     assert (refused, error["message"].startswith("status")) == (422, True)
+
+
+async def test_expired_orders_are_terminal_but_not_in_the_closed_listing(
+    make_sim: SimFactory, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """expire_ratio=1: cancels end EXPIRED, in neither listing; only their own status shows it."""
+    sim, url = await make_sim(expire_ratio=1.0)
+    ids = sim.seed({"BTCUSDT": 3})
+
+    await cancel_all(session, sim, url)
+    await clock.advance(0.3)
+    open_now = ids_of((await listing(session, sim, url))[1])
+    closed = ids_of((await listing(session, sim, url, CLOSED))[1])
+    status = (await status_of(session, sim, url, ids[0]))[1]["data"]["order"]["status"]
+
+    assert (open_now, closed, status) == ([], [], "EXPIRED")
+    assert sim.stats()["expired"] == 3
+    assert sim.stats()["open"] == []

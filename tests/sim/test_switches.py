@@ -100,7 +100,10 @@ async def test_behaviour_switch_changes_how_later_cancels_end(
     await clock.advance(1.0)
     final = {i: sim.book.orders[i].status_at(clock.monotonic()) for i in before + after}
 
-    assert answer == {"fill_ratio": 0.0, "partial_fill_ratio": 1.0, "cancel_delay": [2.0, 2.0]}
+    assert answer == {
+        "fill_ratio": 0.0, "partial_fill_ratio": 1.0, "expire_ratio": 0.0,
+        "cancel_delay": [2.0, 2.0],
+    }  # fmt: skip
     assert sorted(halfway["open"]) == sorted(after)
     assert {final[i] for i in before} == {"CANCELLED"}
     assert {final[i] for i in after} == {"PARTIALLY_EXECUTED"}
@@ -110,7 +113,9 @@ async def test_behaviour_switch_changes_how_later_cancels_end(
     ("body", "field"),
     [
         ({"fill_ratio": 1.5}, "fill_ratio"),
-        ({"fill_ratio": 0.6, "partial_fill_ratio": 0.6}, "partial_fill_ratio"),
+        ({"fill_ratio": 0.6, "partial_fill_ratio": 0.6}, "fill_ratio + partial_fill_ratio"),
+        ({"expire_ratio": "all"}, "expire_ratio"),
+        ({"fill_ratio_typo": 0.5}, "fill_ratio_typo"),
         ({"cancel_delay": [1]}, "cancel_delay"),
         ({"cancel_delay": [2, 1]}, "cancel_delay"),
     ],
@@ -125,7 +130,8 @@ async def test_behaviour_switch_refuses_impossible_values_and_keeps_the_old(
 
     assert (status, answer["message"].startswith(field)) == (400, True)
     assert sim.stats()["behaviour"] == {
-        "fill_ratio": 0.0, "partial_fill_ratio": 0.0, "cancel_delay": [0.02, 0.3],
+        "fill_ratio": 0.0, "partial_fill_ratio": 0.0, "expire_ratio": 0.0,
+        "cancel_delay": [0.02, 0.3],
     }  # fmt: skip
 
 
