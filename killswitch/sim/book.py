@@ -247,7 +247,7 @@ class OrderBook:
         return dict(Counter(status for _, status in self.with_status()))
 
     def truth(self) -> dict[str, Any]:
-        """The book's own truth: ids still working, and counts by final status."""
+        """The book's own truth: flat (nothing working), ids still working, final counts."""
         counts = Counter[str]()
         working: list[str] = []
         for order, status in self.with_status():
@@ -255,6 +255,7 @@ class OrderBook:
             if status in WORKING:
                 working.append(order.order_id)
         return {
+            "flat": not working,
             "open": working,
             "cancelled": counts["CANCELLED"],
             "executed": counts["EXECUTED"],

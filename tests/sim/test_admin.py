@@ -37,6 +37,7 @@ async def test_stats_tell_the_books_own_truth(
 
     assert sorted(during["open"]) == sorted(ids + untouched)
     assert sorted(after["open"]) == sorted(untouched)
+    assert (during["flat"], after["flat"]) == (False, False)
     assert after["cancelled"] == by_status["CANCELLED"]
     assert after["executed"] == by_status["EXECUTED"]
     assert after["partially_executed"] == by_status["PARTIALLY_EXECUTED"]

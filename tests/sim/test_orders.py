@@ -70,6 +70,7 @@ async def test_cancel_all_names_working_orders_which_then_reach_cancelled(
     assert {o["symbol"] for o in final} == {"BTCUSDT", "ETHUSDT"}
     assert again == {"data": {"orders_ids": []}}
     assert sim.stats()["orders"] == {"CANCELLED": 5}
+    assert sim.stats()["flat"] is True
 
 
 async def test_scoped_cancel_all_cancels_only_that_symbol(
