@@ -514,6 +514,8 @@ async def test_the_venue_message_is_one_short_line_without_secrets(
         '{"data": {"orders_ids": "abc"}}',
         '{"data": {"orders_ids": [true]}}',
         '{"data": {"orders_ids": ["ok", ""]}}',
+        '{"data": {"ids": ["a"]}}',
+        '{"data": null, "ids": []}',
     ],
 )
 async def test_cancel_all_malformed_or_wrong_shape_is_bad_response(
@@ -621,6 +623,20 @@ async def test_dry_run_sends_nothing(clock: FakeClock) -> None:
     assert dry[0]["body"] == {"exchange": "EXCHANGE_2", "symbol": "ETHUSDT"}
     assert dry[1]["path"] == f"{STATUS_PATH}?order_id=o-1"
     assert [d["path"] for d in dry[2:5]] == [OPEN_PATH, CLOSED_PATH, TIME_PATH]
+
+
+async def test_dry_run_background_only_logs(clock: FakeClock) -> None:
+    """In dry run, the periodic clock sync sends nothing and never fails."""
+    with aioresponses() as m, structlog.testing.capture_logs() as events:
+        async with build(clock, dry_run=True, clock_sync_interval=10.0) as client:
+            background = asyncio.create_task(client.run_background())
+            await clock.advance(25.0)
+            assert not background.done()
+            background.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await background
+        assert m.requests == {}
+    assert [e["path"] for e in events if e["event"] == "exchange.dry_run"] == [TIME_PATH] * 2
 
 
 async def test_timeouts_above_five_seconds_are_not_rounded(clock: FakeClock) -> None:
