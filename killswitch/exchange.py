@@ -82,7 +82,8 @@ DRY_RUN_STATUS: Final = "DRY_RUN"
 """What :meth:`ExchangeClient.order_status` answers in dry run (never a real status)."""
 
 SYNC_RETRY: Final = 5.0
-"""Seconds before a failed clock sync is tried again (if shorter than the interval)."""
+"""Seconds before a failed clock sync is tried again; doubled per further failure,
+up to ``clock_sync_interval``."""
 
 _NOT_FOUND: Final = frozenset({400, 404, 422})  # "unknown order id" on the status endpoint
 
@@ -163,12 +164,14 @@ class ExchangeClient:
         """Re-sync the clock every ``clock_sync_interval`` (this keeps both pools warm) and
         re-run the self-test while it fails.  Runs until cancelled; never raises ExchangeError.
 
-        A failed sync is retried after ``SYNC_RETRY`` s (or the interval, if shorter).
+        A failed sync is retried after ``SYNC_RETRY`` s, doubling with each further
+        failure up to the interval.
         """
         interval = self._config.clock_sync_interval
         while True:
-            failures = self._venue_clock.failures
-            await self._clock.sleep(interval if not failures else min(interval, SYNC_RETRY))
+            failures = min(self._venue_clock.failures, 32)
+            retry = SYNC_RETRY * 2.0 ** (failures - 1) if failures else interval
+            await self._clock.sleep(min(interval, retry))
             await self._sync_logged()
             failing = self._self_test is not None and not self._self_test.ok
             due = (

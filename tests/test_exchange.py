@@ -697,6 +697,37 @@ async def test_a_failed_sync_is_logged_and_retried_never_fatal(clock: FakeClock)
     assert failed[0]["message"] == "maintenance"
 
 
+async def test_failed_syncs_are_retried_ever_more_slowly_up_to_the_interval(
+    clock: FakeClock,
+) -> None:
+    """While the time endpoint fails, retries come after 5, 10, 20, then 30 (the interval) s."""
+    with aioresponses() as m, structlog.testing.capture_logs() as events:
+        m.get(TIME_URL, status=502, repeat=True)
+        async with build(clock, clock_sync_interval=30.0, cancel_warm_connections=1) as client:
+            background = asyncio.create_task(client.run_background())
+            at = []
+            for _ in range(5):
+                await settle()
+                nxt = clock.next_deadline()
+                assert nxt is not None
+                at.append(nxt - clock.monotonic())
+                await clock.advance(at[-1])
+                await settle()
+            background.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await background
+
+    assert at == [5.0, 10.0, 20.0, 30.0, 30.0]
+    assert [e["failures"] for e in events if e["event"] == "clock.sync_failed"] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+
+
 async def test_background_resyncs_every_interval_on_both_pools(
     clock: FakeClock, mocked: aioresponses
 ) -> None:
