@@ -2,8 +2,9 @@
 
 An order sent for cancellation sits in ``CANCELLATION_RAISED`` for a random
 delay, then ends ``EXECUTED``, ``PARTIALLY_EXECUTED`` (terminal on futures,
-with ``0 < exec_quantity < quantity``), ``EXPIRED`` or ``CANCELLED``.  The outcome is drawn
-when the cancel arrives and shown once the (monotonic) clock passes it.
+with ``0 < exec_quantity < quantity``), ``EXPIRED`` or ``CANCELLED``.  The
+outcome is drawn when the cancel arrives and shown once the (monotonic)
+clock passes it.
 """
 
 from __future__ import annotations
