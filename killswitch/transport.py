@@ -28,6 +28,7 @@ from typing import Any, Final
 import aiohttp
 from yarl import URL
 
+from killswitch import __version__
 from killswitch.clock import Clock
 from killswitch.config import ExchangeConfig
 from killswitch.errors import BadResponse, ConnectionFailed, ExchangeError, RequestTimeout
@@ -46,7 +47,7 @@ MESSAGE_CHARS: Final = 200
 """The venue's error message is kept up to this many characters."""
 
 _CLOSE_TIMEOUT: Final = 5.0
-_USER_AGENT: Final = "killswitch/0.1"
+_USER_AGENT: Final = f"killswitch/{__version__}"
 
 # Closed TLS transports leak on CPython before 3.12.8 / 3.13.1; aiohttp warns
 # (DeprecationWarning) when asked to clean them up on a fixed interpreter.

@@ -91,3 +91,30 @@ def test_every_dependency_is_pinned_inside_its_bounds_with_hashes(
     ]
     unhashed = [line for line in pin_lines if not line.rstrip().endswith("\\")]
     assert not unhashed, f"pins without a hash in requirements/{name}: {unhashed}"
+
+
+def test_one_version_everywhere() -> None:
+    """The installed metadata, --version and the User-Agent all read killswitch.__version__."""
+    from importlib.metadata import version
+
+    import killswitch
+    from killswitch import transport
+
+    assert version("killswitch") == killswitch.__version__
+    assert f"killswitch/{killswitch.__version__}" == transport._USER_AGENT
+    done = subprocess.run(
+        [sys.executable, "-m", "killswitch", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == f"killswitch {killswitch.__version__}"
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## {killswitch.__version__} " in changelog or "## Unreleased" in changelog
+
+
+def test_package_is_typed() -> None:
+    """py.typed ships with the package, so mypy users of killswitch get its types."""
+    import killswitch
+
+    assert (Path(killswitch.__file__).parent / "py.typed").is_file()
