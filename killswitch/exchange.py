@@ -160,7 +160,7 @@ class ExchangeClient:
         connector = aiohttp.TCPConnector(
             limit=limit,
             limit_per_host=0,
-            keepalive_timeout=max(15.0, self._config.keepalive_interval + 5.0),
+            keepalive_timeout=max(15.0, self._config.clock_sync_interval + 5.0),
             enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED and self._base.startswith("https:"),
             timeout_ceil_threshold=no_rounding,
         )
@@ -240,7 +240,7 @@ class ExchangeClient:
 
     async def _rewarm(self) -> None:
         while True:
-            await self._clock.sleep(self._config.keepalive_interval)
+            await self._clock.sleep(self._config.clock_sync_interval)
             await self.warm()
 
     # ------------------------------------------------------------------ endpoints

@@ -485,7 +485,7 @@ async def test_rewarm_runs_every_keepalive_interval_on_the_same_connections(
     exchange: LoopbackExchange, clock: FakeClock
 ) -> None:
     """The background re-warm sends HEADs each keepalive_interval, reusing the open connections."""
-    async with build(clock, base_url=exchange.base_url, keepalive_interval=10.0):
+    async with build(clock, base_url=exchange.base_url, clock_sync_interval=10.0):
         warmed = exchange.connections()
         await clock.advance(10.0)
         await wait_for(lambda: len(exchange.peers("HEAD")) == 6)
@@ -498,7 +498,7 @@ async def test_rewarm_skips_a_pool_with_requests_in_flight(
 ) -> None:
     """A busy status pool is not re-warmed (a HEAD would queue for a slot); cancel's still is."""
     exchange.status_gate.clear()
-    async with build(clock, base_url=exchange.base_url, keepalive_interval=10.0) as client:
+    async with build(clock, base_url=exchange.base_url, clock_sync_interval=10.0) as client:
         poll = asyncio.create_task(client.order_status("o-1"))
         await wait_for(lambda: exchange.status_in_flight == 1)
         await clock.advance(10.0)

@@ -72,7 +72,7 @@ class _JumpClock:
     """Real time, except that a short sleep jumps the clock instead of waiting.
 
     A fuzzed ``Retry-After`` (honoured up to 300 s) then never holds the suite up,
-    while the client's re-warm sleep (``keepalive_interval``, an hour here) really
+    while the client's clock-sync sleep (``clock_sync_interval``, an hour here) really
     sleeps rather than spinning.
     """
 
@@ -126,7 +126,7 @@ class _Rig:
         self.loop.run_until_complete(self._start())
 
     def _client(self, base_url: str) -> ExchangeClient:
-        config = ExchangeConfig(base_url=base_url, request_timeout=3.0, keepalive_interval=3600.0)
+        config = ExchangeConfig(base_url=base_url, request_timeout=3.0, clock_sync_interval=3600.0)
         credentials = Credentials(api_key=Secret("fuzz-api-key"), api_secret=Secret(SECRET))
 
         def limiter(name: str) -> SlidingWindowLimiter:
@@ -526,7 +526,7 @@ SECTIONS: dict[str, st.SearchStrategy[Any]] = {
             "order_status_path": URL_PATHS,
             "request_timeout": NUMBERS,
             "dry_run": st.booleans(),
-            "keepalive_interval": NUMBERS,
+            "clock_sync_interval": NUMBERS,
             "headers": _table({"api_key": NAMES, "signature": NAMES, "epoch": NAMES}),
         }
     ),
