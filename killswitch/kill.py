@@ -518,12 +518,13 @@ class KillRunner:
             return
         pages = math.ceil(len(wanted) / PAGE) + 1
         budget = self.listings.closed_budget()
+        covered = len(wanted)
         if pages > budget:
             # The pages that fit now cover about (budget - 1) pages' worth; the status
             # limiter works on the rest, from the other end, at the same time.
             covered = max(0, (budget - 1) * PAGE)
             confirmer.release(list(reversed(wanted[covered:])))
-        confirmer.hold(wanted, LISTING_HOLD * 4)
+        confirmer.hold(wanted[:covered], LISTING_HOLD * 4)
         try:
             found = await self.listings.find_closed(
                 unit.exchange, unit.symbol, set(wanted), max_pages=pages
