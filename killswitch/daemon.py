@@ -23,6 +23,7 @@ from killswitch import __version__
 from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
 from killswitch.control import ControlServer
+from killswitch.confirm import OUTCOME_FIELDS
 from killswitch.credentials import Credentials
 from killswitch.exchange import ExchangeClient
 from killswitch.heartbeat import DeadManSwitch
@@ -35,7 +36,7 @@ from killswitch.ratelimit import SlidingWindowLimiter
 from killswitch.service import Service
 from killswitch.signing import make_signer
 from killswitch.store import StateStore
-from killswitch.switch import KillSwitch, State
+from killswitch.switch import KillSwitch, ResetOutcome, State
 
 __all__ = ["Daemon"]
 
@@ -170,8 +171,10 @@ class Daemon:
             self.prom.kills.labels(why.split(":", 1)[0]).inc()
         elif state is State.TRIPPED:
             last = self.switch.last_kill or {}
-            for outcome in ("cancelled", "filled", "other", "unknown", "unconfirmed"):
+            for outcome in OUTCOME_FIELDS:
                 self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
+            self.prom.leftovers.inc(last.get("leftover", 0))
+            self.prom.kill_flat.set(1.0 if last.get("flat") else 0.0)
         self.service.state_changed(state)
 
     def _fire(self, source: str, reason: str) -> None:
@@ -188,17 +191,24 @@ class Daemon:
 
     # ------------------------------------------------------------------ control API
 
-    def heartbeat(self) -> None:
+    def heartbeat(self) -> dict[str, Any]:
+        """A heartbeat (counted even with the trigger off); the state, so a trading
+        process can stop itself when it reads KILLING or TRIPPED."""
         self.deadman.beat()
+        return {
+            "state": self.switch.state.value,
+            "kill_id": self.switch.current_kill_id,
+            "heartbeat_trigger": self.config.triggers.heartbeat.enabled,
+        }
 
     def trigger(self, reason: str) -> dict[str, Any]:
         outcome = self.switch.trigger("manual", reason)
         self.prom.triggers.labels("manual", outcome.value).inc()
         return {"outcome": outcome.value, "kill_id": self.switch.current_kill_id}
 
-    def reset(self) -> tuple[bool, dict[str, Any]]:
-        ok = self.switch.reset()
-        return ok, self.status()
+    def reset(self, force: bool = False) -> tuple[bool, dict[str, Any]]:
+        outcome = self.switch.reset(force=force)
+        return outcome is not ResetOutcome.REFUSED, {"reset": outcome.value, **self.status()}
 
     def status(self) -> dict[str, Any]:
         progress = self.switch.progress()
@@ -216,6 +226,7 @@ class Daemon:
             "pnl_age": self.pnl.age(),
             "pnl_threshold": self.pnl.threshold,
             "last_kill": self.switch.last_kill,
+            "stuck": self.runner.stuck_info() if self.switch.state is State.KILLING else None,
             "rate_limit": {
                 name: {
                     "available": lim.available(),
