@@ -155,7 +155,9 @@ def _figures(settings: Settings, r: dict[str, Any], *, listings: bool) -> list[F
 async def run_sizes(settings: Settings, sizes: tuple[int, ...], *, listings: bool) -> list[Figure]:
     figures: list[Figure] = []
     for n in sizes:
-        figures += _figures(settings, await one_kill(settings, n, listings=listings), listings=listings)
+        figures += _figures(
+            settings, await one_kill(settings, n, listings=listings), listings=listings
+        )
     return figures
 
 

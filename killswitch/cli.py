@@ -152,7 +152,9 @@ def format_status(s: dict[str, Any]) -> str:
     guard = s.get("guard")
     if guard and guard.get("last_run"):
         run = guard["last_run"]
-        rows.append(("guard", f"last run: {run.get('open')} open found, errors {run.get('errors')}"))
+        rows.append(
+            ("guard", f"last run: {run.get('open')} open found, errors {run.get('errors')}")
+        )
     for name, lim in (s.get("rate_limit") or {}).items():
         rows.append(
             (

@@ -22,8 +22,8 @@ import structlog
 from killswitch import __version__
 from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
-from killswitch.control import ControlServer
 from killswitch.confirm import OUTCOME_FIELDS
+from killswitch.control import ControlServer
 from killswitch.credentials import Credentials
 from killswitch.exchange import ExchangeClient
 from killswitch.heartbeat import DeadManSwitch

@@ -474,7 +474,8 @@ class KillRunner:
 
     async def _recover(self, plan: KillPlan, unit: _Unit, confirmer: Confirmer) -> None:
         """A lost answer: count the orders it cancelled (closed since the kill started)."""
-        assert self.listings is not None and plan.started_at is not None
+        assert self.listings is not None
+        assert plan.started_at is not None
         since = self.listings.venue_ms(plan.started_at) - RECOVER_SLACK_MS
         attempt = 0
         while True:

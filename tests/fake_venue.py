@@ -86,10 +86,10 @@ class VenueFake:
     def _tick(self) -> None:
         now = self.clock.monotonic()
         for order in self.orders.values():
-            if order.status == "CANCELLATION_RAISED" and order.done_at is not None:
-                if now >= order.done_at:
-                    order.status = order.final
-                    order.closed_at = order.done_at
+            done = order.done_at
+            if order.status == "CANCELLATION_RAISED" and done is not None and now >= done:
+                order.status = order.final
+                order.closed_at = done
 
     def truth(self) -> dict[str, int]:
         self._tick()

@@ -162,7 +162,9 @@ async def test_lost_answer_is_an_unknown_outcome_the_listings_resolve(
     leftovers = {i for e in named(logs, "flat.leftover") for i in e["order_ids"]}
     assert recovered | leftovers == set(venue.orders)
     await store.flush()
-    assert [s.lost for s in (store.last_kill() or pytest.fail()).sweeps] == [True]
+    record = store.last_kill()
+    assert record is not None
+    assert [s.lost for s in record.sweeps] == [True]
 
 
 async def test_429_is_retried_at_once_and_timeouts_back_off(store: StateStore) -> None:
@@ -290,3 +292,53 @@ async def test_resumed_kill_reruns_the_flat_proof(store: StateStore) -> None:
     assert summary["leftover"] == 2
     assert summary["flat"] is True
     assert [c.detail for c in venue.calls if c.endpoint == "cancel_all"] == ["BTC", "ETH"]
+
+
+SCHEMA_0_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE kills (kill_id TEXT PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL,
+    started_at REAL NOT NULL, completed_at REAL, summary TEXT);
+CREATE TABLE sweeps (kill_id TEXT NOT NULL, exchange TEXT NOT NULL, symbol TEXT NOT NULL,
+    acked_at REAL, order_count INTEGER, PRIMARY KEY (kill_id, exchange, symbol));
+CREATE TABLE orders (order_id TEXT NOT NULL, kill_id TEXT NOT NULL, exchange TEXT NOT NULL,
+    symbol TEXT NOT NULL, status TEXT NOT NULL, updated_at REAL NOT NULL,
+    first_polled_at REAL, PRIMARY KEY (kill_id, order_id));
+CREATE TABLE sends (endpoint TEXT NOT NULL, sent_at REAL NOT NULL);
+INSERT INTO kills VALUES ('old', 'signal', 'SIGUSR1', 100.0, NULL, NULL);
+INSERT INTO sweeps VALUES ('old', 'EX', '', 101.0, 1);
+INSERT INTO orders VALUES ('o1', 'old', 'EX', '', 'CANCELLATION_RAISED', 101.0, 101.5);
+"""
+
+
+async def test_a_state_db_from_0_1_opens_and_resumes(tmp_path: Path) -> None:
+    """A state.db written by 0.1 gains the new columns on open; its unfinished kill reads
+    back as before (no leftovers, nothing lost) and takes leftover records."""
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_0_1)
+    store = StateStore(path)
+    store.open()
+    try:
+        record = store.unfinished_kill()
+        assert record is not None
+        assert record.orders == {"o1": "CANCELLATION_RAISED"}
+        assert record.order_units == {"o1": ("EX", None)}
+        assert record.leftovers == set()
+        assert [(s.acked, s.leftover, s.lost) for s in record.sweeps] == [(True, False, False)]
+        store.leftover_sweep("old", "EX", "BTC", ["o2"], 102.0)
+        store.sweep_lost("old", "EX", None)
+        await store.flush()
+        again = store.unfinished_kill()
+        assert again is not None
+        assert again.leftovers == {"o2"}
+        assert {(s.symbol, s.acked, s.leftover, s.lost) for s in again.sweeps} == {
+            (None, True, False, True),
+            ("BTC", False, True, False),
+        }
+    finally:
+        store.close()
+    reopened = StateStore(path)
+    reopened.open()  # the migration is idempotent
+    reopened.close()
