@@ -45,6 +45,7 @@ from killswitch.config import ConfigError, ExchangeConfig, as_dict, load_config,
 from killswitch.confirm import VENUE_STATUSES
 from killswitch.credentials import Credentials, Secret
 from killswitch.errors import ExchangeError
+from killswitch.exchange import ENDPOINTS as EXCHANGE_ENDPOINTS
 from killswitch.exchange import ExchangeClient
 from killswitch.ratelimit import SlidingWindowLimiter
 from killswitch.signing import make_signer
@@ -135,8 +136,7 @@ class _Rig:
         return ExchangeClient(
             config,
             make_signer(config, credentials),
-            cancel_limiter=limiter("cancel_all"),
-            status_limiter=limiter("order_status"),
+            limiters={name: limiter(name) for name in EXCHANGE_ENDPOINTS},
             clock=self.clock,
             log=_Quiet(),
             status_pool_size=2,
@@ -184,7 +184,7 @@ class _Rig:
             async with asyncio.timeout(30):
                 if endpoint == "cancel_all":
                     return await client.cancel_all("EXCHANGE_2")
-                return await client.order_status(ORDER_ID)
+                return (await client.order_status(ORDER_ID)).status
 
         return self.loop.run_until_complete(run())
 
