@@ -179,6 +179,7 @@ class Confirmer:
         jitter: float = 0.0,
         rng: random.Random | None = None,
         listing_hold: float = 0.0,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         if not 0.0 <= jitter < 1.0:
             raise ValueError("jitter must be in [0, 1)")
@@ -191,6 +192,8 @@ class Confirmer:
         self._jitter = jitter
         self._rng = rng if rng is not None else random.Random()
         self._listing_hold = listing_hold
+        self._on_wait = on_wait  # told when the gate (not the schedule) makes polls wait
+        self._gate_waiting = False
         self._known = VENUE_STATUSES | config.terminal_statuses
         self._orders: dict[str, _Order] = {}
         # (due, seq, version, order): never-polled orders first, then re-polls.
@@ -383,8 +386,13 @@ class Confirmer:
                 if self._closed and self._resolved == len(self._orders):
                     return None
                 wait = self._due_in()
+                gated = False
                 if wait == 0.0 and self._gate is not None:
                     wait = max(0.0, self._gate.next_free_in())
+                    gated = wait > 0.0
+                if gated and not self._gate_waiting and self._on_wait is not None:
+                    self._on_wait(wait or 0.0)  # once per stretch of waiting, not per wake-up
+                self._gate_waiting = gated
                 if wait == 0.0:
                     return self._take()
                 await self._wait(wait)

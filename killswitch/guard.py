@@ -38,7 +38,11 @@ class Guard:
         tripped: Callable[[], bool],
         status_gate: RateGate | None = None,
         on_outcome: Callable[[str, str], None] | None = None,
+        on_swept: Callable[[int], None] | None = None,
+        on_gate_wait: Callable[[float], None] | None = None,
     ) -> None:
+        self._on_swept = on_swept
+        self._on_gate_wait = on_gate_wait
         self._config = config
         self._exchange = exchange
         self._listings = listings
@@ -94,7 +98,9 @@ class Guard:
         started = self._clock.time()
         found: dict[str, int] = {}
         errors: list[str] = []
-        confirmer = Confirmer(self._exchange, config.confirm, self._clock, gate=self._gate)
+        confirmer = Confirmer(
+            self._exchange, config.confirm, self._clock, gate=self._gate, on_wait=self._on_gate_wait
+        )
         confirming = asyncio.create_task(confirmer.run())
         try:
             for exchange, symbol in plan_sweeps(config.targets):
@@ -119,6 +125,8 @@ class Guard:
                     self._log.warning(
                         "guard.swept", exchange=exchange, symbol=sym, order_ids=sorted(ids)
                     )
+                    if self._on_swept is not None:
+                        self._on_swept(len(ids))
                     named = await self._sweep(exchange, sym, errors)
                     confirmer.add([*ids, *named])
             confirmer.close()

@@ -153,8 +153,10 @@ class KillRunner:
         status_gate: RateGate | None = None,
         listings: Listings | None = None,
         rng: random.Random | None = None,
+        on_gate_wait: Callable[[float], None] | None = None,
     ) -> None:
         self.status_gate = status_gate
+        self.on_gate_wait = on_gate_wait
         self.config = config
         self.exchange = exchange
         self.store = store
@@ -321,6 +323,7 @@ class KillRunner:
             on_status=persist,
             gate=self.status_gate,
             listing_hold=LISTING_HOLD if listing else 0.0,
+            on_wait=self.on_gate_wait,
         )
         self.confirmer = confirmer
         self._units = {key: _Unit(*key) for key in plan_sweeps(self.config.targets)}
