@@ -52,11 +52,12 @@ def verify(
     raw_path_with_query: str,
     headers: Mapping[str, str],
     *,
-    now: float,
+    now_ms: int,
 ) -> str | None:
     """Why the request's auth is refused, or ``None`` when it is valid.
 
-    ``now`` is wall-clock seconds, for the epoch skew check.
+    ``now_ms`` is the venue's clock: an epoch more than ``max_epoch_skew``
+    seconds from it is refused, as the venue does.
     """
     key = headers.get(config.api_key_header)
     signature = headers.get(config.signature_header)
@@ -67,8 +68,12 @@ def verify(
         return "unknown api key"
     if not epoch.isdigit():
         return "epoch is not an integer of milliseconds"
-    if abs(now - int(epoch) / 1000) > config.max_epoch_skew:
-        return "epoch outside the allowed skew"
+    off_ms = int(epoch) - now_ms
+    if abs(off_ms) > config.max_epoch_skew * 1000:
+        return (
+            f"epoch is off the server clock by {off_ms} ms "
+            f"(at most {config.max_epoch_skew:g} s allowed)"
+        )
     message = _message(method, raw_path_with_query, epoch)
     try:
         given = bytes.fromhex(signature)
