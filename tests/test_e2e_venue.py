@@ -174,7 +174,11 @@ async def test_orders_placed_during_and_after_the_kill(
     await admin.seed({"BTCUSDT": 20})
     daemon = DaemonProcess(_config(workdir, url, guard={"interval": 2}))
     await daemon.start()
-    await admin.call("POST", "/_sim/trader", {"orders": {"ETHUSDT": 4}, "interval": 0.1})
+    await admin.call(
+        "POST",
+        "/_sim/trader",
+        {"orders": {"ETHUSDT": 4}, "interval": 0.1, "on_cancel_all": True},
+    )
     done = await _kill(daemon)
     assert done["leftover"] > 0
     leftovers = {i for e in daemon.named("flat.leftover") for i in e["order_ids"]}
@@ -229,9 +233,13 @@ async def test_symbol_rejected_with_422_then_reset_force(
     sim, url = await sim_factory(cancel_delay=(0.05, 0.3), seed=26)
     admin = Admin(url)
     message = "symbol: XRPUSDT is suspended"
-    await admin.call("POST", "/_sim/reject", {"symbol": "XRPUSDT", "status": 422, "message": message})
+    await admin.call(
+        "POST", "/_sim/reject", {"symbol": "XRPUSDT", "status": 422, "message": message}
+    )
     await admin.seed({"BTCUSDT": 10, "XRPUSDT": 5})
-    config = _config(workdir, url, targets=[{"exchange": "EXCHANGE_2", "symbols": ["BTCUSDT", "XRPUSDT"]}])
+    config = _config(
+        workdir, url, targets=[{"exchange": "EXCHANGE_2", "symbols": ["BTCUSDT", "XRPUSDT"]}]
+    )
     daemon = DaemonProcess(config)
     await daemon.start()
     daemon.send(signal.SIGUSR1)
