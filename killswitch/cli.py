@@ -54,12 +54,71 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     effective = as_dict(config)
     try:
-        load_credentials(config.exchange)
+        credentials = load_credentials(config.exchange)
         effective["credentials"] = "found (values not shown)"
     except ConfigError as exc:
+        if args.online:
+            return _fail(f"config error: {exc}", EXIT_CONFIG)
         effective["credentials"] = f"NOT USABLE: {exc}"
-    print(json.dumps(effective, indent=2))
-    return EXIT_OK
+    if not args.online:
+        print(json.dumps(effective, indent=2))
+        return EXIT_OK
+    from killswitch.log import configure_logging, redactor
+
+    redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
+    configure_logging(config.log.level, "json", stream=sys.stderr)  # events on stderr
+    effective["online"] = asyncio.run(_check_online(config, credentials))
+    print(json.dumps(effective, indent=2, default=str))
+    return EXIT_OK if effective["online"]["ok"] else EXIT_FAIL
+
+
+async def _check_online(config: Config, credentials: Any) -> dict[str, Any]:
+    """Clock sync and the self-test (one signed open-orders call per target), as the daemon
+    does at start.  Read-only, so it runs even when ``exchange.dry_run`` is set."""
+    from dataclasses import replace
+
+    from killswitch.clock import SystemClock
+    from killswitch.errors import ExchangeError
+    from killswitch.exchange import CANCEL_ALL, ENDPOINTS, ORDER_STATUS, ExchangeClient
+    from killswitch.ratelimit import SlidingWindowLimiter
+    from killswitch.signing import make_signer
+
+    clock = SystemClock()
+    exchange = replace(config.exchange, dry_run=False)
+    limits = {CANCEL_ALL: config.cancel_all.rate_limit, ORDER_STATUS: config.confirm.rate_limit}
+    limiters = {
+        e: SlidingWindowLimiter(e, lim.requests, lim.per_seconds, clock, margin=lim.margin)
+        for e in ENDPOINTS
+        for lim in [limits.get(e, config.flat.rate_limit)]
+    }
+    client = ExchangeClient(
+        exchange,
+        make_signer(exchange, credentials),
+        limiters=limiters,
+        clock=clock,
+        status_pool_size=4,
+        cancel_pool_size=1,
+        cancel_warm_connections=1,
+    )
+    clock_error = None
+    async with client:  # start() makes the first clock sync
+        if client.health()["offset_ms"] is None:
+            try:
+                await client.sync_clock()
+            except ExchangeError as exc:
+                clock_error = {"error": exc.kind, "http_status": exc.status, "message": exc.message}
+        result = await client.self_test(config.targets)
+    health = client.health()
+    return {
+        "ok": result.ok,
+        "base_url": exchange.base_url,
+        "clock": {
+            "offset_ms": health["offset_ms"],
+            "rtt_ms": health["rtt_ms"],
+            "problem": clock_error,
+        },
+        "self_test": result.as_dict(),
+    }
 
 
 def _control(args: argparse.Namespace) -> ControlClient | int:
@@ -217,6 +276,7 @@ def _sim_config(args: argparse.Namespace) -> Any:
         cancel_delay=args.cancel_delay,
         clock_offset_ms=args.clock_offset_ms,
         require_content_type=args.require_content_type,
+        retry_after_on_violation=args.retry_after,
         seed=args.seed,
     )
 
@@ -259,9 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_config("run", "run the daemon in the foreground").set_defaults(fn=cmd_run)
-    with_config("check-config", "validate and print the effective config").set_defaults(
-        fn=cmd_check_config
+    p = with_config("check-config", "validate and print the effective config")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="also check key, signature and clock against the exchange (one listing call"
+        " per target); exit 1 if that fails",
     )
+    p.set_defaults(fn=cmd_check_config)
     p = with_config("trigger", "ask the running daemon to kill now")
     p.add_argument("--reason", default="operator", help="why (logged with the kill)")
     p.set_defaults(fn=cmd_trigger)
@@ -332,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="require_content_type",
         action="store_false",
         help="serve signed requests that lack Content-Type: application/json (default: 400)",
+    )
+    p.add_argument(
+        "--no-retry-after",
+        dest="retry_after",
+        action="store_false",
+        help="answer a request over a limit 429 without Retry-After (default: with it)",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed for ids and outcomes")
     p.set_defaults(fn=cmd_sim)

@@ -40,7 +40,7 @@ from killswitch.errors import (
     Unauthorized,
 )
 from killswitch.log import get_logger, redactor
-from killswitch.orders import OrderPage, VenueOrder, parse_order, parse_page
+from killswitch.orders import LISTING_LIMIT, OrderPage, VenueOrder, parse_order, parse_page
 from killswitch.ratelimit import SlidingWindowLimiter
 from killswitch.signing import Signer
 from killswitch.transport import CANCEL_POOL, STATUS_POOL, Answer, Transport
@@ -70,9 +70,6 @@ CLOSED_ORDERS: Final = "closed_orders"
 TIME: Final = "time"
 ENDPOINTS: Final = (CANCEL_ALL, ORDER_STATUS, OPEN_ORDERS, CLOSED_ORDERS)
 """The rate-limited endpoints, each with its own limiter (``time`` is not limited)."""
-
-LISTING_LIMIT: Final = 50
-"""The most orders one listing call may ask for (VENUE.md)."""
 
 MAX_RETRY_AFTER: Final = 300.0
 """A server's ``Retry-After`` is honoured up to this many seconds."""

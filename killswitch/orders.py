@@ -14,7 +14,17 @@ from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any, Final
 
-__all__ = ["DECIMAL_FIELDS", "OrderPage", "VenueOrder", "parse_order", "parse_page"]
+__all__ = [
+    "DECIMAL_FIELDS",
+    "LISTING_LIMIT",
+    "OrderPage",
+    "VenueOrder",
+    "parse_order",
+    "parse_page",
+]
+
+LISTING_LIMIT: Final = 50
+"""The most orders one listing call may ask for (VENUE.md)."""
 
 DECIMAL_FIELDS: Final = frozenset(
     {"quantity", "exec_quantity", "price", "avg_execution_price", "trigger_price"}

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from killswitch.config import (
     ConfigError,
@@ -265,3 +272,122 @@ def test_reload_applies_live_keys_and_names_the_rest() -> None:
         "flat.rate_limit",
         "triggers.pnl.enabled",
     ]
+
+
+# --------------------------------------------------------------------------- check-config --online
+
+ONLINE_SECRET = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"  # RFC 8032 #1
+ONLINE_KEY = "online-check-api-key"
+
+
+class _Venue:
+    """Server time and a signature-checking open-orders listing, on loopback."""
+
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+        self.public = Ed25519PrivateKey.from_private_bytes(
+            bytes.fromhex(ONLINE_SECRET)
+        ).public_key()
+        self.paths: list[str] = []
+        app = web.Application()
+        app.router.add_get("/trade/api/v2/time", self.time, allow_head=False)
+        app.router.add_post("/trade/api/v2/futures/orders/open", self.open_orders)
+        self.app = app
+
+    async def time(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        return web.json_response({"serverTime": int(time.time() * 1000)})
+
+    async def open_orders(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        h = request.headers
+        message = f"POST{request.path}{h.get('X-AUTH-EPOCH', '')}".encode()
+        try:
+            self.public.verify(bytes.fromhex(h.get("X-AUTH-SIGNATURE", "")), message)
+            good = h.get("X-AUTH-APIKEY") == self.api_key
+        except (InvalidSignature, ValueError):
+            good = False
+        if not good:
+            return web.json_response({"message": "Invalid API key or signature"}, status=401)
+        assert h["Content-Type"] == "application/json"
+        return web.json_response({"data": {"orders": [], "cursor": None}})
+
+
+async def _check_online(workdir: Path, api_key: str) -> tuple[int, str, str, list[str]]:
+    venue = _Venue(ONLINE_KEY)
+    server = TestServer(venue.app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        path = workdir / "online.toml"
+        path.write_text(
+            f'[exchange]\nbase_url = "http://127.0.0.1:{server.port}"\ndry_run = true\n'
+            '[[targets]]\nexchange = "EXCHANGE_2"\n'
+            f'[control]\nsocket = "{workdir}/c.sock"\n[state]\npath = "{workdir}/s.db"\n'
+        )
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "KILLSWITCH_API_KEY": api_key,
+            "KILLSWITCH_API_SECRET": ONLINE_SECRET,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "killswitch",
+            "check-config",
+            "--config",
+            str(path),
+            "--online",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await server.close()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode(), venue.paths
+
+
+async def test_check_config_online_passes_with_the_right_key(workdir: Path) -> None:
+    """--online syncs the clock, lists once per target, prints the result, exit 0, no secret."""
+    code, out, err, paths = await _check_online(workdir, ONLINE_KEY)
+
+    assert code == 0, err
+    online = json.loads(out)["online"]
+    assert online["ok"] is True
+    assert isinstance(online["clock"]["offset_ms"], int)
+    assert online["self_test"]["checks"] == [
+        {"exchange": "EXCHANGE_2", "ok": True, "http_status": None, "error": None, "message": None}
+    ]
+    assert paths.count("/trade/api/v2/futures/orders/open") == 1  # even with dry_run = true
+    assert ONLINE_KEY not in out + err
+    assert ONLINE_SECRET not in out + err
+    assert all(json.loads(line) for line in err.splitlines())  # stderr: JSON events only
+
+
+async def test_check_config_online_with_a_wrong_key_exits_1_with_the_venue_message(
+    workdir: Path,
+) -> None:
+    """A wrong key: 401 after a re-sync, exchange.rejected naming credentials/clock, exit 1."""
+    code, out, err, _ = await _check_online(workdir, "wrong-api-key")
+
+    assert code == 1
+    online = json.loads(out)["online"]
+    assert online["ok"] is False
+    (check,) = online["self_test"]["checks"]
+    assert (check["http_status"], check["error"]) == (401, "unauthorized")
+    assert check["message"] == "Invalid API key or signature"
+    events = [json.loads(line) for line in err.splitlines()]
+    (rejected,) = [e for e in events if e["event"] == "exchange.rejected"]
+    assert "credentials or clock" in rejected["problem"]
+    assert "wrong-api-key" not in out + err
+    assert ONLINE_SECRET not in out + err
+
+
+def test_check_config_online_without_credentials_is_a_config_error(tmp_path: Path) -> None:
+    """--online needs the credentials: without them it is a config error, exit 2."""
+    path = tmp_path / "c.toml"
+    path.write_text('[[targets]]\nexchange = "E"\n')
+    result = _run_cli("check-config", "--config", str(path), "--online", env={"PATH": "/bin"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("config error: exchange.api_")

@@ -785,6 +785,19 @@ async def test_refused_requests_count_in_the_window_and_it_slides(
     assert sim.windows["cancel_all"].peak == 3
 
 
+async def test_a_violation_can_be_answered_without_retry_after(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """retry_after_on_violation=False: the 429 for a violation carries no Retry-After."""
+    sim, url = await make_sim(cancel_all_limit=(1, 60.0), retry_after_on_violation=False)
+
+    await cancel_all(session, sim, url)
+    status, _, resp = await cancel_all(session, sim, url)
+
+    assert (status, resp.headers.get("Retry-After")) == (429, None)
+    assert sim.violations("cancel_all") == 1
+
+
 async def test_unknown_paths_answer_404_uncounted_on_a_kept_alive_connection(
     make_sim: SimFactory,
 ) -> None:
@@ -849,3 +862,677 @@ async def test_run_sim_announces_its_url_and_serves_until_cancelled(
     assert ready["event"] == "sim.ready"
     assert ready["base_url"].startswith("http://127.0.0.1:")
     assert served == 200
+
+
+# -- faults --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "body"),
+    [
+        ("500", 500, None),
+        ("502", 502, None),
+        ("503", 503, None),
+        ("401", 401, {"error": "unauthorized", "message": "invalid api key or signature"}),
+        ("422", 422, {"error": "invalid_field", "message": "symbol: invalid"}),
+        ("malformed", 200, "{not json"),
+        ("shape", 200, {"data": {"ids": []}}),
+    ],
+)
+async def test_fault_answers_count_requests_then_clears_without_cancelling(
+    make_sim: SimFactory, session: aiohttp.ClientSession, kind: str, status: int, body: Any
+) -> None:
+    """A fault answers exactly `count` cancel_all calls, cancels nothing, then clears."""
+    sim, url = await make_sim()
+    ids = sim.seed({"BTCUSDT": 2})
+    sim.inject("cancel_all", kind, count=2)
+
+    faulted = [await cancel_all(session, sim, url) for _ in range(2)]
+    orders_meanwhile = sim.stats()["orders"]
+    healthy, healthy_body, _ = await cancel_all(session, sim, url)
+
+    assert [f[0] for f in faulted] == [status, status]
+    if body is not None:
+        assert faulted[0][1] == body
+    assert orders_meanwhile == {"RAISED": 2}
+    assert healthy == 200
+    assert sorted(healthy_body["data"]["orders_ids"]) == sorted(ids)
+    assert [r.fault for r in sim.requests] == [kind, kind, None]
+    assert sim.violations("cancel_all") == 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "field"), [("open_orders", "limit"), ("order_status", "order_id")]
+)
+async def test_injected_422_names_a_field_of_that_endpoint_or_the_given_message(
+    make_sim: SimFactory, session: aiohttp.ClientSession, endpoint: str, field: str
+) -> None:
+    """A 422 fault's message names a field of the endpoint; an injected message replaces it."""
+    sim, url = await make_sim()
+    method, path, body = _REQUEST[endpoint]
+    sim.inject(endpoint, "422")
+    sim.inject(endpoint, "422", message="to_time: out of range")
+
+    first = (await call(session, url, sim, method, path, body))[1]
+    second = (await call(session, url, sim, method, path, body))[1]
+
+    assert first["message"].startswith(field)
+    assert second["message"] == "to_time: out of range"
+
+
+@pytest.mark.parametrize(("kind", "retry_after"), [("429", "1"), ("429_bare", None)])
+async def test_injected_429_is_recorded_but_not_a_violation(
+    make_sim: SimFactory, session: aiohttp.ClientSession, kind: str, retry_after: str | None
+) -> None:
+    """An injected 429 says Retry-After: 1 (429_bare says nothing); neither is a violation."""
+    sim, url = await make_sim()
+    [order_id] = sim.seed({"BTCUSDT": 1})
+    sim.inject("order_status", kind, count=1)
+
+    status, body, resp = await status_of(session, sim, url, order_id)
+    after = (await status_of(session, sim, url, order_id))[0]
+
+    assert (status, resp.headers.get("Retry-After"), after) == (429, retry_after, 200)
+    assert body["message"]
+    assert sim.violations("order_status") == 0
+    assert sim.stats()["answers"]["order_status"] == {"429": 1, "200": 1}
+
+
+@pytest.mark.parametrize("endpoint", ["open_orders", "closed_orders", "time"])
+async def test_listings_and_the_server_time_take_faults_too(
+    make_sim: SimFactory, session: aiohttp.ClientSession, endpoint: str
+) -> None:
+    """A 503 injected on a listing or the server time answers once, then the endpoint heals."""
+    sim, url = await make_sim()
+    method, path, body = _REQUEST.get(endpoint, ("GET", TIME, None))
+    sim.inject(endpoint, "503")
+
+    answers = [(await call(session, url, sim, method, path, body))[0] for _ in range(2)]
+
+    assert answers == [503, 200]
+    assert sim.stats()["answers"][endpoint] == {"503": 1, "200": 1}
+
+
+async def test_lost_ack_502_performs_the_cancel_and_loses_the_answer(
+    make_sim: SimFactory, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """lost_ack_502: cancel_all answers 502 but the orders are cancelling; a re-send names none."""
+    sim, url = await make_sim()
+    ids = sim.seed({"BTCUSDT": 3})
+    sim.inject("cancel_all", "lost_ack_502")
+
+    status, body, _ = await cancel_all(session, sim, url)
+    meanwhile = sim.stats()["orders"]
+    again = (await cancel_all(session, sim, url))[1]
+    await clock.advance(0.3)
+
+    assert (status, body["message"]) == (502, "bad gateway")
+    assert meanwhile == {"CANCELLATION_RAISED": 3}
+    assert again == {"data": {"orders_ids": []}}
+    assert sim.stats()["cancelled"] == len(ids)
+    assert [r.fault for r in sim.requests] == ["lost_ack_502", None]
+
+
+async def test_lost_ack_timeout_cancels_holds_past_the_client_and_answers_504_later(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """lost_ack_timeout: the cancel happens, the client times out, the held answer is a 504."""
+    sim, url = await make_sim()
+    sim.seed({"BTCUSDT": 2})
+    sim.inject("cancel_all", "lost_ack_timeout", delay=0.2)
+    headers = {"Content-Type": "application/json"} | sign_headers(
+        sim.config, "POST", CANCEL_ALL, epoch_ms=sim.clock.now_ms()
+    )
+
+    with pytest.raises(asyncio.TimeoutError):
+        async with session.post(
+            url + CANCEL_ALL,
+            json={"exchange": "EXCHANGE_2"},
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=0.05),
+        ):
+            pass
+    cancelled_while_held = sim.stats()["orders"]
+    for _ in range(100):  # the held answer goes out once the delay has passed
+        if sim.requests[0].status is not None:
+            break
+        await asyncio.sleep(0.01)
+
+    assert cancelled_while_held == {"CANCELLATION_RAISED": 2}
+    assert sim.requests[0].status == 504
+
+
+async def test_lost_ack_timeout_on_an_invalid_request_changes_nothing(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """A lost acknowledgement only loses the answer: an unsigned cancel_all cancels nothing."""
+    sim, url = await make_sim()
+    sim.seed({"BTCUSDT": 2})
+    sim.inject("cancel_all", "lost_ack_502")
+
+    status, _, _ = await call(
+        session, url, sim, "POST", CANCEL_ALL, {"exchange": "EXCHANGE_2"}, headers={}
+    )
+
+    assert status == 502
+    assert sim.stats()["orders"] == {"RAISED": 2}
+
+
+async def test_stop_releases_a_held_lost_ack_at_once(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """Stopping the sim cuts a lost_ack_timeout hold short: the client gets the 504 now."""
+    sim, url = await make_sim()  # slow_seconds: 30 s by default
+    sim.seed({"BTCUSDT": 1})
+    sim.inject("cancel_all", "lost_ack_timeout")
+
+    pending = asyncio.ensure_future(cancel_all(session, sim, url))
+    for _ in range(100):
+        if sim.stats()["orders"] == {"CANCELLATION_RAISED": 1}:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(sim.stop(), timeout=3)
+
+    assert (await asyncio.wait_for(pending, timeout=1))[0] == 504
+
+
+async def test_timeout_fault_holds_past_the_client_timeout_then_clears(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """A timeout fault holds cancel_all past the client's timeout, cancels nothing, answers 504."""
+    sim, url = await make_sim(slow_seconds=0.2)
+    sim.seed({"BTCUSDT": 1})
+    sim.inject("cancel_all", "timeout", count=1)
+    headers = {"Content-Type": "application/json"} | sign_headers(
+        sim.config, "POST", CANCEL_ALL, epoch_ms=sim.clock.now_ms()
+    )
+
+    with pytest.raises(asyncio.TimeoutError):
+        async with session.post(
+            url + CANCEL_ALL,
+            json={"exchange": "EXCHANGE_2"},
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=0.05),
+        ):
+            pass
+    for _ in range(100):  # the server answers once slow_seconds have passed
+        if sim.requests[0].status is not None:
+            break
+        await asyncio.sleep(0.01)
+    held_answer = sim.requests[0].status
+    orders_after_hold = sim.stats()["orders"]
+    status, _, _ = await cancel_all(session, sim, url)
+
+    assert held_answer == 504
+    assert orders_after_hold == {"RAISED": 1}
+    assert status == 200
+    assert sim.stats()["requests"]["cancel_all"] == 2
+
+
+@pytest.mark.parametrize("endpoint", ["order_status", "open_orders"])
+async def test_timeout_fault_on_a_read_answers_normally_after_the_hold(
+    make_sim: SimFactory, session: aiohttp.ClientSession, endpoint: str
+) -> None:
+    """A held status read or listing is answered normally once slow_seconds have passed."""
+    sim, url = await make_sim(slow_seconds=0.1)
+    [order_id] = sim.seed({"BTCUSDT": 1})
+    sim.inject(endpoint, "timeout", count=1)
+    loop = asyncio.get_running_loop()
+    method, path, body = _REQUEST[endpoint]
+    path = f"{STATUS}?order_id={order_id}" if endpoint == "order_status" else path
+
+    started = loop.time()
+    status, answer, _ = await call(session, url, sim, method, path, body)
+
+    assert loop.time() - started >= 0.1
+    assert status == 200
+    assert order_id in json.dumps(answer)
+    assert [r.fault for r in sim.requests] == ["timeout"]
+
+
+async def test_reset_fault_closes_the_connection_without_an_answer(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """A reset fault drops the connection unanswered, cancels nothing, then clears."""
+    sim, url = await make_sim()
+    sim.seed({"BTCUSDT": 1})
+    sim.inject("cancel_all", "reset", count=1)
+
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await cancel_all(session, sim, url)
+    orders_meanwhile = sim.stats()["orders"]
+    status, _, _ = await cancel_all(session, sim, url)
+
+    assert orders_meanwhile == {"RAISED": 1}
+    assert status == 200
+    assert [r.status for r in sim.requests] == [None, 200]
+
+
+async def test_aiohttp_silently_resends_a_reset_get_and_the_sim_counts_both(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """aiohttp re-sends an idempotent GET once after a reset; the sim sees two arrivals."""
+    sim, url = await make_sim()
+    [order_id] = sim.seed({"BTCUSDT": 1})
+    sim.inject("order_status", "reset", count=1)
+
+    status, _, _ = await status_of(session, sim, url, order_id)
+
+    assert status == 200
+    assert sim.stats()["requests"]["order_status"] == 2
+
+
+async def test_slow_fault_delays_then_serves_normally(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """A slow fault answers after its delay, and the request takes effect."""
+    sim, url = await make_sim()
+    ids = sim.seed({"BTCUSDT": 1})
+    sim.inject("cancel_all", "slow", count=1, delay=0.1)
+    loop = asyncio.get_running_loop()
+
+    started = loop.time()
+    status, body, _ = await cancel_all(session, sim, url)
+
+    assert loop.time() - started >= 0.1
+    assert (status, body["data"]["orders_ids"]) == (200, ids)
+
+
+def test_inject_rejects_unknown_endpoints_kinds_and_counts() -> None:
+    """inject refuses an unknown endpoint, kind, a count below one, or slow without delay."""
+    sim = SimExchange(SimConfig())
+
+    cases: list[tuple[tuple[str, str, int], str]] = [
+        (("nope", "500", 1), "endpoint"),
+        (("cancel_all", "418", 1), "kind"),
+        (("cancel_all", "500", 0), "count"),
+        (("cancel_all", "slow", 1), "delay"),
+    ]
+    for args, field in cases:
+        with pytest.raises(ValueError, match=field):
+            sim.inject(*args)
+
+
+async def test_stop_releases_a_held_request_quickly(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """Stopping the sim cuts a timeout fault's hold short instead of waiting slow_seconds."""
+    sim, url = await make_sim()
+    sim.inject("cancel_all", "timeout", count=1)
+
+    async def send() -> int:
+        async with session.post(url + CANCEL_ALL, json={}) as resp:
+            return resp.status
+
+    pending = asyncio.ensure_future(send())
+    for _ in range(100):
+        if sim.requests:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(sim.stop(), timeout=3)
+
+    assert await asyncio.wait_for(pending, timeout=1) == 504
+
+
+# -- the reject switch, the behaviour switch, the trader -----------------------
+
+
+async def test_a_rejected_symbol_refuses_cancel_all_until_lifted(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """While BTCUSDT is rejected, its cancel_all (and an unscoped one) get 422; lifted, it works."""
+    sim, url = await make_sim()
+    btc = sim.seed({"BTCUSDT": 2})
+    eth = sim.seed({"ETHUSDT": 1})
+
+    switched = await admin(
+        session, url, "reject", {"symbol": "BTCUSDT", "status": 422, "message": "symbol: suspended"}
+    )
+    scoped = await cancel_all(session, sim, url, symbol="BTCUSDT")
+    unscoped = await cancel_all(session, sim, url)
+    other = (await cancel_all(session, sim, url, symbol="ETHUSDT"))[1]
+    refused_meanwhile = sim.stats()["orders"]
+    lifted = await admin(session, url, "reject", {"symbol": "BTCUSDT", "status": None})
+    after = (await cancel_all(session, sim, url, symbol="BTCUSDT"))[1]
+
+    assert switched["rejected"]["BTCUSDT"]["status"] == 422
+    assert (scoped[0], scoped[1]["message"]) == (422, "symbol: suspended")
+    assert (unscoped[0], unscoped[1]["message"]) == (422, "symbol: suspended")
+    assert other["data"]["orders_ids"] == eth
+    assert refused_meanwhile == {"RAISED": 2, "CANCELLATION_RAISED": 1}
+    assert lifted == {"rejected": {}}
+    assert sorted(after["data"]["orders_ids"]) == sorted(btc)
+    assert sim.stats()["rejected"] == {}
+
+
+async def test_a_rejected_symbol_can_be_spared_by_an_unscoped_cancel_all(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """With unscoped=spare, cancel_all without a symbol cancels the rest, not the rejected one."""
+    sim, url = await make_sim()
+    btc = sim.seed({"BTCUSDT": 2})
+    eth = sim.seed({"ETHUSDT": 2})
+    await admin(session, url, "reject", {"symbol": "BTCUSDT", "status": 403, "unscoped": "spare"})
+
+    status, body, _ = await cancel_all(session, sim, url)
+
+    assert status == 200
+    assert sorted(body["data"]["orders_ids"]) == sorted(eth)
+    assert sorted(sim.stats()["open"]) == sorted(btc + eth)  # ETH cancelling, BTC working
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"status": 422}, "symbol"),
+        ({"symbol": "X", "status": 429}, "status"),
+        ({"symbol": "X", "status": 500}, "status"),
+        ({"symbol": "X", "status": 422, "unscoped": "maybe"}, "unscoped"),
+    ],
+)
+async def test_reject_switch_refuses_a_bad_request(
+    make_sim: SimFactory, session: aiohttp.ClientSession, body: dict[str, Any], field: str
+) -> None:
+    """The reject switch needs a symbol and a 4xx other than 429, else 400 naming the field."""
+    _, url = await make_sim()
+
+    status, answer = await admin(session, url, "reject", body)
+
+    assert status == 400
+    assert answer["message"].startswith(field)
+
+
+async def test_behaviour_switch_changes_how_later_cancels_end(
+    make_sim: SimFactory, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """POST /_sim/behaviour changes the outcome and delay of cancels that arrive after it."""
+    sim, url = await make_sim()
+    before = sim.seed({"BTCUSDT": 3})
+    await cancel_all(session, sim, url)
+    after = sim.seed({"ETHUSDT": 3})
+
+    answer = await admin(
+        session, url, "behaviour", {"partial_fill_ratio": 1.0, "cancel_delay": [2.0, 2.0]}
+    )
+    await cancel_all(session, sim, url)
+    await clock.advance(1.0)
+    halfway = sim.stats()
+    await clock.advance(1.0)
+    final = {i: sim.book.orders[i].status_at(clock.monotonic()) for i in before + after}
+
+    assert answer == {"fill_ratio": 0.0, "partial_fill_ratio": 1.0, "cancel_delay": [2.0, 2.0]}
+    assert sorted(halfway["open"]) == sorted(after)
+    assert {final[i] for i in before} == {"CANCELLED"}
+    assert {final[i] for i in after} == {"PARTIALLY_EXECUTED"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"fill_ratio": 1.5}, "fill_ratio"),
+        ({"fill_ratio": 0.6, "partial_fill_ratio": 0.6}, "partial_fill_ratio"),
+        ({"cancel_delay": [1]}, "cancel_delay"),
+        ({"cancel_delay": [2, 1]}, "cancel_delay"),
+    ],
+)
+async def test_behaviour_switch_refuses_impossible_values_and_keeps_the_old(
+    make_sim: SimFactory, session: aiohttp.ClientSession, body: dict[str, Any], field: str
+) -> None:
+    """An impossible behaviour is 400 naming the field, and nothing changes."""
+    sim, url = await make_sim()
+
+    status, answer = await admin(session, url, "behaviour", body)
+
+    assert (status, answer["message"].startswith(field)) == (400, True)
+    assert sim.stats()["behaviour"] == {
+        "fill_ratio": 0.0, "partial_fill_ratio": 0.0, "cancel_delay": [0.02, 0.3],
+    }  # fmt: skip
+
+
+async def test_trader_places_orders_per_symbol_every_interval_until_done(
+    make_sim: SimFactory, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """The trader places one order per symbol now and every interval, until each has its n."""
+    sim, url = await make_sim()
+
+    started = await admin(
+        session, url, "trader", {"orders": {"BTCUSDT": 3, "ETHUSDT": 1}, "interval": 5}
+    )
+    await clock.advance(0)
+    first = len(sim.trader.placed)
+    await clock.advance(5)
+    second = len(sim.trader.placed)
+    await clock.advance(5)
+    listed = ids_of((await listing(session, sim, url))[1])
+    stats = sim.stats()
+
+    assert started["remaining"] == {"BTCUSDT": 3, "ETHUSDT": 1}
+    assert (first, second) == (2, 3)
+    assert sorted(listed) == sorted(stats["trader"]["placed"])
+    assert stats["trader"]["running"] is False
+    assert stats["trader"]["remaining"] == {"BTCUSDT": 0, "ETHUSDT": 0}
+    assert sorted(stats["open"]) == sorted(listed)
+
+
+async def test_trader_armed_on_cancel_all_places_orders_no_answer_named(
+    make_sim: SimFactory, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """on_cancel_all: nothing until a cancel_all is served, then orders that answer never named."""
+    sim, url = await make_sim()
+    seeded = sim.seed({"BTCUSDT": 2})
+    armed = await admin(
+        session,
+        url,
+        "trader",
+        {"orders": {"BTCUSDT": 2}, "interval": 1, "on_cancel_all": True},
+    )
+    await clock.advance(3)
+    before = list(sim.trader.placed)
+
+    named = (await cancel_all(session, sim, url))[1]["data"]["orders_ids"]
+    await clock.advance(1)
+    await clock.advance(0.3)
+    stats = sim.stats()
+
+    assert (armed["armed"], armed["running"], before) == (True, False, [])
+    assert sorted(named) == sorted(seeded)
+    assert len(stats["trader"]["placed"]) == 2
+    assert not set(named) & set(stats["trader"]["placed"])
+    assert sorted(stats["open"]) == sorted(stats["trader"]["placed"])  # the account is not flat
+    assert stats["cancelled"] == 2
+
+
+async def test_trader_stops_on_request_and_with_the_sim(
+    make_sim: SimFactory, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """{"stop": true} ends the trader's task; a running trader is stopped by sim.stop()."""
+    sim, url = await make_sim()
+    await admin(session, url, "trader", {"orders": {"BTCUSDT": 100}, "interval": 1})
+    await clock.advance(2)
+
+    stopped = await admin(session, url, "trader", {"stop": True})
+    await clock.advance(5)
+    placed = len(sim.trader.placed)
+    await admin(session, url, "trader", {"orders": {"ETHUSDT": 100}, "interval": 1})
+    running_before_stop = sim.trader.running
+    await sim.stop()
+    at_stop = len(sim.trader.placed)
+    await clock.advance(5)
+
+    assert stopped["running"] is False
+    assert placed == 3
+    assert running_before_stop is True
+    assert len(sim.trader.placed) == at_stop  # nothing placed once the sim stopped
+
+
+async def test_trader_refuses_a_bad_plan(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """A trader plan without orders, with a negative interval or a bad flag is 400."""
+    _, url = await make_sim()
+
+    answers = [
+        await admin(session, url, "trader", body)
+        for body in (
+            {"interval": 1},
+            {"orders": {"BTCUSDT": 1}, "interval": -1},
+            {"orders": {"BTCUSDT": 1}, "on_cancel_all": "yes"},
+        )
+    ]
+
+    assert [a[0] for a in answers] == [400, 400, 400]
+    assert [a[1]["message"].split(":")[0] for a in answers] == [
+        "orders",
+        "interval",
+        "on_cancel_all",
+    ]
+
+
+# -- record, stats and admin ---------------------------------------------------
+
+
+async def test_stats_tell_the_books_own_truth(
+    make_sim: SimFactory, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """open lists the ids still working; cancelled/executed/partially_executed count outcomes."""
+    sim, url = await make_sim(fill_ratio=0.25, partial_fill_ratio=0.25, seed=3)
+    ids = sim.seed({"BTCUSDT": 40})
+    untouched = sim.seed({"ETHUSDT": 5})
+
+    await cancel_all(session, sim, url, symbol="BTCUSDT")
+    during = sim.stats()
+    await clock.advance(0.3)
+    after = sim.stats()
+    by_status = after["orders"]
+
+    assert sorted(during["open"]) == sorted(ids + untouched)
+    assert sorted(after["open"]) == sorted(untouched)
+    assert after["cancelled"] == by_status["CANCELLED"]
+    assert after["executed"] == by_status["EXECUTED"]
+    assert after["partially_executed"] == by_status["PARTIALLY_EXECUTED"]
+    assert after["cancelled"] + after["executed"] + after["partially_executed"] == 40
+    assert min(after["cancelled"], after["executed"], after["partially_executed"]) > 0
+
+
+async def test_record_keeps_each_request_with_its_answer_and_arrival_times(
+    make_sim: SimFactory, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """Every request is recorded: endpoint, method, raw path, answer and arrival times."""
+    sim, url = await make_sim()
+    unknown = uuid.UUID(int=9)
+    await status_of(session, sim, url, str(unknown))
+    await clock.advance(2)
+    await cancel_all(session, sim, url)
+
+    first, second = sim.requests
+    stats = sim.stats()
+
+    assert (first.endpoint, first.method, first.path, first.status) == (
+        "order_status",
+        "GET",
+        f"{STATUS}?order_id={unknown}",
+        404,
+    )
+    assert (second.endpoint, second.monotonic - first.monotonic) == ("cancel_all", 2)
+    assert second.wall - first.wall == 2
+    assert stats["cancel_all_arrivals"] == [{"wall": second.wall, "monotonic": second.monotonic}]
+
+
+async def test_admin_endpoints_seed_fault_clear_forget_and_report(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """The /_sim/ endpoints seed (status, age), inject, clear, forget and report, uncounted."""
+    sim, url = await make_sim()
+
+    seeded = await admin(session, url, "seed", {"orders": {"BTCUSDT": 2}})
+    old = await admin(
+        session, url, "seed", {"orders": {"ETHUSDT": 1}, "status": "OPEN", "age_days": 10}
+    )
+    pending = (
+        await admin(
+            session, url, "faults", {"endpoint": "closed_orders", "kind": "422", "message": "x: y"}
+        )
+    )["faults_pending"]
+    cleared = (await admin(session, url, "clear"))["faults_pending"]
+    forgotten = await admin(session, url, "forget", {"order_ids": old["order_ids"]})
+    status, _, _ = await cancel_all(session, sim, url)
+    async with session.get(url + "/_sim/stats") as r:
+        stats = await r.json()
+    async with session.get(url + "/_sim/requests") as r:
+        record = (await r.json())["requests"]
+    bad = [
+        (await admin(session, url, route, body))[0]
+        for route, body in (
+            ("faults", {"endpoint": "x", "kind": "500"}),
+            ("seed", {"orders": {"BTCUSDT": 1}, "status": "CANCELLED"}),
+            ("seed", {"orders": {"BTCUSDT": 1}, "age_days": "old"}),
+            ("clock", {"offset_ms": 1.5}),
+            ("forget", {"order_ids": "all"}),
+        )
+    ]
+
+    assert len(seeded["order_ids"]) == 2
+    assert pending["closed_orders"] == [
+        {"kind": "422", "remaining": 1, "delay": None, "message": "x: y"}
+    ]
+    assert set(cleared) == {"cancel_all", "order_status", "open_orders", "closed_orders", "time"}
+    assert not any(cleared.values())
+    assert forgotten == {"forgotten": 1}
+    assert status == 200
+    assert stats["requests"]["cancel_all"] == 1
+    assert sum(stats["requests"].values()) == 1
+    assert stats["orders"] == {"CANCELLATION_RAISED": 2}
+    assert [(r["endpoint"], r["status"]) for r in record] == [("cancel_all", 200)]
+    assert bad == [400] * 5
+
+
+async def test_seed_over_http_takes_status_and_age(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """POST /_sim/seed with status OPEN and age_days makes orders that old, in that status."""
+    sim, url = await make_sim()
+    now = sim.clock.now_ms()
+
+    ids = (
+        await admin(
+            session, url, "seed", {"orders": {"BTCUSDT": 2}, "status": "OPEN", "age_days": 20}
+        )
+    )["order_ids"]
+    orders = [sim.book.orders[i] for i in ids]
+
+    assert {o.status for o in orders} == {"OPEN"}
+    assert all(now - 20 * DAY_MS - 2 < o.created_at <= now - 20 * DAY_MS for o in orders)
+
+
+def test_sim_subcommand_builds_its_config_from_every_option() -> None:
+    """Every `killswitch sim` option reaches SimConfig (limits, ratios, delay, offset, ...)."""
+    from killswitch.cli import _sim_config, build_parser
+
+    args = build_parser().parse_args(
+        [
+            "sim", "--port", "0", "--cancel-all-limit", "5/30", "--status-limit", "7/60",
+            "--open-orders-limit", "8/60", "--closed-orders-limit", "9/60", "--fill-ratio", "0.1",
+            "--partial-fill-ratio", "0.3", "--cancel-delay", "0.05-0.5", "--clock-offset-ms",
+            "-90000", "--no-require-content-type", "--no-retry-after", "--seed", "4",
+        ]
+    )  # fmt: skip
+    config = _sim_config(args)
+
+    assert config.cancel_all_limit == (5, 30.0)
+    assert (config.status_limit, config.open_orders_limit) == ((7, 60.0), (8, 60.0))
+    assert config.closed_orders_limit == (9, 60.0)
+    assert (config.fill_ratio, config.partial_fill_ratio) == (0.1, 0.3)
+    assert config.cancel_delay == (0.05, 0.5)
+    assert config.clock_offset_ms == -90_000
+    assert config.require_content_type is False
+    assert config.retry_after_on_violation is False
+    assert config.seed == 4
+
+
+def test_sim_subcommand_defaults_are_the_venue_limits() -> None:
+    """Without options `killswitch sim` runs at 10/60 and 20/60 x3, requiring Content-Type."""
+    from killswitch.cli import _sim_config, build_parser
+
+    config = _sim_config(build_parser().parse_args(["sim", "--port", "0"]))
+
+    assert config == SimConfig(api_key=config.api_key, api_secret=config.api_secret)

@@ -90,7 +90,9 @@ class SimConfig:
     the venue's clock minus the real wall clock; an epoch more than
     ``max_epoch_skew`` seconds off the venue's clock is answered 401.
     ``require_content_type``: a signed request without ``Content-Type:
-    application/json`` is answered 400.  ``slow_seconds`` is how long a
+    application/json`` is answered 400.  A request over a limit is answered 429,
+    with ``Retry-After`` unless ``retry_after_on_violation`` is off (the venue
+    documents none).  ``slow_seconds`` is how long a
     ``timeout`` or ``lost_ack_timeout`` fault holds a request by default.
     """
 
@@ -116,6 +118,7 @@ class SimConfig:
     clock_offset_ms: int = 0
     max_epoch_skew: float = 60.0
     require_content_type: bool = True
+    retry_after_on_violation: bool = True
     slow_seconds: float = 30.0
     seed: int | None = None
 

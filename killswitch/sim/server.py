@@ -198,7 +198,8 @@ class SimExchange:
             if admission.violation:
                 record.violation = True
                 response = error(429, "rate_limited", "rate limit exceeded")
-                response.headers["Retry-After"] = str(admission.retry_after)
+                if self.config.retry_after_on_violation:
+                    response.headers["Retry-After"] = str(admission.retry_after)
                 return response
         if request.method != _METHODS[endpoint]:
             response = error(405, "method_not_allowed", "method not allowed")
