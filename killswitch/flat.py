@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
+from killswitch import listing
 from killswitch.exchange import CLOSED_ORDERS, ExchangeClient
 from killswitch.log import get_logger
 from killswitch.orders import OrderPage
@@ -123,30 +124,18 @@ class VenueListings:
     async def list_open(
         self, exchange: str, symbol: str | None, *, deep: bool
     ) -> Mapping[str, ListedOrder]:
-        found: dict[str, ListedOrder] = {}
-        windows = self._windows() if deep else None
-        async for page in _pages(
-            self._client.open_orders, exchange, symbol, windows=windows, max_pages=1_000_000
-        ):
-            for order in page.orders:
-                found[order.order_id] = order
-        return found
+        found = await listing.list_open(
+            self._client, exchange, symbol, lookback_days=self._lookback_days(), deep=deep
+        )
+        return found.orders
 
     async def find_closed(
         self, exchange: str, symbol: str | None, wanted: set[str], *, max_pages: int
     ) -> Mapping[str, ListedOrder]:
-        found: dict[str, ListedOrder] = {}
-        async for page in _pages(
-            self._client.closed_orders,
-            exchange,
-            symbol,
-            windows=self._windows(),
-            max_pages=max_pages,
-        ):
-            found.update((o.order_id, o) for o in page.orders if o.order_id in wanted)
-            if len(found) == len(wanted):
-                break
-        return found
+        since = self._client.venue_now_ms() - int(self._lookback_days() * listing.DAY_MS)
+        return await listing.find_closed(
+            self._client, exchange, symbol, wanted, since_ms=since, max_pages=max_pages
+        )
 
     async def closed_since(
         self, exchange: str, symbol: str | None, since_ms: int
