@@ -302,7 +302,13 @@ def _sim_delay(text: str) -> tuple[float, float]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from killswitch.demo import run_demo
 
-    return asyncio.run(run_demo(orders=args.orders, fill_ratio=args.fill_ratio))
+    return asyncio.run(
+        run_demo(
+            orders=args.orders,
+            fill_ratio=args.fill_ratio,
+            partial_fill_ratio=args.partial_fill_ratio,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run a kill against the built-in simulated exchange")
     p.add_argument("--orders", type=int, default=300, help="open orders to seed (default 300)")
     p.add_argument("--fill-ratio", type=float, default=0.02, help="share that fill instead")
+    p.add_argument(
+        "--partial-fill-ratio",
+        type=float,
+        default=0.05,
+        help="share that end PARTIALLY_EXECUTED (terminal on futures)",
+    )
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser(
         "sim",

@@ -163,6 +163,7 @@ class Daemon:
             )
         )
         self.service = Service(self.notifier, self.switch, self.clock)
+        self.service.problem = self._problem
         hb = cfg.triggers.heartbeat
         self.deadman = DeadManSwitch(
             hb.timeout,
@@ -190,6 +191,21 @@ class Daemon:
         )
         self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
         self.prom.self_test_ok.set_function(self._self_test_gauge)
+
+    def _problem(self) -> str | None:
+        """What systemd's STATUS= line should say is wrong (a stuck kill, a failed self-test)."""
+        stuck = self.runner.stuck_info()
+        if stuck is not None and self.switch.state is State.KILLING:
+            return f"STUCK: venue refuses cancel_all (HTTP {stuck['http_status']}: {stuck['why']})"
+        test = self.exchange.health().get("self_test")
+        if test is not None and not test["ok"]:
+            failed = [c for c in test["checks"] if not c["ok"]]
+            first = failed[0] if failed else {}
+            return (
+                f"exchange self-test FAILED (HTTP {first.get('http_status')}: "
+                f"{first.get('message') or first.get('error')})"
+            )
+        return None
 
     def _self_test_gauge(self) -> float:
         test = self.exchange.health().get("self_test")

@@ -1,9 +1,13 @@
 """``killswitch demo``: a whole kill against the built-in simulated exchange.
 
-Starts the simulated exchange on loopback, seeds open orders across symbols,
-starts the real daemon as a subprocess (``python -m killswitch run``), sends it
-``SIGUSR1``, follows its events to ``kill.completed`` and checks the result
-against the exchange's own truth.
+Starts the simulated exchange on loopback at the venue's default limits
+(cancel_all 10/60 s; order status, open and closed orders 20/60 s each), seeds
+open orders over 2 symbols, starts the real daemon as a subprocess (``python -m
+killswitch run``), sends it ``SIGUSR1``, follows its events through the flat
+proof (``kill.flat``: every target listed empty) to ``kill.completed``, and
+checks the counts against the exchange's own truth, with 0 rate-limit
+violations on all four endpoints.  The outcomes come from the closed-order
+listing, 50 a page, so 300 orders need a handful of requests, not 300 polls.
 """
 
 from __future__ import annotations
@@ -84,13 +88,16 @@ async def _events(stream: asyncio.StreamReader) -> Any:
             yield json.loads(line)
 
 
-async def run_demo(orders: int = 300, fill_ratio: float = 0.02) -> int:
+async def run_demo(
+    orders: int = 300, fill_ratio: float = 0.02, partial_fill_ratio: float = 0.05
+) -> int:
     screen = _Screen()
     sim = SimExchange(
         SimConfig(
             api_key=DEMO_API_KEY,
             api_secret=DEMO_API_SECRET,
             fill_ratio=fill_ratio,
+            partial_fill_ratio=partial_fill_ratio,
             cancel_delay=(0.05, 0.5),
         )
     )

@@ -280,3 +280,67 @@ async def test_check_config_online_with_a_wrong_key(workdir: Path, sim_factory: 
     assert "401" in bad.stdout + bad.stderr
     good = await _cli("check-config", "--online", "--config", str(config), env=daemon_env())
     assert good.returncode == 0, good.stdout + good.stderr
+
+
+async def test_crash_during_the_flat_proof_resumes_it(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """SIGKILL while a leftover sweep is in flight: the restarted daemon resumes the kill
+    (kill.resumed), re-sends that sweep, re-runs the flat proof and completes with the
+    leftovers counted, the counts equal to the sim's and 0 violations."""
+    import sqlite3
+
+    sim, url = await sim_factory(cancel_delay=(0.05, 0.3), seed=28)
+    admin = Admin(url)
+    await admin.seed({"BTCUSDT": 20})
+    await admin.call(
+        "POST",
+        "/_sim/trader",
+        {"orders": {"ETHUSDT": 3}, "interval": 0.0, "on_cancel_all": True},
+    )
+    config = _config(workdir, url, exchange={"request_timeout": 20.0})
+    first = DaemonProcess(config)
+    await first.start()
+    first.send(signal.SIGUSR1)
+    await first.wait_for("cancel_all.accepted", timeout=WAIT)
+    # The next cancel_all (the leftover sweep) is held and never performed.
+    await admin.call(
+        "POST", "/_sim/faults", {"endpoint": "cancel_all", "kind": "timeout", "delay": 30}
+    )
+    leftover = await first.wait_for("flat.leftover", timeout=WAIT)
+    assert len(leftover["order_ids"]) == 3
+
+    def recorded() -> bool:
+        uri = f"file:{workdir / 'state.db'}?mode=ro"
+        with sqlite3.connect(uri, uri=True, timeout=5.0) as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM sweeps WHERE leftover = 1 AND acked_at IS NULL"
+            ).fetchone()
+        return bool(row[0])
+
+    async with asyncio.timeout(WAIT):
+        while not recorded():
+            await asyncio.sleep(0.01)
+    await first.kill()
+    assert (await admin.stats())["open"]  # the leftovers are still working
+
+    second = DaemonProcess(config)
+    await second.start()
+    resumed = await second.wait_for("kill.resumed", timeout=WAIT)
+    assert resumed["pending_sweeps"] == 1
+    done = await second.wait_for("kill.completed", timeout=WAIT)
+    assert done["resumed"] is True
+    assert done["leftover"] == 3
+    await _assert_flat_and_true(admin, done)
+    assert done["cancelled"] == 23
+    assert await second.stop() == 0
+
+
+async def test_demo_proves_flat_at_the_venue_limits() -> None:
+    """`killswitch demo` runs at the venue's default limits and ends proven flat, its counts
+    equal to the sim's and no violation on any endpoint (exit 0)."""
+    result = await _cli("demo", "--orders", "120")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kill.flat" in result.stdout
+    assert "result: OK, proven flat" in result.stdout
+    assert "closed_orders 0" in result.stdout.split("violations")[-1]
