@@ -109,7 +109,7 @@ async def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 async def test_clock_90_seconds_off(workdir: Path, sim_factory: SimFactory) -> None:
     """The venue's clock is 90 s ahead of the host's: the daemon measures the offset at
     start (clock.synced), signs with the corrected clock, and the kill is proven flat."""
-    sim, url = await sim_factory(cancel_delay=(0.05, 0.5), seed=21)
+    _sim, url = await sim_factory(cancel_delay=(0.05, 0.5), seed=21)
     admin = Admin(url)
     await admin.call("POST", "/_sim/clock", {"offset_ms": 90_000})
     await admin.seed({"BTCUSDT": 20, "ETHUSDT": 20})
@@ -130,7 +130,7 @@ async def test_lost_acknowledgement(workdir: Path, sim_factory: SimFactory, kind
     """cancel_all cancels every order but its answer is lost (502, or no answer in time):
     an unknown outcome, retried; the listings find every order it cancelled, so the counts
     still equal the sim's truth."""
-    sim, url = await sim_factory(cancel_delay=(0.05, 0.5), seed=22)
+    _sim, url = await sim_factory(cancel_delay=(0.05, 0.5), seed=22)
     admin = Admin(url)
     await admin.seed({"BTCUSDT": 25, "ETHUSDT": 25})
     await admin.call("POST", "/_sim/faults", {"endpoint": "cancel_all", "kind": kind})
@@ -149,7 +149,7 @@ async def test_lost_acknowledgement(workdir: Path, sim_factory: SimFactory, kind
 async def test_thirty_percent_partial_fills(workdir: Path, sim_factory: SimFactory) -> None:
     """30 % of the orders end PARTIALLY_EXECUTED (terminal on futures): counted as
     partially_filled, each confirmed once, none left polling to the deadline."""
-    sim, url = await sim_factory(cancel_delay=(0.05, 0.5), seed=23)
+    _sim, url = await sim_factory(cancel_delay=(0.05, 0.5), seed=23)
     admin = Admin(url)
     await admin.call("POST", "/_sim/behaviour", {"partial_fill_ratio": 0.3})
     await admin.seed({"BTCUSDT": 30, "ETHUSDT": 30})
@@ -169,7 +169,7 @@ async def test_orders_placed_during_and_after_the_kill(
     """A strategy that does not stop: orders placed while the kill runs are leftovers
     (flat.leftover, swept again, confirmed); those placed after it are swept by the
     tripped guard (guard.swept) until the reset, after which the guard sends nothing."""
-    sim, url = await sim_factory(cancel_delay=(0.2, 0.5), seed=24)
+    _sim, url = await sim_factory(cancel_delay=(0.2, 0.5), seed=24)
     admin = Admin(url)
     await admin.seed({"BTCUSDT": 20})
     daemon = DaemonProcess(_config(workdir, url, guard={"interval": 2}))
@@ -209,7 +209,7 @@ async def test_orders_10_and_20_days_old(workdir: Path, sim_factory: SimFactory)
     """Resting orders created 10 and 20 days ago, outside the listings' default window:
     with flat.lookback_days = 21 the proof lists back over three 7-day windows and the
     account is still proven flat."""
-    sim, url = await sim_factory(cancel_delay=(0.05, 0.5), seed=25)
+    _sim, url = await sim_factory(cancel_delay=(0.05, 0.5), seed=25)
     admin = Admin(url)
     await admin.seed({"BTCUSDT": 10})
     old = await admin.seed({"BTCUSDT": 3, "ETHUSDT": 3}, age_days=10)
@@ -230,7 +230,7 @@ async def test_symbol_rejected_with_422_then_reset_force(
     """cancel_all for one symbol is refused with 422: exchange.rejected with the venue's
     message, retried slowly, the kill stays KILLING and status says why (stuck); the other
     symbol is proven flat meanwhile.  reset --force abandons the kill and re-arms."""
-    sim, url = await sim_factory(cancel_delay=(0.05, 0.3), seed=26)
+    _sim, url = await sim_factory(cancel_delay=(0.05, 0.3), seed=26)
     admin = Admin(url)
     message = "symbol: XRPUSDT is suspended"
     await admin.call(
@@ -290,7 +290,7 @@ async def test_crash_during_the_flat_proof_resumes_it(
     leftovers counted, the counts equal to the sim's and 0 violations."""
     import sqlite3
 
-    sim, url = await sim_factory(cancel_delay=(0.05, 0.3), seed=28)
+    _sim, url = await sim_factory(cancel_delay=(0.05, 0.3), seed=28)
     admin = Admin(url)
     await admin.seed({"BTCUSDT": 20})
     await admin.call(

@@ -181,7 +181,7 @@ async def test_failed_self_test_shows_and_the_daemon_keeps_running(running: Any)
     """The venue refuses the key: the start-up self-test fails loudly (exchange.rejected with
     the venue's message), status, metrics and systemd's STATUS= line say so, and the
     daemon stays up and armed."""
-    daemon, sim, logs = await running(sim_overrides={"api_key": "a-key-the-daemon-lacks"})
+    daemon, _sim, logs = await running(sim_overrides={"api_key": "a-key-the-daemon-lacks"})
     rejected = await _until(logs, "exchange.rejected")
     assert rejected["http_status"] == 401
     await _until(logs, "exchange.self_test")

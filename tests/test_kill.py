@@ -199,9 +199,7 @@ async def test_rejected_sweep_is_retried_slowly_forever_and_reported_stuck(
     venue = VenueFake(clock)
     venue.seed("BTC", 5)
     venue.seed("ETH", 5)
-    error = RejectedRequest(
-        "cancel_all", "HTTP 422", status=422, message="symbol ETH is suspended"
-    )
+    error = RejectedRequest("cancel_all", "HTTP 422", status=422, message="symbol ETH is suspended")
     config = make_config(["BTC", "ETH"])
     venue.fail("cancel_all:ETH", error, count=6)
     runner = KillRunner(config, venue, store, clock, listings=venue)
