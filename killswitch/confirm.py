@@ -94,6 +94,8 @@ class RateGate(Protocol):
 
     def next_free_in(self) -> float: ...
 
+    def available(self) -> int: ...
+
 
 class Outcome(StrEnum):
     CANCELLED = "cancelled"

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from killswitch.config import DEFAULT_TERMINAL
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimConfig, SimExchange
 
 __all__ = ["run_demo", "write_demo_config"]
@@ -206,9 +207,7 @@ async def _follow(
     return _report(summary, flat, sim.stats(), seeded)
 
 
-TERMINAL = frozenset(
-    {"CANCELLED", "EXECUTED", "PARTIALLY_EXECUTED", "EXPIRED", "DISCARDED", "FAILED", "REJECTED"}
-)
+TERMINAL = frozenset(DEFAULT_TERMINAL)  # the daemon's default terminal set
 
 
 def _report(

@@ -33,6 +33,9 @@ class ListedOrder(Protocol):
     @property
     def status(self) -> str: ...
 
+    @property
+    def created_at(self) -> int: ...
+
 
 class Listings(Protocol):
     async def list_open(

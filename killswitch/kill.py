@@ -72,6 +72,7 @@ LISTING_HOLD: Final = 15.0
 """While listings confirm, no status poll of an order for this long after a listing
 showed it open or before the next listing is due (the listing tells for free)."""
 PAGE: Final = 50  # orders per listing page (the venue's maximum)
+NEW_PER_PAGE: Final = PAGE - 1  # a page may repeat the last order of the one before
 RECOVER_SLACK_MS: Final = 2_000  # closed since the kill started, give or take clock error
 
 SweepKey = tuple[str, str | None]
@@ -169,6 +170,7 @@ class KillRunner:
         self._log = get_logger()
         self._units: dict[SweepKey, _Unit] = {}
         self._leftovers: set[str] = set()
+        self._created: dict[str, int] = {}  # created_at (venue ms) of orders a listing showed
         self._started = 0.0
         self._flat_ms: float | None = None
 
@@ -328,6 +330,7 @@ class KillRunner:
         self.confirmer = confirmer
         self._units = {key: _Unit(*key) for key in plan_sweeps(self.config.targets)}
         self._leftovers = set(plan.leftovers)
+        self._created = {}
         self._flat_ms = None
         for order_id, status in plan.known_orders.items():
             # A resumed order keeps its deadline from its first poll before the restart.
@@ -392,7 +395,6 @@ class KillRunner:
     async def _prove(self, plan: KillPlan, unit: _Unit, confirmer: Confirmer) -> None:
         """List ``unit`` until it is flat, sweeping leftovers; then resolve what it named."""
         assert self.listings is not None
-        structlog.contextvars.bind_contextvars(exchange=unit.exchange, symbol=unit.symbol)
         cfg = self.config.confirm
         if unit.sweeps:
             await asyncio.wait(unit.sweeps)
@@ -400,6 +402,7 @@ class KillRunner:
         while True:
             await self.clock.sleep(wait)
             listed = await self._list(unit)
+            self._created.update((i, o.created_at) for i, o in listed.items())
             known = {i: o for i, o in listed.items() if confirmer.knows(i)}
             for order_id, order in known.items():
                 confirmer.observe(order_id, order.status, via="open_orders")
@@ -415,7 +418,13 @@ class KillRunner:
                 break
             if not confirmer.unresolved(listed):
                 unit.flat = False  # what still lists open was given up on (unconfirmed)
-                self._log.warning("flat.not_proven", open=len(listed), order_ids=sorted(listed))
+                self._log.warning(
+                    "flat.not_proven",
+                    exchange=unit.exchange,
+                    symbol=unit.symbol,
+                    open=len(listed),
+                    order_ids=sorted(listed),
+                )
                 break
             wait = cfg.poll_interval if wait < cfg.poll_interval else wait * 2
             wait = min(wait, cfg.max_poll_interval)
@@ -444,6 +453,8 @@ class KillRunner:
                     delay = min(REJECT_FIRST * 2 ** (rejected - 1), REJECT_MAX)
                 self._log.warning(
                     "flat.list_failed",
+                    exchange=unit.exchange,
+                    symbol=unit.symbol,
                     attempt=attempt,
                     error=exc.kind,
                     http_status=exc.status,
@@ -490,6 +501,8 @@ class KillRunner:
                 delay = 0.0 if isinstance(exc, RateLimited) else self._backoff(attempt)
                 self._log.warning(
                     "flat.list_failed",
+                    exchange=unit.exchange,
+                    symbol=unit.symbol,
                     listing="closed_orders",
                     attempt=attempt,
                     error=exc.kind,
@@ -513,29 +526,42 @@ class KillRunner:
                 confirmer.observe(order_id, order.status, via="closed_orders")
 
     async def _closed_round(self, unit: _Unit, confirmer: Confirmer) -> None:
-        """Outcomes of the ids ``unit`` named that are still unresolved: closed-order pages,
-        with status polls in parallel for what the pages budget cannot cover now."""
+        """Outcomes of the ids ``unit`` named that are still unresolved.
+
+        Closed-order pages (50 orders a request, newest first) when they fit the
+        closed-orders budget now; when they do not, the oldest ids go to status polls
+        at the same time, as many as the status budget allows now (both budgets in
+        parallel).  Whatever the pages do not find is polled (the closed listing never
+        shows EXPIRED, DISCARDED, FAILED or REJECTED).
+        """
         assert self.listings is not None
         wanted = confirmer.unresolved(unit.named)
         if len(wanted) < 2:
             confirmer.release(wanted)  # one status request is the cheapest answer
             return
-        pages = math.ceil(len(wanted) / PAGE) + 1
-        budget = self.listings.closed_budget()
-        covered = len(wanted)
-        if pages > budget:
-            # The pages that fit now cover about (budget - 1) pages' worth; the status
-            # limiter works on the rest, from the other end, at the same time.
-            covered = max(0, (budget - 1) * PAGE)
-            confirmer.release(list(reversed(wanted[covered:])))
-        confirmer.hold(wanted[:covered], LISTING_HOLD * 4)
+        pages_now = self.listings.closed_budget()
+        polls_now = 0 if self.status_gate is None else self.status_gate.available()
+        polled: list[str] = []
+        if math.ceil(len(wanted) / NEW_PER_PAGE) > pages_now and polls_now > 0:
+            oldest_first = sorted(wanted, key=lambda i: self._created.get(i, math.inf))
+            spill = len(wanted) - pages_now * NEW_PER_PAGE
+            polled = oldest_first[: min(spill, polls_now)]
+            confirmer.release(polled)
+        skip = set(polled)
+        paged = [i for i in wanted if i not in skip]
+        confirmer.hold(paged, LISTING_HOLD * 4)
         try:
             found = await self.listings.find_closed(
-                unit.exchange, unit.symbol, set(wanted), max_pages=pages
+                unit.exchange,
+                unit.symbol,
+                set(paged),
+                max_pages=math.ceil(len(paged) / NEW_PER_PAGE) + 1,
             )
         except ExchangeError as exc:
             self._log.warning(
                 "flat.list_failed",
+                exchange=unit.exchange,
+                symbol=unit.symbol,
                 listing="closed_orders",
                 error=exc.kind,
                 http_status=exc.status,
@@ -545,7 +571,7 @@ class KillRunner:
         for order_id, order in found.items():
             if order_id in unit.named:
                 confirmer.observe(order_id, order.status, via="closed_orders")
-        confirmer.release(confirmer.unresolved(wanted))
+        confirmer.release(confirmer.unresolved(paged))
 
     # ------------------------------------------------------------------ the summary
 

@@ -69,8 +69,10 @@ class VenueFake:
     def seed(self, symbol: str, n: int, *, final: str = "CANCELLED") -> list[str]:
         ids = []
         for _ in range(n):
-            oid = f"{symbol}-{next(self._ids):05}"
-            self.orders[oid] = _Order(oid, symbol, self.clock.monotonic(), final=final)
+            seq = next(self._ids)
+            oid = f"{symbol}-{seq:05}"
+            created = self.clock.monotonic() + seq * 0.001  # one ms apart, in seed order
+            self.orders[oid] = _Order(oid, symbol, created, final=final)
             ids.append(oid)
         return ids
 
@@ -106,7 +108,8 @@ class VenueFake:
 
     def _listed(self, order: _Order) -> Listed:
         closed = None if order.closed_at is None else int(order.closed_at * 1000)
-        return Listed(order.order_id, order.symbol, order.status, int(order.created), closed)
+        created = round(order.created * 1000)
+        return Listed(order.order_id, order.symbol, order.status, created, closed)
 
     # ------------------------------------------------------------------ the API
 

@@ -228,20 +228,59 @@ async def test_rejected_sweep_is_retried_slowly_forever_and_reported_stuck(
     assert len(named(logs, "kill.flat")) == 1
 
 
+class Gate:
+    """The status limiter as the confirmer reads it: ``free`` slots now."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def next_free_in(self) -> float:
+        return 0.0
+
+    def available(self) -> int:
+        return self.free
+
+
 async def test_closed_pages_and_status_polls_share_the_work_when_pages_run_short(
     store: StateStore,
 ) -> None:
-    """When the closed-order pages needed do not fit the closed budget now, the ids the
-    pages cannot cover go to status polls at the same time (both budgets in parallel)."""
+    """When the closed-order pages needed do not fit the closed budget now, the oldest ids
+    go to status polls at the same time (as many as the status budget has now); the
+    pages find the rest."""
     clock = FakeClock(START)
-    venue = VenueFake(clock, closed_budget_now=2)
-    venue.seed("BTC", 200)
-    summary, _ = await kill(make_config(), venue, store)
+    venue = VenueFake(clock, closed_budget_now=2, cancel_delay=1.0)
+    ids = venue.seed("BTC", 110)  # the first seeded is the oldest, the last in the pages
+    config = make_config()
+    runner = KillRunner(config, venue, store, clock, listings=venue, status_gate=Gate(20))
+    plan = KillPlan("k1", "manual", "t", plan_sweeps(config.targets), started_at=clock.time())
+    store.start_kill("k1", "manual", "t", clock.time(), plan.sweeps)
+    task = asyncio.create_task(runner.run(plan))
+    await clock.run_until(task)
+    summary = task.result()
 
     assert_matches_truth(summary, venue)
-    assert summary["polls"] > 0
-    assert summary["listed"] > 0
-    assert summary["listed"] + summary["polls"] >= 200
+    polled = {c.detail for c in venue.calls if c.endpoint == "order_status"}
+    assert polled == set(ids[:12])  # 110 - 2 pages x 49: the 12 oldest, polled
+    assert summary["listed"] == 98
+
+
+async def test_closed_pages_alone_when_they_fit(store: StateStore) -> None:
+    """When the pages fit the closed budget, no status request is spent even with status
+    budget free: fewer requests."""
+    clock = FakeClock(START)
+    venue = VenueFake(clock, cancel_delay=1.0)
+    venue.seed("BTC", 110)
+    config = make_config()
+    runner = KillRunner(config, venue, store, clock, listings=venue, status_gate=Gate(20))
+    plan = KillPlan("k1", "manual", "t", plan_sweeps(config.targets), started_at=clock.time())
+    store.start_kill("k1", "manual", "t", clock.time(), plan.sweeps)
+    task = asyncio.create_task(runner.run(plan))
+    await clock.run_until(task)
+    summary = task.result()
+
+    assert_matches_truth(summary, venue)
+    assert venue.count("order_status") == 0
+    assert venue.count("closed_orders") == 3
 
 
 async def test_listing_failures_are_retried(store: StateStore) -> None:
