@@ -171,6 +171,7 @@ class KillRunner:
         self._units: dict[SweepKey, _Unit] = {}
         self._leftovers: set[str] = set()
         self._created: dict[str, int] = {}  # created_at (venue ms) of orders a listing showed
+        self._answered: set[str] = set()  # ids some cancel_all answer named
         self._started = 0.0
         self._flat_ms: float | None = None
 
@@ -235,6 +236,7 @@ class KillRunner:
                 self.on_outcome("cancel_all", "accepted")
             confirmer.add(order_ids)
             unit.named.update(dict.fromkeys(order_ids))
+            self._answered.update(order_ids)
             self.store.sweep_acked(plan.kill_id, exchange, symbol, order_ids, self.clock.time())
             self._log.info("cancel_all.accepted", order_count=len(order_ids), attempt=attempt)
             return order_ids
@@ -331,6 +333,7 @@ class KillRunner:
         self._units = {key: _Unit(*key) for key in plan_sweeps(self.config.targets)}
         self._leftovers = set(plan.leftovers)
         self._created = {}
+        self._answered = set(plan.known_orders) - plan.leftovers
         self._flat_ms = None
         for order_id, status in plan.known_orders.items():
             # A resumed order keeps its deadline from its first poll before the restart.
@@ -403,15 +406,28 @@ class KillRunner:
             await self.clock.sleep(wait)
             listed = await self._list(unit)
             self._created.update((i, o.created_at) for i, o in listed.items())
-            known = {i: o for i, o in listed.items() if confirmer.knows(i)}
-            for order_id, order in known.items():
-                confirmer.observe(order_id, order.status, via="open_orders")
+            for order_id, order in listed.items():
+                if confirmer.knows(order_id):
+                    confirmer.observe(order_id, order.status, via="open_orders")
             missing = [i for i in confirmer.unresolved(unit.named) if i not in listed]
             confirmer.hold(missing, LISTING_HOLD)  # the closed pages below will tell
-            leftovers = {i: o for i, o in listed.items() if i not in known}
+            # Open, and no answer named it: a leftover, swept (again) until an answer
+            # names it or its deadline gives up on it (unconfirmed).
+            leftovers = {
+                i: o
+                for i, o in listed.items()
+                if i not in self._answered and confirmer.outcome(i) is None
+            }
             if leftovers:
+                fresh = not set(leftovers) <= self._leftovers
                 await self._sweep_leftovers(plan, unit, leftovers, confirmer)
-                wait = cfg.first_poll_delay
+                # New leftovers: look again soon.  The same ones again (the venue named
+                # none of them): back off like a re-poll, inside the cancel_all budget.
+                wait = (
+                    cfg.first_poll_delay
+                    if fresh
+                    else min(max(wait * 2, cfg.poll_interval), cfg.max_poll_interval)
+                )
                 continue
             if not listed:
                 unit.flat = True

@@ -62,6 +62,7 @@ class VenueFake:
     faults: dict[str, list[tuple[ExchangeError, bool]]] = field(default_factory=dict)
     on_cancel_all: Callable[[], None] | None = None  # runs after each cancel_all
     name_cancelling: bool = False  # cancel_all also names orders already CANCELLATION_RAISED
+    ignore_cancels: int = 0  # the next cancel_all calls answer 200 with no ids, doing nothing
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     # ------------------------------------------------------------------ set-up
@@ -119,6 +120,9 @@ class VenueFake:
         fault = self._fault(f"cancel_all:{symbol}") or self._fault("cancel_all")
         if fault is not None and not fault[1]:
             raise fault[0]
+        if self.ignore_cancels > 0:
+            self.ignore_cancels -= 1
+            return []
         named = []
         now = self.clock.monotonic()
         for order in self.orders.values():

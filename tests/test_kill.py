@@ -141,6 +141,36 @@ async def test_orders_placed_during_the_kill_are_leftovers_swept_again(
     assert record.leftovers == set(placed)
 
 
+async def test_a_leftover_no_answer_names_is_swept_until_one_does(store: StateStore) -> None:
+    """A 200 that names nothing (the orders stay open) is no proof: the listing finds the
+    orders as leftovers, and they are swept again, scoped, until an answer names them."""
+    clock = FakeClock(START)
+    venue = VenueFake(clock, ignore_cancels=2)  # the unscoped sweep and the first resweep
+    venue.seed("BTC", 5)
+    summary, logs = await kill(make_config(), venue, store)
+
+    assert_matches_truth(summary, venue)
+    assert summary["cancelled"] == 5
+    assert summary["leftover"] == 5
+    assert summary["flat"] is True
+    assert [c.detail for c in venue.calls if c.endpoint == "cancel_all"] == [None, "BTC", "BTC"]
+    assert len(named(logs, "flat.leftover")) == 2
+
+
+async def test_an_order_that_never_cancels_ends_unconfirmed_not_flat(store: StateStore) -> None:
+    """An order the venue keeps open whatever is sent: swept inside the budget until its
+    deadline, then unconfirmed; the kill completes with flat false (never hangs)."""
+    clock = FakeClock(START)
+    venue = VenueFake(clock, ignore_cancels=10_000)
+    venue.seed("BTC", 1)
+    summary, logs = await kill(make_config(deadline=30), venue, store)
+
+    assert summary["unconfirmed"] == 1
+    assert summary["flat"] is False
+    assert named(logs, "kill.flat") == []
+    assert named(logs, "flat.not_proven")
+
+
 @pytest.mark.parametrize("name_cancelling", [False, True])
 async def test_lost_answer_is_an_unknown_outcome_the_listings_resolve(
     store: StateStore, name_cancelling: bool
