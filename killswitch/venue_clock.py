@@ -63,7 +63,6 @@ class VenueClock:
         self._lock = asyncio.Lock()
         self.offset_ms = 0
         self.sample: ClockSample | None = None
-        self.synced_mono: float | None = None  # monotonic time of the last good measurement
         self.generation = 0  # counts good measurements (which offset a request was signed with)
         self.failures = 0  # consecutive failed measurements
 
@@ -74,7 +73,7 @@ class VenueClock:
     def adopt(self, sample: ClockSample) -> None:
         """Use ``sample`` as the current measurement (without logging it)."""
         self.offset_ms = sample.offset_ms
-        self.sample, self.synced_mono = sample, self._clock.monotonic()
+        self.sample = sample
         self.generation += 1
         self.failures = 0
 
