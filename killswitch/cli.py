@@ -225,7 +225,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
 def cmd_sim(args: argparse.Namespace) -> int:
     from killswitch.sim import run_sim
 
-    config = _sim_config(args)
+    try:
+        config = _sim_config(args)
+    except ValueError as exc:
+        return _fail(f"config error: {exc}", EXIT_CONFIG)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_sim(config, args.host, args.port))
     return EXIT_OK
@@ -237,9 +240,37 @@ def _sim_config(args: argparse.Namespace) -> Any:
     return sim.SimConfig(
         api_key=os.environ.get("KILLSWITCH_API_KEY", sim.DEMO_API_KEY),
         api_secret=os.environ.get("KILLSWITCH_API_SECRET", sim.DEMO_API_SECRET),
+        cancel_all_limit=args.cancel_all_limit,
+        status_limit=args.status_limit,
+        open_orders_limit=args.open_orders_limit,
+        closed_orders_limit=args.closed_orders_limit,
         fill_ratio=args.fill_ratio,
+        partial_fill_ratio=args.partial_fill_ratio,
+        expire_ratio=args.expire_ratio,
+        cancel_delay=args.cancel_delay,
+        clock_offset_ms=args.clock_offset_ms,
+        require_content_type=args.require_content_type,
+        retry_after_on_violation=args.retry_after,
         seed=args.seed,
     )
+
+
+def _sim_limit(text: str) -> tuple[int, float]:
+    """``REQUESTS/SECONDS``, e.g. ``10/60``."""
+    try:
+        requests, seconds = text.split("/")
+        return int(requests), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected REQUESTS/SECONDS, got {text!r}") from None
+
+
+def _sim_delay(text: str) -> tuple[float, float]:
+    """``LOW-HIGH`` seconds, e.g. ``0.05-0.5``."""
+    try:
+        low, high = text.split("-")
+        return float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW-HIGH seconds, got {text!r}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -282,11 +313,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", type=int, default=300, help="open orders to seed (default 300)")
     p.add_argument("--fill-ratio", type=float, default=0.02, help="share that fill instead")
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("sim", help="run the simulated exchange alone")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--fill-ratio", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
+    p = sub.add_parser(
+        "sim",
+        help="run the simulated exchange alone",
+        description="Run the simulated exchange (the venue's endpoints, strict rate limits, "
+        "admin API under /_sim/) until interrupted. Credentials: KILLSWITCH_API_KEY and "
+        "KILLSWITCH_API_SECRET, else the demo pair.",
+    )
+    p.add_argument("--port", type=int, required=True, help="port to listen on (0: any free)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    for name, default in (
+        ("cancel-all", "10/60"),
+        ("status", "20/60"),
+        ("open-orders", "20/60"),
+        ("closed-orders", "20/60"),
+    ):
+        p.add_argument(
+            f"--{name}-limit",
+            type=_sim_limit,
+            default=_sim_limit(default),
+            metavar="N/S",
+            help=f"{name} requests per seconds, strict sliding window (default {default})",
+        )
+    p.add_argument(
+        "--fill-ratio",
+        type=float,
+        default=0.0,
+        help="share of cancelled orders that end EXECUTED instead (default 0)",
+    )
+    p.add_argument(
+        "--partial-fill-ratio",
+        type=float,
+        default=0.0,
+        help="share of cancelled orders that end PARTIALLY_EXECUTED (default 0)",
+    )
+    p.add_argument(
+        "--expire-ratio",
+        type=float,
+        default=0.0,
+        help="share of cancelled orders that end EXPIRED, a status the closed listing "
+        "does not show (default 0)",
+    )
+    p.add_argument(
+        "--cancel-delay",
+        type=_sim_delay,
+        default=(0.02, 0.3),
+        metavar="LOW-HIGH",
+        help="seconds an order stays CANCELLATION_RAISED, drawn uniformly (default 0.02-0.3)",
+    )
+    p.add_argument(
+        "--clock-offset-ms",
+        type=int,
+        default=0,
+        help="the venue's clock minus the real one; epochs more than 60 s off get 401 (default 0)",
+    )
+    p.add_argument(
+        "--no-require-content-type",
+        dest="require_content_type",
+        action="store_false",
+        help="serve signed requests that lack Content-Type: application/json (default: 400)",
+    )
+    p.add_argument(
+        "--no-retry-after",
+        dest="retry_after",
+        action="store_false",
+        help="answer a request over a limit 429 without Retry-After (default: with it)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed for ids and outcomes")
     p.set_defaults(fn=cmd_sim)
     return parser
 
