@@ -273,6 +273,7 @@ def _sim_config(args: argparse.Namespace) -> Any:
         closed_orders_limit=args.closed_orders_limit,
         fill_ratio=args.fill_ratio,
         partial_fill_ratio=args.partial_fill_ratio,
+        expire_ratio=args.expire_ratio,
         cancel_delay=args.cancel_delay,
         clock_offset_ms=args.clock_offset_ms,
         require_content_type=args.require_content_type,
@@ -390,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="share of cancelled orders that end PARTIALLY_EXECUTED (default 0)",
+    )
+    p.add_argument(
+        "--expire-ratio",
+        type=float,
+        default=0.0,
+        help="share of cancelled orders that end EXPIRED, a status the closed listing "
+        "does not show (default 0)",
     )
     p.add_argument(
         "--cancel-delay",

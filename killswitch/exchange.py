@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -39,11 +36,20 @@ from killswitch.errors import (
     ServerError,
     Unauthorized,
 )
-from killswitch.log import get_logger, redactor
+from killswitch.log import get_logger
 from killswitch.orders import LISTING_LIMIT, OrderPage, VenueOrder, parse_order, parse_page
 from killswitch.ratelimit import SlidingWindowLimiter
+from killswitch.selftest import SelfTest, TargetCheck, run_self_test
 from killswitch.signing import Signer
-from killswitch.transport import CANCEL_POOL, STATUS_POOL, Answer, Transport
+from killswitch.transport import (
+    CANCEL_POOL,
+    MAX_RETRY_AFTER,
+    MESSAGE_CHARS,
+    STATUS_POOL,
+    Answer,
+    Transport,
+)
+from killswitch.venue_clock import ClockSample, VenueClock, server_time_ms
 
 __all__ = [
     "CANCEL_ALL",
@@ -52,6 +58,7 @@ __all__ = [
     "ENDPOINTS",
     "LISTING_LIMIT",
     "MAX_RETRY_AFTER",
+    "MESSAGE_CHARS",
     "OPEN_ORDERS",
     "ORDER_STATUS",
     "TIME",
@@ -71,65 +78,14 @@ TIME: Final = "time"
 ENDPOINTS: Final = (CANCEL_ALL, ORDER_STATUS, OPEN_ORDERS, CLOSED_ORDERS)
 """The rate-limited endpoints, each with its own limiter (``time`` is not limited)."""
 
-MAX_RETRY_AFTER: Final = 300.0
-"""A server's ``Retry-After`` is honoured up to this many seconds."""
-
 DRY_RUN_STATUS: Final = "DRY_RUN"
 """What :meth:`ExchangeClient.order_status` answers in dry run (never a real status)."""
 
-MESSAGE_CHARS: Final = 200
-"""The venue's error message is kept up to this many characters."""
-
 SYNC_RETRY: Final = 5.0
-"""Seconds before a failed clock sync is tried again (if shorter than the interval)."""
+"""Seconds before a failed clock sync is tried again; doubled per further failure,
+up to ``clock_sync_interval``."""
 
 _NOT_FOUND: Final = frozenset({400, 404, 422})  # "unknown order id" on the status endpoint
-
-
-@dataclass(frozen=True)
-class ClockSample:
-    """One server-time measurement."""
-
-    offset_ms: int  # server time minus local wall time, at the round trip's midpoint
-    rtt_ms: float
-    server_ms: int
-    at: float  # local wall time (s) of the midpoint
-
-
-@dataclass(frozen=True)
-class TargetCheck:
-    """The self-test's answer for one target."""
-
-    exchange: str
-    ok: bool
-    http_status: int | None = None
-    error: str | None = None  # the ExchangeError kind
-    message: str | None = None  # the venue's message
-
-
-@dataclass(frozen=True)
-class SelfTest:
-    """One signed open-orders call per target: key, signature and clock work."""
-
-    ok: bool
-    at: float  # local wall time (s)
-    checks: tuple[TargetCheck, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "at": self.at, "checks": [asdict(c) for c in self.checks]}
-
-
-def _message(body: bytes) -> str | None:
-    """The venue's ``{"message": ...}``: one line, shortened, registered secrets removed."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    value = document.get("message") if isinstance(document, dict) else None
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = " ".join(redactor.scrub(value).split())
-    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
 
 
 class ExchangeClient:
@@ -172,11 +128,7 @@ class ExchangeClient:
         self._cancel_warm = cancel_warm_connections
         self._prefix = self._transport.prefix
         self._started = False
-        self._offset_ms = 0
-        self._sample: ClockSample | None = None
-        self._synced_mono: float | None = None  # monotonic time of the last good sync
-        self._sync_failures = 0
-        self._sync_lock = asyncio.Lock()
+        self._venue_clock = VenueClock(clock, self._log, self._measure)
         self._last_call: dict[str, Any] | None = None
         self._self_test: SelfTest | None = None
         self._self_test_mono: float | None = None
@@ -212,13 +164,14 @@ class ExchangeClient:
         """Re-sync the clock every ``clock_sync_interval`` (this keeps both pools warm) and
         re-run the self-test while it fails.  Runs until cancelled; never raises ExchangeError.
 
-        A failed sync is retried after ``SYNC_RETRY`` s (or the interval, if shorter).
+        A failed sync is retried after ``SYNC_RETRY`` s, doubling with each further
+        failure up to the interval.
         """
         interval = self._config.clock_sync_interval
         while True:
-            await self._clock.sleep(
-                interval if not self._sync_failures else min(interval, SYNC_RETRY)
-            )
+            failures = min(self._venue_clock.failures, 32)
+            retry = SYNC_RETRY * 2.0 ** (failures - 1) if failures else interval
+            await self._clock.sleep(min(interval, retry))
             await self._sync_logged()
             failing = self._self_test is not None and not self._self_test.ok
             due = (
@@ -232,7 +185,7 @@ class ExchangeClient:
 
     def venue_now_ms(self) -> int:
         """The venue's time as this host best knows it: wall clock plus the measured offset."""
-        return int(self._clock.time() * 1000) + self._offset_ms
+        return self._venue_clock.now_ms()
 
     async def sync_clock(self) -> ClockSample:
         """Measure the offset to the venue's server time on both pools; logs ``clock.synced``.
@@ -241,38 +194,29 @@ class ExchangeClient:
         connection worth keeping warm); the sample with the shortest round trip is used.
         Raises :class:`ExchangeError` when no call succeeded (the offset is kept).
         """
-        async with self._sync_lock:
-            return await self._sync()
-
-    async def _sync(self) -> ClockSample:
-        path = self._prefix + self._config.time_path
         if self._config.dry_run:
+            path = self._prefix + self._config.time_path
             self._log.info("exchange.dry_run", method="GET", path=path, body=None)
-            sample = ClockSample(self._offset_ms, 0.0, self.venue_now_ms(), self._clock.time())
-            self._sample, self._synced_mono = sample, self._clock.monotonic()
+            sample = ClockSample.measured(self.venue_now_ms(), self._clock.time(), 0.0)
+            self._venue_clock.adopt(sample)
             return sample
+        return await self._venue_clock.sync()
+
+    async def _sync_logged(self) -> None:
+        try:
+            await self.sync_clock()
+        except ExchangeError as error:
+            self._venue_clock.log_failure(error)
+
+    async def _measure(self) -> list[ClockSample | BaseException]:
+        path = self._prefix + self._config.time_path
         pools = [p for p in (CANCEL_POOL, STATUS_POOL) if not self._transport.busy(p)]
         calls = []
         for pool in pools or [STATUS_POOL]:
             wanted = self._cancel_warm if pool == CANCEL_POOL else 1
             n = self._transport.warm_connections(pool, wanted)
             calls += [self._time_call(path, pool) for _ in range(n)]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        samples = [r for r in results if isinstance(r, ClockSample)]
-        if not samples:
-            self._sync_failures += 1
-            for result in results:
-                if isinstance(result, BaseException) and not isinstance(result, ExchangeError):
-                    raise result
-            error = results[0]
-            assert isinstance(error, ExchangeError)
-            raise error
-        sample = min(samples, key=lambda s: s.rtt_ms)
-        self._offset_ms = sample.offset_ms
-        self._sample, self._synced_mono = sample, self._clock.monotonic()
-        self._sync_failures = 0
-        self._log.info("clock.synced", offset_ms=sample.offset_ms, rtt_ms=sample.rtt_ms)
-        return sample
+        return await asyncio.gather(*calls, return_exceptions=True)
 
     async def _time_call(self, path: str, pool: str) -> ClockSample:
         wall, started = self._clock.time(), self._clock.monotonic()
@@ -280,48 +224,12 @@ class ExchangeClient:
         rtt = self._clock.monotonic() - started
         if not 200 <= answer.status < 300:
             raise self._fail(TIME, self._status_error(TIME, answer))
-        document = self._document(TIME, answer)
-        data = document.get("data")
-        holder = data if isinstance(data, dict) and "serverTime" in data else document
-        server = holder.get("serverTime")
-        if isinstance(server, bool) or not isinstance(server, int | Decimal):
-            raise self._fail(TIME, BadResponse(TIME, "no serverTime in ms"))
-        if isinstance(server, Decimal) and not server.is_finite():
-            raise self._fail(TIME, BadResponse(TIME, "no serverTime in ms"))
-        midpoint = wall + rtt / 2
-        self._count(TIME, "ok")
-        return ClockSample(
-            offset_ms=round(int(server) - midpoint * 1000),
-            rtt_ms=round(rtt * 1000, 1),
-            server_ms=int(server),
-            at=midpoint,
-        )
-
-    async def _sync_logged(self) -> None:
         try:
-            await self.sync_clock()
-        except ExchangeError as error:
-            self._sync_failed(error)
-
-    def _sync_failed(self, error: ExchangeError) -> None:
-        self._log.warning(
-            "clock.sync_failed",
-            error=error.kind,
-            http_status=error.status,
-            message=error.message,
-            detail=error.detail,
-            failures=self._sync_failures,
-        )
-
-    async def _resync_after_401(self, signed_at: float) -> None:
-        """Re-measure the offset unless a sync finished after this request was signed."""
-        async with self._sync_lock:
-            if self._synced_mono is not None and self._synced_mono > signed_at:
-                return
-            try:
-                await self._sync()
-            except ExchangeError as error:
-                self._sync_failed(error)
+            server_ms = server_time_ms(self._document(TIME, answer))
+        except ValueError as exc:
+            raise self._fail(TIME, BadResponse(TIME, str(exc))) from None
+        self._count(TIME, "ok")
+        return ClockSample.measured(server_ms, wall, rtt)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -340,11 +248,16 @@ class ExchangeClient:
         document = self._document(CANCEL_ALL, answer)
         data = document.get("data")
         if data is None:
-            data = {"orders_ids": document.get("orders_ids")}
+            data = {k: v for k, v in document.items() if k != "data"}
         if not isinstance(data, dict):
             raise self._fail(CANCEL_ALL, BadResponse(CANCEL_ALL, "data is not an object"))
         ids = data.get("orders_ids")
         if ids is None:
+            # Empty or missing orders_ids is "nothing was open" (VENUE.md) -- but only in
+            # an answer that says nothing else: {"data": {"ids": [...]}} is a shape we do
+            # not know, an unknown outcome for the listing to resolve, never "none".
+            if any(k != "orders_ids" for k in data):
+                raise self._fail(CANCEL_ALL, BadResponse(CANCEL_ALL, "data has no orders_ids"))
             ids = []
         if not isinstance(ids, list) or not all(
             (isinstance(i, str) and i) or (isinstance(i, int) and not isinstance(i, bool))
@@ -443,60 +356,26 @@ class ExchangeClient:
     # ------------------------------------------------------------------ self-test and health
 
     async def self_test(self, targets: Iterable[Target]) -> SelfTest:
-        """One signed ``open_orders(limit=1)`` per target; the result is kept for health().
-
-        A 4xx logs ``exchange.rejected`` with the venue's message (a 401 says plainly that
-        the key, the signature or the clock is wrong); other failures log
-        ``exchange.self_test_failed``.  Never raises ExchangeError.
-        """
+        """One signed ``open_orders(limit=1)`` per target; the result is kept for health()
+        and re-run by run_background() while it fails.  Never raises ExchangeError
+        (see :mod:`killswitch.selftest` for what it logs)."""
         self._targets = tuple(targets)
-        checks = await asyncio.gather(*(self._check_target(t) for t in self._targets))
-        result = SelfTest(all(c.ok for c in checks), self._clock.time(), tuple(checks))
-        self._self_test, self._self_test_mono = result, self._clock.monotonic()
-        self._log.info("exchange.self_test", ok=result.ok, targets=len(checks))
-        return result
 
-    async def _check_target(self, target: Target) -> TargetCheck:
-        try:
-            await self.open_orders(target.exchange, limit=1)
-        except ExchangeError as error:
-            check = TargetCheck(target.exchange, False, error.status, error.kind, error.message)
-            if isinstance(error, RejectedRequest):
-                problem = (
-                    "credentials or clock: the venue refused the API key, the signature or "
-                    "the epoch, even after a clock re-sync"
-                    if isinstance(error, Unauthorized)
-                    else "the venue refused the request as sent"
-                )
-                self._log.error(
-                    "exchange.rejected",
-                    endpoint=OPEN_ORDERS,
-                    exchange=target.exchange,
-                    http_status=error.status,
-                    message=error.message,
-                    problem=problem,
-                    self_test=True,
-                )
-            else:
-                self._log.warning(
-                    "exchange.self_test_failed",
-                    exchange=target.exchange,
-                    error=error.kind,
-                    http_status=error.status,
-                    message=error.message,
-                    detail=error.detail,
-                )
-            return check
-        return TargetCheck(target.exchange, True)
+        async def list_one(exchange: str) -> OrderPage:
+            return await self.open_orders(exchange, limit=1)
+
+        result = await run_self_test(list_one, self._targets, self._clock.time(), self._log)
+        self._self_test, self._self_test_mono = result, self._clock.monotonic()
+        return result
 
     def health(self) -> dict[str, Any]:
         """For ``GET /status`` ``exchange``: the clock, the last signed call, the self-test."""
-        sample = self._sample
+        sample = self._venue_clock.sample
         return {
             "offset_ms": None if sample is None else sample.offset_ms,
             "rtt_ms": None if sample is None else sample.rtt_ms,
             "synced_at": None if sample is None else round(sample.at, 3),
-            "sync_failures": self._sync_failures,
+            "sync_failures": self._venue_clock.failures,
             "last_call": None if self._last_call is None else dict(self._last_call),
             "self_test": None if self._self_test is None else self._self_test.as_dict(),
             "dry_run": self._config.dry_run,
@@ -523,21 +402,28 @@ class ExchangeClient:
         to repeat as cancel_all); GETs are not (see the transport).
         """
         limiter = self.limiters[endpoint]
+        signed_with = self._venue_clock.generation
+
+        def headers() -> dict[str, str]:
+            nonlocal signed_with
+            signed_with = self._venue_clock.generation  # after the limiter's wait, at sending
+            return self._headers(method, path)
+
         try:
             for attempt in (1, 2):
-                signed_at = self._clock.monotonic()
                 answer = await self._transport.request(
                     endpoint,
                     method,
                     path,
                     pool,
                     limiter=limiter,
-                    headers=lambda: self._headers(method, path),
+                    headers=headers,
                     data=data,
                     retry_stale=method == "POST",
                 )
                 if answer.status == 429:
-                    limiter.rate_limited(self._retry_after(answer), sent_at=answer.sent_at)
+                    retry_after = answer.retry_after_seconds(self._clock.time())
+                    limiter.rate_limited(retry_after, sent_at=answer.sent_at)
                 else:
                     limiter.answered(sent_at=answer.sent_at)
                 if answer.status == 401 and attempt == 1:
@@ -545,9 +431,10 @@ class ExchangeClient:
                     self._log.warning(
                         "exchange.unauthorized_resync",
                         endpoint=endpoint,
-                        message=_message(answer.body),
+                        message=answer.message(),
                     )
-                    await self._resync_after_401(signed_at)
+                    # A burst of 401s signed with the same offset costs one re-sync.
+                    await self._venue_clock.resync_after(signed_with)
                     continue
                 if not 200 <= answer.status < 300:
                     raise self._fail(endpoint, self._status_error(endpoint, answer))
@@ -581,9 +468,10 @@ class ExchangeClient:
         return error
 
     def _status_error(self, endpoint: str, answer: Answer) -> ExchangeError:
-        status, message = answer.status, _message(answer.body)
+        status, message = answer.status, answer.message()
         if status == 429:
-            return RateLimited(endpoint, self._retry_after(answer), message=message)
+            retry_after = answer.retry_after_seconds(self._clock.time())
+            return RateLimited(endpoint, retry_after, message=message)
         if status >= 500:
             return ServerError(endpoint, f"HTTP {status}", status=status, message=message)
         if status == 401:
@@ -597,23 +485,6 @@ class ExchangeClient:
         if 300 <= status < 400 or status < 200:
             return BadResponse(endpoint, f"HTTP {status}", status=status, message=message)
         return RejectedRequest(endpoint, f"HTTP {status}", status=status, message=message)
-
-    def _retry_after(self, answer: Answer) -> float | None:
-        """``Retry-After`` as seconds from now (delta-seconds or HTTP-date), capped."""
-        if answer.retry_after is None:
-            return None
-        text = answer.retry_after.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                seconds = parsedate_to_datetime(text).timestamp() - self._clock.time()
-            except (TypeError, ValueError, IndexError, OverflowError):
-                return None
-            seconds = max(0.0, seconds)
-        if not math.isfinite(seconds) or seconds < 0:
-            return None
-        return min(seconds, MAX_RETRY_AFTER)
 
     def _document(self, endpoint: str, answer: Answer) -> dict[str, Any]:
         try:

@@ -16,9 +16,12 @@ What an answer *means* (status codes, bodies, signing, the venue's clock) is
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 from typing import Any, Final
 
@@ -28,12 +31,19 @@ from yarl import URL
 from killswitch.clock import Clock
 from killswitch.config import ExchangeConfig
 from killswitch.errors import BadResponse, ConnectionFailed, ExchangeError, RequestTimeout
+from killswitch.log import redactor
 from killswitch.ratelimit import SlidingWindowLimiter
 
-__all__ = ["CANCEL_POOL", "STATUS_POOL", "Answer", "Transport"]
+__all__ = ["CANCEL_POOL", "MAX_RETRY_AFTER", "MESSAGE_CHARS", "STATUS_POOL", "Answer", "Transport"]
 
 CANCEL_POOL: Final = "cancel"
 STATUS_POOL: Final = "status"
+
+MAX_RETRY_AFTER: Final = 300.0
+"""A server's ``Retry-After`` is honoured up to this many seconds."""
+
+MESSAGE_CHARS: Final = 200
+"""The venue's error message is kept up to this many characters."""
 
 _CLOSE_TIMEOUT: Final = 5.0
 _USER_AGENT: Final = "killswitch/0.1"
@@ -79,6 +89,36 @@ class Answer:
     retry_after: str | None
     sent_at: float | None  # monotonic, as the limiter recorded it; None when not limited
     elapsed: float  # seconds from send to the whole body
+
+    def message(self) -> str | None:
+        """The venue's ``{"message": ...}``: one line, shortened, registered secrets removed."""
+        try:
+            document = json.loads(self.body)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        value = document.get("message") if isinstance(document, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            return None
+        text = " ".join(redactor.scrub(value).split())
+        return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
+
+    def retry_after_seconds(self, wall_now: float) -> float | None:
+        """``Retry-After`` as seconds from now (delta-seconds or HTTP-date), capped;
+        None when absent or unusable."""
+        if self.retry_after is None:
+            return None
+        text = self.retry_after.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                seconds = parsedate_to_datetime(text).timestamp() - wall_now
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return None
+            seconds = max(0.0, seconds)
+        if not math.isfinite(seconds) or seconds < 0:
+            return None
+        return min(seconds, MAX_RETRY_AFTER)
 
 
 class Transport:

@@ -514,6 +514,8 @@ async def test_the_venue_message_is_one_short_line_without_secrets(
         '{"data": {"orders_ids": "abc"}}',
         '{"data": {"orders_ids": [true]}}',
         '{"data": {"orders_ids": ["ok", ""]}}',
+        '{"data": {"ids": ["a"]}}',
+        '{"data": null, "ids": []}',
     ],
 )
 async def test_cancel_all_malformed_or_wrong_shape_is_bad_response(
@@ -623,6 +625,20 @@ async def test_dry_run_sends_nothing(clock: FakeClock) -> None:
     assert [d["path"] for d in dry[2:5]] == [OPEN_PATH, CLOSED_PATH, TIME_PATH]
 
 
+async def test_dry_run_background_only_logs(clock: FakeClock) -> None:
+    """In dry run, the periodic clock sync sends nothing and never fails."""
+    with aioresponses() as m, structlog.testing.capture_logs() as events:
+        async with build(clock, dry_run=True, clock_sync_interval=10.0) as client:
+            background = asyncio.create_task(client.run_background())
+            await clock.advance(25.0)
+            assert not background.done()
+            background.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await background
+        assert m.requests == {}
+    assert [e["path"] for e in events if e["event"] == "exchange.dry_run"] == [TIME_PATH] * 2
+
+
 async def test_timeouts_above_five_seconds_are_not_rounded(clock: FakeClock) -> None:
     """The sessions' ceil_threshold is above request_timeout, so aiohttp never rounds it up."""
     async with build(clock, base_url="http://127.0.0.1:9", request_timeout=7.3) as client:
@@ -679,6 +695,37 @@ async def test_a_failed_sync_is_logged_and_retried_never_fatal(clock: FakeClock)
     assert len(failed) == 1
     assert failed[0]["http_status"] == 503
     assert failed[0]["message"] == "maintenance"
+
+
+async def test_failed_syncs_are_retried_ever_more_slowly_up_to_the_interval(
+    clock: FakeClock,
+) -> None:
+    """While the time endpoint fails, retries come after 5, 10, 20, then 30 (the interval) s."""
+    with aioresponses() as m, structlog.testing.capture_logs() as events:
+        m.get(TIME_URL, status=502, repeat=True)
+        async with build(clock, clock_sync_interval=30.0, cancel_warm_connections=1) as client:
+            background = asyncio.create_task(client.run_background())
+            at = []
+            for _ in range(5):
+                await settle()
+                nxt = clock.next_deadline()
+                assert nxt is not None
+                at.append(nxt - clock.monotonic())
+                await clock.advance(at[-1])
+                await settle()
+            background.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await background
+
+    assert at == [5.0, 10.0, 20.0, 30.0, 30.0]
+    assert [e["failures"] for e in events if e["event"] == "clock.sync_failed"] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
 
 
 async def test_background_resyncs_every_interval_on_both_pools(
@@ -1009,3 +1056,20 @@ async def test_order_status_quotes_the_id_and_signs_it_unquoted(
     headers = exchange.status_headers[0]
     assert headers["Content-Type"] == "application/json"
     verify(headers, f"GET{STATUS_PATH}?order_id=a/b c+d{epoch}")
+
+
+async def test_a_burst_of_401s_costs_one_resync(clock: FakeClock) -> None:
+    """Three polls in flight all answered 401: one re-sync, then each retries once."""
+    with aioresponses() as m:
+        m.get(TIME_URL, payload={"serverTime": WALL_MS}, repeat=True)
+        for order_id in ("a", "b", "c"):
+            m.get(status_url(order_id), status=401, payload={"message": "epoch"})
+            m.get(status_url(order_id), payload={"data": {"order_id": order_id, "status": "OPEN"}})
+        async with build(clock, cancel_warm_connections=1) as client:
+            at_start = len(calls(m, "GET", TIME_URL))
+            got = await asyncio.gather(*(client.order_status(i) for i in "abc"))
+            resyncs = len(calls(m, "GET", TIME_URL)) - at_start
+
+    assert [o.status for o in got] == ["OPEN"] * 3
+    assert resyncs <= 2  # one measurement (one call per idle pool)
+    assert client.requests_sent["order_status"] == {"unauthorized": 3, "ok": 3}

@@ -3,7 +3,8 @@
 Errors answer 400 ``{"error": "bad_request", "message": ...}`` naming the field.
 
 - ``POST /_sim/seed`` ``{"orders": {"BTCUSDT": 100}, "exchange"?: str,
-  "status"?: "RAISED" (default) | "OPEN", "age_days"?: float}`` → ``{"order_ids": [...]}``
+  "status"?: "RAISED" (default) | "OPEN", "age_days"?: float, "same_ms"?: bool}``
+  → ``{"order_ids": [...]}`` (each order its own ``created_at`` ms unless ``same_ms``)
 - ``GET /_sim/stats`` → :func:`killswitch.sim.stats.stats_of`
 - ``POST /_sim/faults`` ``{"endpoint", "kind", "count"?: 1, "delay"?: seconds,
   "message"?: str}`` → ``{"faults_pending": {...}}``; endpoints ``cancel_all``,
@@ -13,13 +14,16 @@ Errors answer 400 ``{"error": "bad_request", "message": ...}`` naming the field.
 - ``POST /_sim/forget`` ``{"order_ids": [...]}`` drops those orders (status answers 404)
   → ``{"forgotten": n}``
 - ``GET /_sim/requests`` → ``{"requests": [ReceivedRequest, ...]}``
-- ``POST /_sim/clock`` ``{"offset_ms": int}`` → ``{"offset_ms", "server_time"}``
-- ``POST /_sim/behaviour`` ``{"fill_ratio"?, "partial_fill_ratio"?, "cancel_delay"?: [lo, hi]}``
-  → the behaviour now
+- ``POST /_sim/clock`` ``{"offset_ms": int}`` → ``{"offset_ms", "server_time"}``: the
+  venue's clock is the real one plus the offset (orders on the book keep their age)
+- ``POST /_sim/behaviour`` ``{"fill_ratio"?, "partial_fill_ratio"?, "expire_ratio"?,
+  "cancel_delay"?: [lo, hi]}`` → the behaviour now (for cancels that arrive after it)
 - ``POST /_sim/reject`` ``{"symbol", "status": 4xx | null, "message"?, "unscoped"?:
   "refuse" | "spare"}`` → ``{"rejected": {...}}``
-- ``POST /_sim/trader`` ``{"orders": {"SYM": n}, "interval": s, "exchange"?,
+- ``POST /_sim/trader`` ``{"orders": {"SYM": n}, "interval"?: s (1), "exchange"?,
   "on_cancel_all"?: bool}`` or ``{"stop": true}`` → the trader's state
+  (:mod:`killswitch.sim.trader`): one order per symbol now (or right after the
+  next ``cancel_all``) and one more every ``interval`` s, ``n`` per symbol
 """
 
 from __future__ import annotations
@@ -29,8 +33,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-
-from killswitch.sim.venue import Rejection
 
 if TYPE_CHECKING:
     from killswitch.sim.server import SimExchange
@@ -104,7 +106,11 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         age = body.get("age_days", 0.0)
         if not _is_number(age):
             raise _BadRequest("age_days: expected a number of days")
-        return {"order_ids": sim.seed(orders, exchange, status, age_days=float(age))}
+        same_ms = body.get("same_ms", False)
+        if not isinstance(same_ms, bool):
+            raise _BadRequest("same_ms: expected true or false")
+        ids = sim.seed(orders, exchange, status, age_days=float(age), same_ms=same_ms)
+        return {"order_ids": ids}
 
     def faults(body: dict[str, Any]) -> dict[str, Any]:
         endpoint, kind = body.get("endpoint"), body.get("kind")
@@ -137,50 +143,44 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         return {"offset_ms": sim.clock.offset_ms, "server_time": sim.clock.now_ms()}
 
     def behaviour(body: dict[str, Any]) -> dict[str, Any]:
-        fill = body.get("fill_ratio")
-        partial = body.get("partial_fill_ratio")
-        delay = body.get("cancel_delay")
-        for name, value in (("fill_ratio", fill), ("partial_fill_ratio", partial)):
+        for name in ("fill_ratio", "partial_fill_ratio", "expire_ratio"):
+            value = body.get(name)
             if value is not None and not _is_number(value):
                 raise _BadRequest(f"{name}: expected a share between 0 and 1")
+        delay = body.get("cancel_delay")
         if delay is not None and not (
             isinstance(delay, list) and len(delay) == 2 and all(map(_is_number, delay))
         ):
             raise _BadRequest("cancel_delay: expected [low, high] in seconds")
-        sim.behaviour.update(fill, partial, None if delay is None else (delay[0], delay[1]))
+        sim.behaviour.update(**body)
         return sim.behaviour.to_json()
 
     def reject(body: dict[str, Any]) -> dict[str, Any]:
-        symbol = body.get("symbol")
-        if not isinstance(symbol, str) or not symbol:
+        symbol, status = body.get("symbol"), body.get("status")
+        if not isinstance(symbol, str):
             raise _BadRequest("symbol: expected a string")
-        status = body.get("status")
-        if status is None:
-            sim.reject(symbol, None)
-        else:
-            if not _is_int(status) or not 400 <= status <= 499 or status == 429:
-                raise _BadRequest("status: expected a 4xx other than 429, or null")
-            message = _optional(body, "message", str, "a string")
-            unscoped = body.get("unscoped", "refuse")
-            if unscoped not in ("refuse", "spare"):
-                raise _BadRequest('unscoped: expected "refuse" or "spare"')
-            text = message or f"symbol: {symbol} is not accepting cancellations"
-            sim.reject(symbol, Rejection(status, text, unscoped))
+        if status is not None and not _is_int(status):
+            raise _BadRequest("status: expected a 4xx other than 429, or null")
+        message = _optional(body, "message", str, "a string")
+        unscoped = _optional(body, "unscoped", str, '"refuse" or "spare"') or "refuse"
+        sim.reject(symbol, status, message, unscoped=unscoped)
         return {"rejected": {s: r.to_json() for s, r in sim.venue.rejections.items()}}
 
     async def trader(body: dict[str, Any]) -> dict[str, Any]:
         if body.get("stop") is True:
-            await sim.trader.stop()
+            await sim.stop_trader()
             return sim.trader.to_json()
         orders = _counts(body.get("orders"))
         interval = body.get("interval", 1.0)
         if not _is_number(interval):
             raise _BadRequest("interval: expected seconds")
-        exchange = _optional(body, "exchange", str, "a string") or sim.config.exchange
+        exchange = _optional(body, "exchange", str, "a string")
         on_cancel_all = body.get("on_cancel_all", False)
         if not isinstance(on_cancel_all, bool):
             raise _BadRequest("on_cancel_all: expected true or false")
-        await sim.trader.start(orders, float(interval), exchange, on_cancel_all=on_cancel_all)
+        await sim.start_trader(
+            orders, float(interval), exchange=exchange, on_cancel_all=on_cancel_all
+        )
         return sim.trader.to_json()
 
     async def stats(request: web.Request) -> web.Response:

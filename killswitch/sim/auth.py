@@ -8,6 +8,7 @@ secret's UTF-8 bytes, hex.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -15,11 +16,19 @@ from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from killswitch.sim.config import SimConfig
 
 __all__ = ["sign", "sign_headers", "verify"]
+
+
+@functools.lru_cache(maxsize=8)
+def _public_key(secret_hex: str) -> Ed25519PublicKey:
+    return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(secret_hex)).public_key()
 
 
 def _message(method: str, path_with_query: str, epoch_ms: str) -> bytes:
@@ -80,9 +89,8 @@ def verify(
     except ValueError:
         return "signature is not hex"
     if config.signing == "ed25519":
-        public = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(config.api_secret)).public_key()
         try:
-            public.verify(given, message)
+            _public_key(config.api_secret).verify(given, message)
         except InvalidSignature:
             return "bad signature"
         return None

@@ -2,8 +2,9 @@
 
 An order sent for cancellation sits in ``CANCELLATION_RAISED`` for a random
 delay, then ends ``EXECUTED``, ``PARTIALLY_EXECUTED`` (terminal on futures,
-with ``0 < exec_quantity < quantity``) or ``CANCELLED``.  The outcome is drawn
-when the cancel arrives and shown once the (monotonic) clock passes it.
+with ``0 < exec_quantity < quantity``), ``EXPIRED`` or ``CANCELLED``.  The
+outcome is drawn when the cancel arrives and shown once the (monotonic)
+clock passes it.
 """
 
 from __future__ import annotations
@@ -40,27 +41,29 @@ class Behaviour:
 
     fill_ratio: float
     partial_fill_ratio: float
+    expire_ratio: float
     cancel_delay: tuple[float, float]
 
-    def update(
-        self,
-        fill_ratio: float | None = None,
-        partial_fill_ratio: float | None = None,
-        cancel_delay: tuple[float, float] | None = None,
-    ) -> None:
+    def update(self, **changes: Any) -> None:
         """Change the given fields, all or none (``ValueError`` names the bad one)."""
-        new = (
-            self.fill_ratio if fill_ratio is None else fill_ratio,
-            self.partial_fill_ratio if partial_fill_ratio is None else partial_fill_ratio,
-            self.cancel_delay if cancel_delay is None else cancel_delay,
+        unknown = set(changes) - set(self.to_json())
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: not a behaviour field")
+        new = self.to_json() | {k: v for k, v in changes.items() if v is not None}
+        delay = tuple(new["cancel_delay"])
+        check_behaviour(
+            new["fill_ratio"], new["partial_fill_ratio"], new["expire_ratio"], (delay[0], delay[1])
         )
-        check_behaviour(*new)
-        self.fill_ratio, self.partial_fill_ratio, self.cancel_delay = new
+        self.fill_ratio = new["fill_ratio"]
+        self.partial_fill_ratio = new["partial_fill_ratio"]
+        self.expire_ratio = new["expire_ratio"]
+        self.cancel_delay = (delay[0], delay[1])
 
     def to_json(self) -> dict[str, Any]:
         return {
             "fill_ratio": self.fill_ratio,
             "partial_fill_ratio": self.partial_fill_ratio,
+            "expire_ratio": self.expire_ratio,
             "cancel_delay": list(self.cancel_delay),
         }
 
@@ -141,7 +144,9 @@ class OrderBook:
         self._used_ms.add(ms)
         return ms
 
-    def _new(self, exchange: str, symbol: str, created_at: int, status: str) -> Order:
+    def _new(
+        self, exchange: str, symbol: str, created_at: int, status: str, *, stamp: bool = True
+    ) -> Order:
         rng = self._rng
         order_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         order = Order(
@@ -151,19 +156,27 @@ class OrderBook:
             side=rng.choice(("BUY", "SELL")),
             quantity=rng.randint(2, 500),
             price=f"{rng.randint(10_000, 9_999_999) / 100:.2f}",
-            created_at=self._stamp(created_at),
+            created_at=self._stamp(created_at) if stamp else created_at,
             status=status,
         )
         self.orders[order_id] = order
         return order
 
     def seed(
-        self, exchange: str, orders: dict[str, int], status: str = "RAISED", age_days: float = 0.0
+        self,
+        exchange: str,
+        orders: dict[str, int],
+        status: str = "RAISED",
+        age_days: float = 0.0,
+        *,
+        same_ms: bool = False,
     ) -> list[str]:
         """Create ``count`` working orders per symbol, ``age_days`` old; return their ids.
 
         Every order gets its own ``created_at``: the batch ends ``age_days``
-        before now, one millisecond apart, the last id the newest.
+        before now, one millisecond apart, the last id the newest.  With
+        ``same_ms`` the whole batch shares one millisecond instead (more than
+        a page of them can never be paged past: inclusive ``to_time``).
         """
         if status not in SEEDABLE:
             raise ValueError(f"status: seeded orders are {sorted(SEEDABLE)}, got {status!r}")
@@ -171,18 +184,33 @@ class OrderBook:
             raise ValueError("age_days: expected days >= 0")
         self.exchanges.add(exchange)
         newest = self._venue.now_ms() - round(age_days * DAY_MS)
+        if same_ms:
+            newest = self._stamp(newest)
         total = sum(orders.values())
         ids: list[str] = []
         for symbol, count in orders.items():
             for _ in range(count):
-                created = newest - (total - 1 - len(ids))
-                ids.append(self._new(exchange, symbol, created, status).order_id)
+                if same_ms:
+                    order = self._new(exchange, symbol, newest, status, stamp=False)
+                else:
+                    order = self._new(exchange, symbol, newest - (total - 1 - len(ids)), status)
+                ids.append(order.order_id)
         return ids
 
     def place(self, exchange: str, symbol: str) -> str:
         """One new ``RAISED`` order created now (the trader's); its id."""
         self.exchanges.add(exchange)
         return self._new(exchange, symbol, self._venue.now_ms(), "RAISED").order_id
+
+    def shift_times(self, delta_ms: int) -> None:
+        """Move every stamped time by ``delta_ms``: the venue's clock was always this far off."""
+        for order in self.orders.values():
+            order.created_at += delta_ms
+            if order.cancelled_at is not None:
+                order.cancelled_at += delta_ms
+            if order.resolve_ms is not None:
+                order.resolve_ms += delta_ms
+        self._used_ms = {ms + delta_ms for ms in self._used_ms}
 
     def cancel_all(
         self, exchange: str, symbol: str | None, spare: frozenset[str] = frozenset()
@@ -209,11 +237,13 @@ class OrderBook:
         return ids
 
     def _outcome(self, quantity: int) -> tuple[str, int]:
-        draw = self._rng.random()
-        if draw < self.behaviour.fill_ratio:
+        draw, b = self._rng.random(), self.behaviour
+        if draw < b.fill_ratio:
             return "EXECUTED", quantity
-        if draw < self.behaviour.fill_ratio + self.behaviour.partial_fill_ratio:
+        if draw < b.fill_ratio + b.partial_fill_ratio:
             return "PARTIALLY_EXECUTED", self._rng.randint(1, quantity - 1)
+        if draw < b.fill_ratio + b.partial_fill_ratio + b.expire_ratio:
+            return "EXPIRED", 0
         return "CANCELLED", 0
 
     def get(self, order_id: str) -> Order | None:
@@ -233,7 +263,7 @@ class OrderBook:
         return dict(Counter(status for _, status in self.with_status()))
 
     def truth(self) -> dict[str, Any]:
-        """The book's own truth: ids still working, and counts by final status."""
+        """The book's own truth: flat (nothing working), ids still working, final counts."""
         counts = Counter[str]()
         working: list[str] = []
         for order, status in self.with_status():
@@ -241,8 +271,10 @@ class OrderBook:
             if status in WORKING:
                 working.append(order.order_id)
         return {
+            "flat": not working,
             "open": working,
             "cancelled": counts["CANCELLED"],
             "executed": counts["EXECUTED"],
             "partially_executed": counts["PARTIALLY_EXECUTED"],
+            "expired": counts["EXPIRED"],
         }

@@ -86,7 +86,8 @@ class SimConfig:
     for each of the status call and the two listings.  ``cancel_delay`` bounds
     the random time an order spends in ``CANCELLATION_RAISED``; of those,
     ``fill_ratio`` end ``EXECUTED``, ``partial_fill_ratio`` end
-    ``PARTIALLY_EXECUTED`` and the rest ``CANCELLED``.  ``clock_offset_ms`` is
+    ``PARTIALLY_EXECUTED``, ``expire_ratio`` end ``EXPIRED`` (a terminal
+    status the closed listing does not show) and the rest ``CANCELLED``.  ``clock_offset_ms`` is
     the venue's clock minus the real wall clock; an epoch more than
     ``max_epoch_skew`` seconds off the venue's clock is answered 401.
     ``require_content_type``: a signed request without ``Content-Type:
@@ -114,6 +115,7 @@ class SimConfig:
     cancel_delay: tuple[float, float] = (0.02, 0.3)
     fill_ratio: float = 0.0
     partial_fill_ratio: float = 0.0
+    expire_ratio: float = 0.0
     exchange: str = "EXCHANGE_2"
     clock_offset_ms: int = 0
     max_epoch_skew: float = 60.0
@@ -141,7 +143,9 @@ class SimConfig:
             requests, per_seconds = getattr(self, name)
             if requests < 1 or per_seconds <= 0:
                 raise ValueError(f"{name}: requests >= 1 and per_seconds > 0 are required")
-        check_behaviour(self.fill_ratio, self.partial_fill_ratio, self.cancel_delay)
+        check_behaviour(
+            self.fill_ratio, self.partial_fill_ratio, self.expire_ratio, self.cancel_delay
+        )
         if self.max_epoch_skew <= 0:
             raise ValueError("max_epoch_skew: expected seconds > 0")
         paths = [getattr(self, p) for p in _PATHS.values()]
@@ -158,15 +162,22 @@ class SimConfig:
 
 
 def check_behaviour(
-    fill_ratio: float, partial_fill_ratio: float, cancel_delay: tuple[float, float]
+    fill_ratio: float,
+    partial_fill_ratio: float,
+    expire_ratio: float,
+    cancel_delay: tuple[float, float],
 ) -> None:
     """Raise ``ValueError`` naming the field when the cancel behaviour is impossible."""
-    if not 0.0 <= fill_ratio <= 1.0:
-        raise ValueError("fill_ratio: expected a share between 0 and 1")
-    if not 0.0 <= partial_fill_ratio <= 1.0:
-        raise ValueError("partial_fill_ratio: expected a share between 0 and 1")
-    if fill_ratio + partial_fill_ratio > 1.0:
-        raise ValueError("partial_fill_ratio: fill_ratio + partial_fill_ratio must not exceed 1")
+    ratios = {
+        "fill_ratio": fill_ratio,
+        "partial_fill_ratio": partial_fill_ratio,
+        "expire_ratio": expire_ratio,
+    }
+    for name, ratio in ratios.items():
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"{name}: expected a share between 0 and 1")
+    if sum(ratios.values()) > 1.0:
+        raise ValueError("fill_ratio + partial_fill_ratio + expire_ratio: must not exceed 1")
     low, high = cancel_delay
     if not 0 <= low <= high:
         raise ValueError("cancel_delay: expected 0 <= low <= high")

@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -67,7 +67,10 @@ class SimExchange:
         self._wall = wall
         self.clock = VenueClock(wall, self.config.clock_offset_ms)
         self.behaviour = Behaviour(
-            self.config.fill_ratio, self.config.partial_fill_ratio, self.config.cancel_delay
+            self.config.fill_ratio,
+            self.config.partial_fill_ratio,
+            self.config.expire_ratio,
+            self.config.cancel_delay,
         )
         self.book = OrderBook(
             behaviour=self.behaviour,
@@ -128,9 +131,15 @@ class SimExchange:
         status: str = "RAISED",
         *,
         age_days: float = 0.0,
+        same_ms: bool = False,
     ) -> list[str]:
-        """Add ``count`` working orders per symbol, ``age_days`` old; return the new ids."""
-        return self.book.seed(exchange or self.config.exchange, orders, status, age_days)
+        """Add ``count`` working orders per symbol, ``age_days`` old; return the new ids.
+
+        Each gets its own ``created_at`` millisecond unless ``same_ms``.
+        """
+        return self.book.seed(
+            exchange or self.config.exchange, orders, status, age_days, same_ms=same_ms
+        )
 
     def forget(self, order_ids: list[str]) -> int:
         """Forget orders: their status is answered 404 from now on; the number forgotten."""
@@ -155,15 +164,61 @@ class SimExchange:
         self.faults.clear()
 
     def set_clock_offset(self, offset_ms: int) -> None:
-        """The venue's clock is the real wall clock plus ``offset_ms`` from now on."""
+        """The venue's clock is the real wall clock plus ``offset_ms`` from now on.
+
+        Orders already on the book move with it (their ``created_at`` and
+        ``updated_at`` keep their age), as if the venue's clock had always
+        been this far off: moving it back never hides a fresh order in the
+        future, beyond a default listing's ``to_time``.
+        """
+        self.book.shift_times(offset_ms - self.clock.offset_ms)
         self.clock.offset_ms = offset_ms
 
-    def reject(self, symbol: str, rejection: Rejection | None) -> None:
-        """Refuse ``cancel_all`` for ``symbol`` with ``rejection``; ``None`` lifts it."""
-        if rejection is None:
+    def reject(
+        self,
+        symbol: str,
+        status: int | None,
+        message: str | None = None,
+        *,
+        unscoped: str = "refuse",
+    ) -> None:
+        """Refuse ``cancel_all`` for ``symbol`` with ``status`` (a 4xx but 429); ``None`` lifts it.
+
+        ``unscoped``: ``refuse`` answers a ``cancel_all`` without a symbol the
+        same way; ``spare`` cancels the other symbols and leaves this one.
+        """
+        if not symbol:
+            raise ValueError("symbol: expected a non-empty string")
+        if status is None:
             self.venue.rejections.pop(symbol, None)
-        else:
-            self.venue.rejections[symbol] = rejection
+            return
+        if not 400 <= status <= 499 or status == 429:
+            raise ValueError("status: expected a 4xx other than 429, or null")
+        if unscoped not in ("refuse", "spare"):
+            raise ValueError('unscoped: expected "refuse" or "spare"')
+        text = message or f"symbol: {symbol} is not accepting cancellations"
+        mode: Literal["refuse", "spare"] = "refuse" if unscoped == "refuse" else "spare"
+        self.venue.rejections[symbol] = Rejection(status, text, mode)
+
+    async def start_trader(
+        self,
+        orders: dict[str, int],
+        interval: float = 1.0,
+        *,
+        exchange: str | None = None,
+        on_cancel_all: bool = False,
+    ) -> None:
+        """Place ``orders[symbol]`` orders per symbol, one each every ``interval`` s.
+
+        With ``on_cancel_all`` the first ones go in right after the next
+        ``cancel_all`` is served.  Replaces a running trader.
+        """
+        await self.trader.start(
+            orders, interval, exchange or self.config.exchange, on_cancel_all=on_cancel_all
+        )
+
+    async def stop_trader(self) -> None:
+        await self.trader.stop()
 
     def violations(self, endpoint: Endpoint) -> int:
         return self.windows[endpoint].violations

@@ -22,8 +22,9 @@ def stats_of(sim: SimExchange) -> dict[str, Any]:
       four limited ones, ``time`` and ``other``).
     - ``violations``/``peak_in_window``/``limits``: the four limited endpoints.
     - ``orders``: counts by status now; ``open``: ids still working
-      (``CANCELLATION_RAISED`` included); ``cancelled``/``executed``/
-      ``partially_executed``: counts of each final status.
+      (``CANCELLATION_RAISED`` included) and ``flat`` when there are none;
+      ``cancelled``/``executed``/``partially_executed``/``expired``: counts
+      of each final status.
     - ``clock``, ``behaviour``, ``trader``, ``rejected``, ``faults_pending``,
       ``cancel_all_arrivals``: the admin switches as they stand.
     """

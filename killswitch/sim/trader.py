@@ -1,10 +1,11 @@
 """The strategy that did not stop: a background trader placing orders on the book.
 
-``start({"BTCUSDT": n, ...}, interval)`` places one order per symbol that
-still has some to place, then waits ``interval`` seconds, until every symbol
-has placed its ``n``.  With ``on_cancel_all`` it waits for the next
-``cancel_all`` to be served and starts right after it: orders placed during
-a kill, that no cancel answer named.  Its task belongs to the trader and is
+``start({"BTCUSDT": n, ...}, interval)`` places one order per symbol at
+once, then one more per symbol that still has some to place every
+``interval`` seconds, until every symbol has placed its ``n``.  With
+``on_cancel_all`` it waits for the next ``cancel_all`` to be served and
+starts right after it: orders placed during a kill, that no cancel answer
+named.  Its task belongs to the trader and is
 cancelled by :meth:`Trader.stop` (the sim stops it when it stops).
 """
 
@@ -28,6 +29,8 @@ class _Plan:
 
 
 class Trader:
+    """Places orders on ``book`` in the background; ``placed`` lists every id, in order."""
+
     def __init__(self, book: OrderBook, sleep: Callable[[float], Awaitable[None]]) -> None:
         self._book = book
         self._sleep = sleep
@@ -62,18 +65,24 @@ class Trader:
             self._launch(plan)
 
     def _launch(self, plan: _Plan) -> None:
+        """Place the first orders now; a task places the rest, one round per interval."""
         self._plan = plan
-        self._task = asyncio.get_running_loop().create_task(self._run(plan), name="sim-trader")
+        if self._place_round(plan):
+            self._task = asyncio.get_running_loop().create_task(self._run(plan), name="sim-trader")
+
+    def _place_round(self, plan: _Plan) -> bool:
+        """One order for each symbol with some left; whether any are left after."""
+        for symbol, left in plan.remaining.items():
+            if left > 0:
+                self.placed.append(self._book.place(plan.exchange, symbol))
+                plan.remaining[symbol] = left - 1
+        return any(plan.remaining.values())
 
     async def _run(self, plan: _Plan) -> None:
         while True:
-            for symbol, left in plan.remaining.items():
-                if left > 0:
-                    self.placed.append(self._book.place(plan.exchange, symbol))
-                    plan.remaining[symbol] = left - 1
-            if not any(plan.remaining.values()):
-                return
             await self._sleep(plan.interval)
+            if not self._place_round(plan):
+                return
 
     async def stop(self) -> None:
         """Disarm, cancel the task and wait for it; a crash of the task is raised here."""
