@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import confirmation, deadman, idle, pnl_breach, signal_latency, storm
+from bench import confirmation, deadman, flat, idle, pnl_breach, signal_latency, storm
 from bench.harness import Settings, progress
 from bench.report import Figure, LoadMeter, machine, render_table
 
@@ -32,8 +32,10 @@ SCENARIOS: dict[str, Scenario] = {
     "idle": idle.run,
     "storm": storm.run,
     "contract": confirmation.run_contract_default,
+    "flat": flat.run,
+    "flat_poll": flat.run_polling,
 }
-SLOW_ONLY = ("contract",)
+SLOW_ONLY = ("contract", "flat_poll")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -50,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--slow",
         action="store_true",
         help="add scenario 'contract': 40 orders at the contract's default 20 polls per 60 s"
-        " (about 2 minutes)",
+        " (about 2 minutes), and 'flat_poll': time to confirm N = 50, 200 (and, named"
+        " with --slow, 1,000) orders by per-id polling alone (15 minutes; 65 with 1,000)",
     )
     parser.add_argument(
         "--uvloop",
@@ -62,14 +65,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAMES",
         help="comma-separated scenarios to run: " + ", ".join(SCENARIOS),
     )
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="scenarios to run (the same as --only), e.g. `python -m bench flat`",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results ({RESULTS})")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
 
 
 async def run_all(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    if args.only:
-        names = [n.strip() for n in args.only.split(",")]
+    if args.only or args.scenarios:
+        names = [n.strip() for n in (args.only or "").split(",") if n.strip()]
+        names += list(args.scenarios)
     else:
         names = [n for n in SCENARIOS if args.slow or n not in SLOW_ONLY]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -83,7 +93,7 @@ async def run_all(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     figures: list[Figure] = []
     runs: list[dict[str, Any]] = []
     for name, loop in plan:
-        settings = Settings(root=root, quick=args.quick, loop=loop)
+        settings = Settings(root=root, quick=args.quick, loop=loop, slow=args.slow)
         progress(f"--- {name} ({loop})")
         meter = LoadMeter()
         error = None

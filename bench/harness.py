@@ -20,6 +20,7 @@ class Settings:
     root: Path  # a short directory under /tmp (UNIX socket paths are limited to 107 bytes)
     quick: bool = False
     loop: str = "asyncio"  # the daemon's event loop: "asyncio" or "uvloop"
+    slow: bool = False  # --slow: also the runs that take tens of minutes
 
     def runs(self, normal: int, quick: int) -> int:
         return quick if self.quick else normal

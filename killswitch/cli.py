@@ -186,13 +186,34 @@ def format_status(s: dict[str, Any]) -> str:
             (
                 "last kill",
                 f"{last.get('kill_id')} by {last.get('source')}: "
-                f"{last.get('cancelled')} cancelled, {last.get('filled')} filled, "
-                f"{last.get('other')} other, {last.get('unknown')} unknown, "
-                f"{last.get('unconfirmed')} unconfirmed in {last.get('duration_ms')} ms",
+                + (
+                    f"abandoned ({last.get('why')})"
+                    if last.get("abandoned")
+                    else f"{last.get('cancelled')} cancelled, {last.get('filled')} filled, "
+                    f"{last.get('partially_filled', 0)} partially filled, "
+                    f"{last.get('other')} other, {last.get('unknown')} unknown, "
+                    f"{last.get('unconfirmed')} unconfirmed, flat: {last.get('flat')}, "
+                    f"{last.get('leftover', 0)} leftover, in {last.get('duration_ms')} ms"
+                ),
             )
         )
     else:
         rows.append(("last kill", "none"))
+    stuck = s.get("stuck")
+    if stuck:
+        rows.append(
+            (
+                "STUCK",
+                f"{stuck.get('why')} (HTTP {stuck.get('http_status')}), next retry in "
+                f"{stuck.get('next_retry_in')}s; `killswitch reset --force` abandons the kill",
+            )
+        )
+    guard = s.get("guard")
+    if guard and guard.get("last_run"):
+        run = guard["last_run"]
+        rows.append(
+            ("guard", f"last run: {run.get('open')} open found, errors {run.get('errors')}")
+        )
     for name, lim in (s.get("rate_limit") or {}).items():
         rows.append(
             (
@@ -213,12 +234,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    status, body = _call(args, "POST", "/reset")
+    status, body = _call(args, "POST", "/reset?force=1" if args.force else "/reset")
     if status < 0:
         return int(body)
     if status != 200:
         return _fail(f"killswitch: reset refused: {body.get('error')}", EXIT_FAIL)
-    print(f"reset: state {body['state']}")
+    outcome = body.get("reset")
+    if outcome == "already armed":
+        print(f"reset: already armed (state {body['state']})")
+    elif outcome == "abandoned":
+        print(f"reset: the running kill was abandoned; state {body['state']}")
+    else:
+        print(f"reset: state {body['state']}")
     return EXIT_OK
 
 
@@ -276,7 +303,13 @@ def _sim_delay(text: str) -> tuple[float, float]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from killswitch.demo import run_demo
 
-    return asyncio.run(run_demo(orders=args.orders, fill_ratio=args.fill_ratio))
+    return asyncio.run(
+        run_demo(
+            orders=args.orders,
+            fill_ratio=args.fill_ratio,
+            partial_fill_ratio=args.partial_fill_ratio,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,10 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("status", "show state, heartbeat, PnL and the last kill")
     p.add_argument("--json", action="store_true", help="print the body of GET /status")
     p.set_defaults(fn=cmd_status)
-    with_config("reset", "re-arm a tripped switch").set_defaults(fn=cmd_reset)
+    p = with_config("reset", "re-arm a tripped switch")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also end a kill that cannot complete (kill.abandoned), then re-arm",
+    )
+    p.set_defaults(fn=cmd_reset)
     p = sub.add_parser("demo", help="run a kill against the built-in simulated exchange")
     p.add_argument("--orders", type=int, default=300, help="open orders to seed (default 300)")
     p.add_argument("--fill-ratio", type=float, default=0.02, help="share that fill instead")
+    p.add_argument(
+        "--partial-fill-ratio",
+        type=float,
+        default=0.05,
+        help="share that end PARTIALLY_EXECUTED (terminal on futures)",
+    )
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser(
         "sim",

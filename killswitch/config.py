@@ -113,6 +113,7 @@ class ConfirmConfig:
     unknown_after: int = 3
     terminal_statuses: frozenset[str] = frozenset(DEFAULT_TERMINAL)
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
+    use_listings: bool = True  # False: per-id status polls only, no flat proof (bench, old venues)
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,7 @@ def _confirm(t: Table) -> ConfirmConfig:
         unknown_after=t.integer("unknown_after", d.unknown_after, maximum=1000),
         terminal_statuses=frozenset(terminal),
         rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
+        use_listings=t.boolean("use_listings", d.use_listings),
     )
     t.finish()
     return config

@@ -20,6 +20,13 @@ its limiter).  Given that limiter as ``gate``, the confirmer reads it but never
 acquires it: a poll is committed to an order only when the limiter has a slot
 free, so when the limit is the bottleneck the choice of which order to poll is
 made when the request can leave, not minutes earlier in the limiter's queue.
+
+Listings (contract §1, the flat proof in :mod:`killswitch.flat`) feed the same
+schedule: :meth:`Confirmer.observe` records a status a listing showed (an open
+listing proves an order is not terminal yet; a closed listing gives its final
+status), :meth:`Confirmer.hold` keeps an order from being polled while a
+listing is about to say more, and :meth:`Confirmer.release` makes it due now.
+Per-id polling stays the fallback for whatever no listing resolves.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import asyncio
 import heapq
 import itertools
 import random
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,12 +46,14 @@ from killswitch.errors import ExchangeError, OrderNotFound, RateLimited
 from killswitch.log import get_logger
 
 __all__ = [
+    "OUTCOME_FIELDS",
     "VENUE_STATUSES",
     "ConfirmResult",
     "Confirmer",
     "Outcome",
     "RateGate",
     "StatusSource",
+    "outcome_of",
 ]
 
 VENUE_STATUSES: Final = frozenset(
@@ -68,9 +76,16 @@ VENUE_STATUSES: Final = frozenset(
 _SHOWN_CHARS: Final = 64  # how much of an unexpected status string goes into an event
 
 
+class HasStatus(Protocol):
+    """An order as the exchange describes it (``VenueOrder``): the confirmer reads its status."""
+
+    @property
+    def status(self) -> str: ...
+
+
 class StatusSource(Protocol):
-    async def order_status(self, order_id: str) -> str:
-        """The exchange's status for ``order_id``; raises :class:`ExchangeError` subclasses."""
+    async def order_status(self, order_id: str) -> HasStatus | str:
+        """The exchange's order (or bare status) for ``order_id``; raises ExchangeError."""
         ...
 
 
@@ -79,13 +94,31 @@ class RateGate(Protocol):
 
     def next_free_in(self) -> float: ...
 
+    def available(self) -> int: ...
+
 
 class Outcome(StrEnum):
     CANCELLED = "cancelled"
     FILLED = "filled"
+    PARTIALLY_FILLED = "partially_filled"
     OTHER = "other"
     UNKNOWN = "unknown"
     UNCONFIRMED = "unconfirmed"
+
+
+OUTCOME_FIELDS: Final = tuple(o.value for o in Outcome)
+"""The outcome counts, by name, as every summary, metric and status shows them."""
+
+_BY_STATUS: Final = {
+    "CANCELLED": Outcome.CANCELLED,
+    "EXECUTED": Outcome.FILLED,
+    "PARTIALLY_EXECUTED": Outcome.PARTIALLY_FILLED,
+}
+
+
+def outcome_of(status: str) -> Outcome:
+    """The outcome of a terminal status (contract §2): the one mapping used everywhere."""
+    return _BY_STATUS.get(status, Outcome.OTHER)
 
 
 @dataclass(frozen=True)
@@ -94,6 +127,7 @@ class ConfirmResult:
 
     cancelled: int
     filled: int
+    partially_filled: int
     other: int
     unknown: int
     unconfirmed: int
@@ -105,7 +139,11 @@ class ConfirmResult:
 
     @property
     def resolved(self) -> int:
-        return self.cancelled + self.filled + self.other + self.unknown + self.unconfirmed
+        return sum(self.counts().values())
+
+    def counts(self) -> dict[str, int]:
+        """The outcome counts by name (:data:`OUTCOME_FIELDS`)."""
+        return {name: getattr(self, name) for name in OUTCOME_FIELDS}
 
 
 @dataclass(eq=False)
@@ -113,19 +151,13 @@ class _Order:
     order_id: str
     status: str = ""
     outcome: Outcome | None = None
-    first_polled: float | None = None  # monotonic
-    ready_at: float = 0.0  # monotonic: not polled for the first time before this
+    first_polled: float | None = None  # monotonic: first poll or listing (the deadline runs)
     first_polled_wall: float | None = None
+    hold_until: float = 0.0  # monotonic: not polled before this (a listing will say more)
     backoff: int = 0  # doublings of poll_interval so far
     not_found: int = 0  # 404 answers in a row
-
-
-def _outcome(status: str) -> Outcome:
-    if status == "CANCELLED":
-        return Outcome.CANCELLED
-    if status == "EXECUTED":
-        return Outcome.FILLED
-    return Outcome.OTHER
+    polled: bool = False  # had at least one status request in this run
+    version: int = 0  # schedule entries with another version are stale
 
 
 class Confirmer:
@@ -148,6 +180,8 @@ class Confirmer:
         gate: RateGate | None = None,
         jitter: float = 0.0,
         rng: random.Random | None = None,
+        listing_hold: float = 0.0,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         if not 0.0 <= jitter < 1.0:
             raise ValueError("jitter must be in [0, 1)")
@@ -159,12 +193,17 @@ class Confirmer:
         self._gate = gate
         self._jitter = jitter
         self._rng = rng if rng is not None else random.Random()
+        self._listing_hold = listing_hold
+        self._on_wait = on_wait  # told when the gate (not the schedule) makes polls wait
+        self._gate_waiting = False
         self._known = VENUE_STATUSES | config.terminal_statuses
         self._orders: dict[str, _Order] = {}
-        self._fresh: deque[_Order] = deque()  # never polled in this run
-        self._due: list[tuple[float, int, _Order]] = []  # (due, seq, order) re-polls
+        # (due, seq, version, order): never-polled orders first, then re-polls.
+        self._fresh: list[tuple[float, int, int, _Order]] = []
+        self._due: list[tuple[float, int, int, _Order]] = []
         self._seq = itertools.count()
         self._counts = dict.fromkeys(Outcome, 0)
+        self.listed = 0  # orders resolved from a listing, without a status request
         self._resolved = 0
         self._polls = 0
         self._closed = False
@@ -175,16 +214,21 @@ class Confirmer:
     # ------------------------------------------------------------------ feeding
 
     def add(self, order_ids: Iterable[str]) -> None:
-        """Queue ids for their first poll; ids already known are ignored."""
+        """Queue ids for their first poll; ids already known are ignored.
+
+        An order the exchange just acknowledged is still ``CANCELLATION_RAISED``:
+        its first poll waits ``first_poll_delay`` (a poll at once would be wasted
+        budget), and, when listings confirm, ``listing_hold`` (the next listing
+        will show it open or gone, for free).
+        """
         self._check_open()
-        ready_at = self._clock.monotonic() + self._config.first_poll_delay
+        now = self._clock.monotonic()
+        ready_at = now + max(self._config.first_poll_delay, self._listing_hold)
         for order_id in order_ids:
             if order_id not in self._orders:
-                # An order the exchange just acknowledged is still CANCELLATION_RAISED:
-                # a poll at once would be wasted budget.
-                order = _Order(order_id, ready_at=ready_at)
+                order = _Order(order_id)
                 self._orders[order_id] = order
-                self._fresh.append(order)
+                self._schedule(order, ready_at)
         self._changed.set()
 
     def add_known(
@@ -206,9 +250,61 @@ class Confirmer:
             order.first_polled = self._clock.monotonic() - age
             order.first_polled_wall = first_polled_at
         if status in self._config.terminal_statuses:
-            self._resolve(order, _outcome(status))
+            self._resolve(order, outcome_of(status))
         else:
-            self._fresh.append(order)
+            self._schedule(order, self._clock.monotonic() + self._listing_hold)
+        self._changed.set()
+
+    def observe(self, order_id: str, status: str, *, via: str) -> None:
+        """A listing showed ``order_id`` with ``status`` (an id not added yet is added).
+
+        A terminal status resolves the order without a request.  A working one
+        (an open listing) proves it is not terminal yet: its next status poll
+        waits ``listing_hold`` (the next listing will tell), and it counts
+        against its deadline like a poll.
+        """
+        self._check_open()
+        order = self._orders.get(order_id)
+        if order is None:
+            order = _Order(order_id)
+            self._orders[order_id] = order
+        if order.outcome is not None:
+            return
+        self._started_deadline(order)
+        self._changed.set()
+        if status not in self._known:
+            return  # a listing's odd value: the status poll will tell
+        self._record(order, status, via=via)
+        if status in self._config.terminal_statuses:
+            self.listed += 1
+            self._resolve(order, outcome_of(status))
+            return
+        now = self._clock.monotonic()
+        assert order.first_polled is not None
+        if now >= order.first_polled + self._config.deadline:
+            self._unconfirmed(order)
+            return
+        order.hold_until = max(order.hold_until, now + self._listing_hold)
+        self._schedule(order, order.hold_until)
+
+    def hold(self, order_ids: Iterable[str], seconds: float) -> None:
+        """No status poll of these (unresolved) ids for ``seconds`` (a listing will tell)."""
+        until = self._clock.monotonic() + seconds
+        for order_id in order_ids:
+            order = self._orders.get(order_id)
+            if order is not None and order.outcome is None:
+                order.hold_until = max(order.hold_until, until)
+                self._schedule(order, until)
+        self._changed.set()
+
+    def release(self, order_ids: Iterable[str]) -> None:
+        """Poll these (unresolved) ids as soon as the gate allows: no listing will resolve them."""
+        now = self._clock.monotonic()
+        for order_id in order_ids:
+            order = self._orders.get(order_id)
+            if order is not None and order.outcome is None:
+                order.hold_until = now
+                self._schedule(order, now)
         self._changed.set()
 
     def close(self) -> None:
@@ -226,12 +322,28 @@ class Confirmer:
         """(resolved, total) ids so far."""
         return self._resolved, len(self._orders)
 
+    def knows(self, order_id: str) -> bool:
+        return order_id in self._orders
+
+    def unresolved(self, order_ids: Iterable[str] | None = None) -> list[str]:
+        """The ids (of ``order_ids``, or all) not resolved yet, in the order they were added."""
+        if order_ids is None:
+            return [o.order_id for o in self._orders.values() if o.outcome is None]
+        return [
+            i for i in order_ids if (o := self._orders.get(i)) is not None and o.outcome is None
+        ]
+
+    def outcome(self, order_id: str) -> Outcome | None:
+        order = self._orders.get(order_id)
+        return None if order is None else order.outcome
+
     def snapshot(self) -> ConfirmResult:
         """Counts and statuses so far, with the ids still pending (to persist and resume)."""
         orders = self._orders.values()
         return ConfirmResult(
             cancelled=self._counts[Outcome.CANCELLED],
             filled=self._counts[Outcome.FILLED],
+            partially_filled=self._counts[Outcome.PARTIALLY_FILLED],
             other=self._counts[Outcome.OTHER],
             unknown=self._counts[Outcome.UNKNOWN],
             unconfirmed=self._counts[Outcome.UNCONFIRMED],
@@ -276,25 +388,48 @@ class Confirmer:
                 if self._closed and self._resolved == len(self._orders):
                     return None
                 wait = self._due_in()
+                gated = False
                 if wait == 0.0 and self._gate is not None:
                     wait = max(0.0, self._gate.next_free_in())
+                    gated = wait > 0.0
+                if gated and not self._gate_waiting and self._on_wait is not None:
+                    self._on_wait(wait or 0.0)  # once per stretch of waiting, not per wake-up
+                self._gate_waiting = gated
                 if wait == 0.0:
                     return self._take()
                 await self._wait(wait)
 
+    def _schedule(self, order: _Order, at: float) -> None:
+        """(Re)schedule the next poll of ``order`` at ``at`` (not before its hold, not after
+        its deadline); any earlier entry for it becomes stale."""
+        at = max(at, order.hold_until)
+        if order.first_polled is not None:
+            at = min(at, order.first_polled + self._config.deadline)
+        order.version += 1
+        queue = self._due if order.polled else self._fresh
+        heapq.heappush(queue, (at, next(self._seq), order.version, order))
+
+    def _prune(self) -> None:
+        for queue in (self._fresh, self._due):
+            while queue and (queue[0][3].version != queue[0][2] or queue[0][3].outcome):
+                heapq.heappop(queue)
+
     def _take(self) -> _Order:
         """A due order: never-polled ones first; a re-poll only when no first poll is due."""
         now = self._clock.monotonic()
-        if self._fresh and self._fresh[0].ready_at <= now:
-            return self._fresh.popleft()
-        return heapq.heappop(self._due)[2]
+        self._prune()
+        if self._fresh and self._fresh[0][0] <= now:
+            order = heapq.heappop(self._fresh)[3]
+        else:
+            order = heapq.heappop(self._due)[3]
+        order.version += 1  # taken: no entry of it is live until it is scheduled again
+        return order
 
     def _due_in(self) -> float | None:
         """Seconds until the next poll is due; None when nothing is scheduled."""
+        self._prune()
         now = self._clock.monotonic()
-        times = [self._fresh[0].ready_at] if self._fresh else []
-        if self._due:
-            times.append(self._due[0][0])
+        times = [q[0][0] for q in (self._fresh, self._due) if q]
         return max(0.0, min(times) - now) if times else None
 
     async def _wait(self, seconds: float | None) -> None:
@@ -302,15 +437,20 @@ class Confirmer:
         self._changed.clear()
         await sleep_or_wake(self._clock, seconds, self._changed)
 
-    async def _poll(self, order: _Order) -> None:
+    def _started_deadline(self, order: _Order) -> None:
         if order.first_polled is None:
             order.first_polled = self._clock.monotonic()
             order.first_polled_wall = self._clock.time()
+
+    async def _poll(self, order: _Order) -> None:
+        self._started_deadline(order)
+        order.polled = True
         self._polls += 1
         try:
-            status = await self._source.order_status(order.order_id)
+            answer = await self._source.order_status(order.order_id)
         except OrderNotFound:
-            self._not_found(order)
+            if order.outcome is None:
+                self._not_found(order)
         except ExchangeError as error:
             self._log.warning(
                 "order.poll_failed",
@@ -320,9 +460,11 @@ class Confirmer:
             )
             # A 429 says nothing about this order: the client has already deferred
             # the limiter, so poll again soon without slowing this order down.
-            self._retry(order, back_off=not isinstance(error, RateLimited))
+            if order.outcome is None:
+                self._retry(order, back_off=not isinstance(error, RateLimited))
         else:
-            self._answer(order, status)
+            if order.outcome is None:  # a listing may have resolved it meanwhile
+                self._answer(order, answer if isinstance(answer, str) else answer.status)
         finally:
             self._changed.set()
 
@@ -339,17 +481,24 @@ class Confirmer:
             )
             self._retry(order)
             return
+        self._record(order, status)
+        if status in self._config.terminal_statuses:
+            self._resolve(order, outcome_of(status))
+        else:
+            self._retry(order)
+
+    def _record(self, order: _Order, status: str, *, via: str | None = None) -> None:
+        """Log and persist a change of status (``via``: the listing that showed it)."""
+        extra = {} if via is None else {"via": via}
         if status != order.status:
             order.status = status
-            self._log.info("order.status", order_id=order.order_id, status=status)
+            self._log.info("order.status", order_id=order.order_id, status=status, **extra)
             if self._on_status is not None:
                 self._on_status(order.order_id, status)
         else:
-            self._log.debug("order.status_unchanged", order_id=order.order_id, status=status)
-        if status in self._config.terminal_statuses:
-            self._resolve(order, _outcome(status))
-        else:
-            self._retry(order)
+            self._log.debug(
+                "order.status_unchanged", order_id=order.order_id, status=status, **extra
+            )
 
     def _not_found(self, order: _Order) -> None:
         order.not_found += 1
@@ -373,10 +522,7 @@ class Confirmer:
         now = self._clock.monotonic()
         deadline = order.first_polled + self._config.deadline
         if now >= deadline:
-            self._log.warning(
-                "order.unconfirmed", order_id=order.order_id, last_status=order.status
-            )
-            self._resolve(order, Outcome.UNCONFIRMED)
+            self._unconfirmed(order)
             return
         delay = self._config.poll_interval
         if back_off:
@@ -385,8 +531,12 @@ class Confirmer:
                 order.backoff += 1
         if self._jitter:
             delay *= 1.0 + self._rng.uniform(-self._jitter, self._jitter)
-        heapq.heappush(self._due, (min(now + delay, deadline), next(self._seq), order))
+        self._schedule(order, now + delay)
         self._changed.set()
+
+    def _unconfirmed(self, order: _Order) -> None:
+        self._log.warning("order.unconfirmed", order_id=order.order_id, last_status=order.status)
+        self._resolve(order, Outcome.UNCONFIRMED)
 
     def _resolve(self, order: _Order, outcome: Outcome) -> None:
         order.outcome = outcome

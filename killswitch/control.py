@@ -34,9 +34,9 @@ class DaemonUnavailable(Exception):
 
 
 class Controllable(Protocol):
-    def heartbeat(self) -> None: ...
+    def heartbeat(self) -> dict[str, Any]: ...
     def trigger(self, reason: str) -> dict[str, Any]: ...
-    def reset(self) -> tuple[bool, dict[str, Any]]: ...
+    def reset(self, force: bool = False) -> tuple[bool, dict[str, Any]]: ...
     def status(self) -> dict[str, Any]: ...
     def metrics(self) -> bytes: ...
 
@@ -100,8 +100,9 @@ class ControlServer:
             self.path.unlink()
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
-        self.target.heartbeat()
-        return web.json_response({"ok": True})
+        # Always 200 with the state, even with the heartbeat trigger off: a trading
+        # process reads KILLING or TRIPPED here and stops itself (contract §1).
+        return web.json_response({"ok": True, **self.target.heartbeat()})
 
     async def _trigger(self, request: web.Request) -> web.Response:
         reason = "control API"
@@ -120,10 +121,16 @@ class ControlServer:
         return web.json_response(self.target.status())
 
     async def _reset(self, request: web.Request) -> web.Response:
-        ok, status = self.target.reset()
+        force = request.query.get("force", "") in ("1", "true", "yes")
+        ok, status = self.target.reset(force)
         if not ok:
             return web.json_response(
-                {"error": "a kill is running; reset once it completes", **status}, status=409
+                {
+                    "error": "a kill is running; reset once it completes, or force it "
+                    "(POST /reset?force=1, killswitch reset --force) to abandon the kill",
+                    **status,
+                },
+                status=409,
             )
         return web.json_response(status)
 

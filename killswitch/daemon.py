@@ -22,9 +22,12 @@ import structlog
 from killswitch import __version__
 from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
+from killswitch.confirm import OUTCOME_FIELDS
 from killswitch.control import ControlServer
 from killswitch.credentials import Credentials
 from killswitch.exchange import CLOSED_ORDERS, OPEN_ORDERS, ExchangeClient
+from killswitch.flat import VenueListings
+from killswitch.guard import Guard
 from killswitch.heartbeat import DeadManSwitch
 from killswitch.kill import KillRunner
 from killswitch.log import configure_logging, get_logger, redactor
@@ -35,28 +38,12 @@ from killswitch.ratelimit import SlidingWindowLimiter
 from killswitch.service import Service
 from killswitch.signing import make_signer
 from killswitch.store import StateStore
-from killswitch.switch import KillSwitch, State
+from killswitch.switch import KillSwitch, ResetOutcome, State
 
 __all__ = ["Daemon"]
 
 CANCEL_ALL = "cancel_all"
 ORDER_STATUS = "order_status"
-
-
-class _StatusStrings:
-    """The client as the confirmer still sees it: order_status as a status string.
-
-    A stop-gap until the kill engine takes :class:`~killswitch.exchange.VenueOrder`.
-    """
-
-    def __init__(self, client: ExchangeClient) -> None:
-        self._client = client
-
-    async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
-        return await self._client.cancel_all(exchange, symbol)
-
-    async def order_status(self, order_id: str) -> str:
-        return (await self._client.order_status(order_id)).status
 
 
 class _Stop(Exception):
@@ -143,16 +130,40 @@ class Daemon:
             clock=self.clock,
             status_pool_size=cfg.confirm.max_concurrency,
         )
+        self.limiters = self.exchange.limiters
+        listings = (
+            None
+            if cfg.exchange.dry_run
+            else VenueListings(self.exchange, lambda: self.config.flat.lookback_days)
+        )
         self.runner = KillRunner(
             cfg,
-            _StatusStrings(self.exchange),
+            self.exchange,
             self.store,
             self.clock,
             on_outcome=self._count_request,
             status_gate=self.status_limiter,
+            listings=listings,
+            on_gate_wait=self._status_gate_wait,
         )
         self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
+        self.guard = (
+            None
+            if listings is None
+            else Guard(
+                lambda: self.config,
+                self.exchange,
+                listings,
+                self.clock,
+                tripped=lambda: self.switch.state is State.TRIPPED,
+                status_gate=self.status_limiter,
+                on_outcome=self._count_request,
+                on_swept=self.prom.guard_swept.inc,
+                on_gate_wait=self._status_gate_wait,
+            )
+        )
         self.service = Service(self.notifier, self.switch, self.clock)
+        self.service.problem = self._problem
         hb = cfg.triggers.heartbeat
         self.deadman = DeadManSwitch(
             hb.timeout,
@@ -176,22 +187,65 @@ class Daemon:
             pnl=lambda: self.pnl.value,
             pnl_age=self.pnl.age,
             state=lambda: self.switch.state.value,
-            available={
-                CANCEL_ALL: self.cancel_limiter.available,
-                ORDER_STATUS: self.status_limiter.available,
-            },
+            available={name: lim.available for name, lim in self.limiters.items()},
         )
+        self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
+        self.prom.self_test_ok.set_function(self._self_test_gauge)
+
+    def _problem(self) -> str | None:
+        """What systemd's STATUS= line should say is wrong (a stuck kill, a failed self-test)."""
+        stuck = self.runner.stuck_info()
+        if stuck is not None and self.switch.state is State.KILLING:
+            return f"STUCK: venue refuses cancel_all (HTTP {stuck['http_status']}: {stuck['why']})"
+        test = self.exchange.health().get("self_test")
+        if test is not None and not test["ok"]:
+            failed = [c for c in test["checks"] if not c["ok"]]
+            first = failed[0] if failed else {}
+            return (
+                f"exchange self-test FAILED (HTTP {first.get('http_status')}: "
+                f"{first.get('message') or first.get('error')})"
+            )
+        return None
+
+    def _self_test_gauge(self) -> float:
+        test = self.exchange.health().get("self_test")
+        return -1.0 if test is None else 1.0 if test["ok"] else 0.0
+
+    def _status_gate_wait(self, seconds: float) -> None:
+        """The confirmer waits on the status limiter's gate (it never acquires it there)."""
+        self.limiters[ORDER_STATUS].waits += 1
+        on_wait = self.limiters[ORDER_STATUS].on_wait
+        if on_wait is not None:
+            on_wait(seconds)
+
+    async def _exchange_background(self) -> None:
+        """The start-up self-test (key, signature, clock), then clock re-syncs forever
+        (re-testing while the self-test fails)."""
+        if not self.config.exchange.dry_run:
+            result = await self.exchange.self_test(self.config.targets)
+            if not result.ok:
+                self._log.critical(
+                    "exchange.self_test_failed_at_start",
+                    checks=[c for c in result.as_dict()["checks"] if not c["ok"]],
+                    note="the daemon keeps running and re-tests; a kill still tries",
+                )
+            self.service.send_status(force=True)
+        await self.exchange.run_background()
 
     def _count_request(self, endpoint: str, outcome: str) -> None:
         self.prom.requests.labels(endpoint, outcome).inc()
 
     def _state_changed(self, state: State, why: str) -> None:
+        if self.guard is not None:
+            self.guard.state_changed()
         if state is State.KILLING:
             self.prom.kills.labels(why.split(":", 1)[0]).inc()
         elif state is State.TRIPPED:
             last = self.switch.last_kill or {}
-            for outcome in ("cancelled", "filled", "other", "unknown", "unconfirmed"):
+            for outcome in OUTCOME_FIELDS:
                 self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
+            self.prom.leftovers.inc(last.get("leftover", 0))
+            self.prom.kill_flat.set(1.0 if last.get("flat") else 0.0)
         self.service.state_changed(state)
 
     def _fire(self, source: str, reason: str) -> None:
@@ -208,17 +262,24 @@ class Daemon:
 
     # ------------------------------------------------------------------ control API
 
-    def heartbeat(self) -> None:
+    def heartbeat(self) -> dict[str, Any]:
+        """A heartbeat (counted even with the trigger off); the state, so a trading
+        process can stop itself when it reads KILLING or TRIPPED."""
         self.deadman.beat()
+        return {
+            "state": self.switch.state.value,
+            "kill_id": self.switch.current_kill_id,
+            "heartbeat_trigger": self.config.triggers.heartbeat.enabled,
+        }
 
     def trigger(self, reason: str) -> dict[str, Any]:
         outcome = self.switch.trigger("manual", reason)
         self.prom.triggers.labels("manual", outcome.value).inc()
         return {"outcome": outcome.value, "kill_id": self.switch.current_kill_id}
 
-    def reset(self) -> tuple[bool, dict[str, Any]]:
-        ok = self.switch.reset()
-        return ok, self.status()
+    def reset(self, force: bool = False) -> tuple[bool, dict[str, Any]]:
+        outcome = self.switch.reset(force=force)
+        return outcome is not ResetOutcome.REFUSED, {"reset": outcome.value, **self.status()}
 
     def status(self) -> dict[str, Any]:
         progress = self.switch.progress()
@@ -236,17 +297,17 @@ class Daemon:
             "pnl_age": self.pnl.age(),
             "pnl_threshold": self.pnl.threshold,
             "last_kill": self.switch.last_kill,
+            "stuck": self.runner.stuck_info() if self.switch.state is State.KILLING else None,
             "rate_limit": {
                 name: {
                     "available": lim.available(),
                     "limit": lim.requests,
                     "next_free_in": round(lim.next_free_in(), 3),
                 }
-                for name, lim in (
-                    (CANCEL_ALL, self.cancel_limiter),
-                    (ORDER_STATUS, self.status_limiter),
-                )
+                for name, lim in self.limiters.items()
             },
+            "exchange": self.exchange.health(),
+            "guard": None if self.guard is None else self.guard.status(),
             "triggers": {
                 "signal": self.config.triggers.signal.enabled,
                 "heartbeat": self.config.triggers.heartbeat.enabled,
@@ -354,8 +415,13 @@ class Daemon:
                     "switch": tg.create_task(self.switch.run(), name="switch"),
                     "heartbeat": tg.create_task(self.deadman.run(), name="heartbeat"),
                 }
-                # Clock re-sync every exchange.clock_sync_interval; keeps the pools warm.
-                tg.create_task(self.exchange.run_background(), name="exchange")
+                # Self-test, then clock re-sync every exchange.clock_sync_interval (which
+                # keeps the pools warm); the guard sweeps while tripped.
+                self._tasks["exchange"] = tg.create_task(
+                    self._exchange_background(), name="exchange"
+                )
+                if self.guard is not None:
+                    self._tasks["guard"] = tg.create_task(self.guard.run(), name="guard")
                 if self.config.triggers.pnl.enabled:
                     self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
                 tg.create_task(

@@ -1,9 +1,13 @@
 """``killswitch demo``: a whole kill against the built-in simulated exchange.
 
-Starts the simulated exchange on loopback, seeds open orders across symbols,
-starts the real daemon as a subprocess (``python -m killswitch run``), sends it
-``SIGUSR1``, follows its events to ``kill.completed`` and checks the result
-against the exchange's own truth.
+Starts the simulated exchange on loopback at the venue's default limits
+(cancel_all 10/60 s; order status, open and closed orders 20/60 s each), seeds
+open orders over 2 symbols, starts the real daemon as a subprocess (``python -m
+killswitch run``), sends it ``SIGUSR1``, follows its events through the flat
+proof (``kill.flat``: every target listed empty) to ``kill.completed``, and
+checks the counts against the exchange's own truth, with 0 rate-limit
+violations on all four endpoints.  The outcomes come from the closed-order
+listing, 50 a page, so 300 orders need a handful of requests, not 300 polls.
 """
 
 from __future__ import annotations
@@ -19,44 +23,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+from killswitch.config import DEFAULT_TERMINAL
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimConfig, SimExchange
 
 __all__ = ["run_demo", "write_demo_config"]
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT")
-# The demo venue allows far more status polls than the contract's default 20/60 s,
-# or confirming a few hundred orders would take a quarter of an hour.
-DEMO_STATUS_LIMIT = (500, 1.0)
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+ENDPOINTS = ("cancel_all", "order_status", "open_orders", "closed_orders")
 
 
-def write_demo_config(directory: Path, base_url: str, *, status_limit: tuple[int, float]) -> Path:
-    requests, per_seconds = status_limit
+def write_demo_config(directory: Path, base_url: str) -> Path:
+    """The daemon's config for the demo: the venue's default limits on every endpoint."""
     text = f"""\
-# Written by `killswitch demo`: the daemon against the simulated exchange.
+# Written by `killswitch demo`: the daemon against the simulated exchange, at the
+# venue's default limits (cancel_all 10/60 s; status, open and closed orders 20/60 s).
 [exchange]
 base_url = "{base_url}"
 signing = "ed25519"
 request_timeout = 2.0
-
-[cancel_all.rate_limit]
-requests = 10
-per_seconds = 60
-margin = 0.5
 
 [[targets]]
 exchange = "EXCHANGE_2"
 symbols = []
 
 [confirm]
-max_concurrency = 64
-poll_interval = 0.05
-max_poll_interval = 0.5
-deadline = 20
+deadline = 60
 
-[confirm.rate_limit]
-requests = {requests}
-per_seconds = {per_seconds}
-margin = 0.05
+[guard]
+enabled = false
 
 [triggers.heartbeat]
 enabled = false
@@ -95,15 +89,17 @@ async def _events(stream: asyncio.StreamReader) -> Any:
             yield json.loads(line)
 
 
-async def run_demo(orders: int = 300, fill_ratio: float = 0.02) -> int:
+async def run_demo(
+    orders: int = 300, fill_ratio: float = 0.02, partial_fill_ratio: float = 0.05
+) -> int:
     screen = _Screen()
     sim = SimExchange(
         SimConfig(
             api_key=DEMO_API_KEY,
             api_secret=DEMO_API_SECRET,
             fill_ratio=fill_ratio,
-            cancel_delay=(0.05, 0.8),
-            status_limit=DEMO_STATUS_LIMIT,
+            partial_fill_ratio=partial_fill_ratio,
+            cancel_delay=(0.05, 0.5),
         )
     )
     base_url = await sim.start()
@@ -112,10 +108,11 @@ async def run_demo(orders: int = 300, fill_ratio: float = 0.02) -> int:
     sim.seed(per_symbol)
     screen.say(
         f"simulated exchange on {base_url}: {orders} open orders across "
-        f"{len(SYMBOLS)} symbols ({', '.join(f'{k} {v}' for k, v in per_symbol.items())})"
+        f"{len(SYMBOLS)} symbols ({', '.join(f'{k} {v}' for k, v in per_symbol.items())}); "
+        "limits: cancel_all 10/60 s, order status, open and closed orders 20/60 s each"
     )
     with tempfile.TemporaryDirectory(prefix="killswitch-demo-") as tmp:
-        config = write_demo_config(Path(tmp), base_url, status_limit=DEMO_STATUS_LIMIT)
+        config = write_demo_config(Path(tmp), base_url)
         env = {
             **os.environ,
             "KILLSWITCH_API_KEY": DEMO_API_KEY,
@@ -158,6 +155,7 @@ async def _follow(
     final: set[str] = set()
     total = 0
     summary: dict[str, Any] | None = None
+    flat: dict[str, Any] | None = None
     next_progress = 0.0
     async for event in _events(proc.stdout):
         name = event.get("event")
@@ -175,24 +173,29 @@ async def _follow(
             )
         elif name == "cancel_all.accepted":
             total += int(event["order_count"])
-            screen.say(f"cancel_all.accepted: {event['order_count']} orders to confirm")
+            screen.say(f"cancel_all.accepted: {event['order_count']} orders named")
         elif name == "cancel_all.failed":
             screen.say(
                 f"cancel_all.failed {event.get('error')}; retrying in {event.get('retry_in')}s"
             )
-        elif name == "order.status" and event.get("status") in (
-            "CANCELLED",
-            "EXECUTED",
-            "EXPIRED",
-            "DISCARDED",
-            "FAILED",
-            "REJECTED",
-        ):
+        elif name == "flat.leftover":
+            screen.say(
+                f"flat.leftover {event.get('symbol')}: {len(event.get('order_ids', []))} open "
+                "orders no answer named: swept again"
+            )
+        elif name == "kill.flat":
+            flat = event
+            screen.say(
+                f"kill.flat: every target lists no open order ({event['duration_ms']} ms after "
+                "the trigger)"
+            )
+        elif name == "order.status" and event.get("status") in TERMINAL:
             final.add(str(event["order_id"]))
             now = time.monotonic()
             if now >= next_progress or len(final) == total:
                 next_progress = now + 0.25
-                screen.say(f"confirming: {len(final)}/{total} terminal")
+                via = event.get("via", "order status")
+                screen.say(f"confirming: {len(final)}/{total} terminal (latest via {via})")
         elif name == "order.unconfirmed":
             screen.say(f"order.unconfirmed {event['order_id']} last={event.get('last_status')}")
         elif name == "kill.completed":
@@ -201,33 +204,53 @@ async def _follow(
     if summary is None:
         screen.say("demo: the daemon ended before kill.completed")
         return 1
-    truth = sim.stats()
+    return _report(summary, flat, sim.stats(), seeded)
+
+
+TERMINAL = frozenset(DEFAULT_TERMINAL)  # the daemon's default terminal set
+
+
+def _report(
+    summary: dict[str, Any], flat: dict[str, Any] | None, truth: dict[str, Any], seeded: int
+) -> int:
     by_status: dict[str, int] = truth["orders"]
-    violations = sum(truth["violations"].values())
+    violations = {e: truth["violations"].get(e, 0) for e in ENDPOINTS}
+    requests = {e: truth["requests"].get(e, 0) for e in ENDPOINTS}
+    still_open = sum(n for s, n in by_status.items() if s not in TERMINAL)
     print()
     print("kill completed")
     rows = [
         ("orders seeded", seeded, seeded),
         ("cancelled", summary["cancelled"], by_status.get("CANCELLED", 0)),
         ("filled", summary["filled"], by_status.get("EXECUTED", 0)),
+        ("partially filled", summary["partially_filled"], by_status.get("PARTIALLY_EXECUTED", 0)),
         ("other", summary["other"], 0),
         ("unknown", summary["unknown"], 0),
         ("unconfirmed", summary["unconfirmed"], 0),
+        ("still open", 0, still_open),
     ]
-    print(f"  {'':16}{'daemon':>10}{'exchange':>10}")
+    print(f"  {'':18}{'daemon':>10}{'exchange':>10}")
     for label, ours, theirs in rows:
-        print(f"  {label:16}{ours:>10}{theirs:>10}")
+        print(f"  {label:18}{ours:>10}{theirs:>10}")
+    flat_ms = None if flat is None else flat["duration_ms"]
+    print(f"  proven flat       {summary['flat']} (kill.flat {flat_ms} ms after the trigger)")
     print(
-        f"  duration          {summary['duration_ms']} ms "
-        f"({summary['polls']} status polls, {summary['polls'] / max(1, summary['orders']):.2f} "
-        "per order)"
+        f"  completed         {summary['duration_ms']} ms; {summary['listed']} outcomes from "
+        f"listings, {summary['polls']} status polls"
     )
-    print(f"  rate-limit violations seen by the exchange: {violations}")
+    print("  requests          " + ", ".join(f"{e} {requests[e]}" for e in ENDPOINTS))
+    print(
+        "  rate-limit violations seen by the exchange: "
+        + ", ".join(f"{e} {violations[e]}" for e in ENDPOINTS)
+    )
     ok = (
-        summary["cancelled"] == by_status.get("CANCELLED", 0)
+        summary["flat"] is True
+        and still_open == 0
+        and summary["cancelled"] == by_status.get("CANCELLED", 0)
         and summary["filled"] == by_status.get("EXECUTED", 0)
-        and summary["cancelled"] + summary["filled"] == seeded
-        and violations == 0
+        and summary["partially_filled"] == by_status.get("PARTIALLY_EXECUTED", 0)
+        and summary["cancelled"] + summary["filled"] + summary["partially_filled"] == seeded
+        and sum(violations.values()) == 0
     )
-    print("  result: " + ("OK, every order confirmed terminal" if ok else "MISMATCH"))
+    print("  result: " + ("OK, proven flat, every order confirmed terminal" if ok else "MISMATCH"))
     return 0 if ok else 1

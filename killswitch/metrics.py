@@ -39,6 +39,32 @@ class Metrics:
             ["endpoint"],
             registry=r,
         )
+        self.leftovers = Counter(
+            "killswitch_leftover_orders",
+            "Open orders a flat-proof listing found that no cancel_all answer had named",
+            registry=r,
+        )
+        self.kill_flat = Gauge(
+            "killswitch_last_kill_flat",
+            "1 when the last kill was proven flat (every target listed empty), else 0",
+            registry=r,
+        )
+        self.kill_stuck = Gauge(
+            "killswitch_kill_stuck",
+            "1 while a running kill's cancel_all is rejected by the venue (status: stuck)",
+            registry=r,
+        )
+        self.guard_swept = Counter(
+            "killswitch_guard_swept_orders",
+            "Open orders the tripped guard found and swept",
+            registry=r,
+        )
+        self.self_test_ok = Gauge(
+            "killswitch_exchange_self_test_ok",
+            "1 when the start-up self-test (key, signature, clock) passed, 0 when it failed,"
+            " -1 before it ran",
+            registry=r,
+        )
         self.heartbeat_age = Gauge(
             "killswitch_heartbeat_age_seconds",
             "Seconds since the last heartbeat (-1: none yet)",

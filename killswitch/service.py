@@ -29,6 +29,7 @@ class Service:
         self.switch = switch
         self.clock = clock
         self.tripped_at: float | None = None  # wall-clock time the last kill completed
+        self.problem: Callable[[], str | None] = lambda: None  # appended to STATUS= when set
         self._killing = asyncio.Event()  # wakes the STATUS= progress loop
         self._status_sent: str | None = None
         self._log = get_logger()
@@ -57,6 +58,11 @@ class Service:
             self._status_sent = line
 
     def status_line(self) -> str:
+        line = self._state_line()
+        problem = self.problem()
+        return line if problem is None else f"{line}; {problem}"
+
+    def _state_line(self) -> str:
         state = self.switch.state
         if state is State.KILLING:
             progress = self.switch.progress()

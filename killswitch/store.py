@@ -65,6 +65,22 @@ CREATE TABLE IF NOT EXISTS sends (
 CREATE INDEX IF NOT EXISTS sends_by_endpoint ON sends (endpoint, sent_at);
 """
 
+# Columns added after 0.1: (table, column, definition).  A state.db written by 0.1
+# gains them on open; every one has a default, so old rows read as before.
+_ADDED_COLUMNS = (
+    ("sweeps", "leftover", "INTEGER NOT NULL DEFAULT 0"),  # a flat proof's sweep again
+    ("sweeps", "lost", "INTEGER NOT NULL DEFAULT 0"),  # an answer was lost (outcome unknown)
+    ("orders", "leftover", "INTEGER NOT NULL DEFAULT 0"),  # found open, named by no answer
+)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns a 0.1 state.db lacks (idempotent)."""
+    for table, column, definition in _ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
 
 @dataclass(frozen=True)
 class _Op:
@@ -77,6 +93,8 @@ class SweepRecord:
     exchange: str
     symbol: str | None
     acked: bool
+    leftover: bool = False
+    lost: bool = False
 
 
 @dataclass
@@ -90,6 +108,8 @@ class KillRecord:
     sweeps: list[SweepRecord] = field(default_factory=list)
     orders: dict[str, str] = field(default_factory=dict)
     first_polled: dict[str, float] = field(default_factory=dict)  # wall clock
+    order_units: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    leftovers: set[str] = field(default_factory=set)
 
 
 class StateStore:
@@ -135,6 +155,7 @@ class StateStore:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+        _migrate(db)
         self._db = db
         with contextlib.suppress(OSError):  # not ours to chmod (e.g. a bind mount)
             self.path.chmod(0o600)
@@ -290,6 +311,52 @@ class StateStore:
 
         return self._call(run)
 
+    def sweep_lost(self, kill_id: str, exchange: str, symbol: str | None) -> Future[None]:
+        """A ``cancel_all`` whose answer was lost (5xx, timeout): the cancel may have happened."""
+        return self._write(
+            "UPDATE sweeps SET lost = 1 WHERE kill_id = ? AND exchange = ? AND symbol = ?",
+            kill_id,
+            exchange,
+            symbol or "",
+        )
+
+    def leftover_sweep(
+        self, kill_id: str, exchange: str, symbol: str, order_ids: list[str], at: float
+    ) -> Future[None]:
+        """Leftovers a listing found, and the sweep of their symbol they need, atomically."""
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO sweeps (kill_id, exchange, symbol, leftover) VALUES (?,?,?,1) "
+                "ON CONFLICT (kill_id, exchange, symbol) "
+                "DO UPDATE SET acked_at = NULL, leftover = 1",
+                (kill_id, exchange, symbol),
+            )
+            db.executemany(
+                "INSERT INTO orders "
+                "(order_id, kill_id, exchange, symbol, status, updated_at, leftover) "
+                "VALUES (?,?,?,?,'',?,1) "
+                "ON CONFLICT (kill_id, order_id) DO UPDATE SET leftover = 1",
+                [(oid, kill_id, exchange, symbol, at) for oid in order_ids],
+            )
+
+        return self._call(run)
+
+    def orders_found(
+        self, kill_id: str, exchange: str, symbol: str, order_ids: list[str], at: float
+    ) -> Future[None]:
+        """Orders of this kill that a listing found (e.g. cancelled by a lost answer)."""
+
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR IGNORE INTO orders "
+                "(order_id, kill_id, exchange, symbol, status, updated_at) "
+                "VALUES (?,?,?,?,'',?)",
+                [(oid, kill_id, exchange, symbol, at) for oid in order_ids],
+            )
+
+        return self._call(run)
+
     def order_status(self, kill_id: str, order_id: str, status: str, at: float) -> Future[None]:
         """The order's latest status; the first one also stamps ``first_polled_at``."""
         return self._write(
@@ -321,17 +388,25 @@ class StateStore:
             completed_at=row[4],
             summary=json.loads(row[5]) if row[5] else None,
         )
-        for exchange, symbol, acked_at in db.execute(
-            "SELECT exchange, symbol, acked_at FROM sweeps WHERE kill_id = ? "
+        for exchange, symbol, acked_at, leftover, lost in db.execute(
+            "SELECT exchange, symbol, acked_at, leftover, lost FROM sweeps WHERE kill_id = ? "
             "ORDER BY exchange, symbol",
             (kill.kill_id,),
         ):
-            kill.sweeps.append(SweepRecord(exchange, symbol or None, acked_at is not None))
-        for order_id, status, first_polled_at in db.execute(
-            "SELECT order_id, status, first_polled_at FROM orders WHERE kill_id = ?",
+            kill.sweeps.append(
+                SweepRecord(
+                    exchange, symbol or None, acked_at is not None, bool(leftover), bool(lost)
+                )
+            )
+        for order_id, status, first_polled_at, exchange, symbol, leftover in db.execute(
+            "SELECT order_id, status, first_polled_at, exchange, symbol, leftover FROM orders "
+            "WHERE kill_id = ? ORDER BY rowid",
             (kill.kill_id,),
         ):
             kill.orders[order_id] = status
+            kill.order_units[order_id] = (exchange, symbol or None)
+            if leftover:
+                kill.leftovers.add(order_id)
             if first_polled_at is not None:
                 kill.first_polled[order_id] = first_polled_at
         return kill

@@ -1,6 +1,7 @@
 """The switch: an explicit state machine, latched until an operator resets it.
 
 ``ARMED`` → (trigger) → ``KILLING`` → (kill.completed) → ``TRIPPED`` → (reset) → ``ARMED``.
+``KILLING`` → (reset --force: ``kill.abandoned``) → ``ARMED``.
 
 Triggers only record intent and wake :meth:`KillSwitch.run`, which owns the
 kill.  A trigger during a kill is coalesced into it; an explicit trigger
@@ -23,7 +24,7 @@ from killswitch.kill import KillPlan, KillRunner, plan_sweeps
 from killswitch.log import get_logger
 from killswitch.store import KillRecord, StateStore
 
-__all__ = ["EXPLICIT_SOURCES", "KillSwitch", "State", "TriggerOutcome"]
+__all__ = ["EXPLICIT_SOURCES", "KillSwitch", "ResetOutcome", "State", "TriggerOutcome"]
 
 EXPLICIT_SOURCES = frozenset({"signal", "manual"})
 
@@ -32,6 +33,13 @@ class State(enum.StrEnum):
     ARMED = "ARMED"
     KILLING = "KILLING"
     TRIPPED = "TRIPPED"
+
+
+class ResetOutcome(enum.StrEnum):
+    REARMED = "re-armed"
+    ALREADY_ARMED = "already armed"
+    ABANDONED = "abandoned"  # --force ended a running kill, then re-armed
+    REFUSED = "refused"  # a kill is running and force was not given
 
 
 class TriggerOutcome(enum.StrEnum):
@@ -64,6 +72,8 @@ class KillSwitch:
         self.last_kill: dict[str, Any] | None = None
         self.current_kill_id: str | None = None
         self._pending: KillPlan | None = None
+        self._kill: asyncio.Task[dict[str, Any]] | None = None
+        self._running_plan: KillPlan | None = None
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -105,6 +115,10 @@ class KillSwitch:
                 known_orders=dict(unfinished.orders),
                 first_polled=dict(unfinished.first_polled),
                 resumed=True,
+                started_at=unfinished.started_at,
+                order_units=dict(unfinished.order_units),
+                leftovers=set(unfinished.leftovers),
+                lost={(s.exchange, s.symbol) for s in unfinished.sweeps if s.lost},
             )
             self.current_kill_id = unfinished.kill_id
             self.state = State.KILLING
@@ -160,17 +174,50 @@ class KillSwitch:
             outcome=outcome.value,
         )
 
-    def reset(self) -> bool:
-        """Re-arm a tripped switch.  Refused (False) while a kill is running."""
+    def reset(self, *, force: bool = False, why: str = "reset --force") -> ResetOutcome:
+        """Re-arm a tripped switch.  While a kill runs: refused, unless ``force``, which
+        ends the kill (``kill.abandoned``, its record closed) and re-arms."""
+        if self.state is State.ARMED:
+            return ResetOutcome.ALREADY_ARMED
+        outcome = ResetOutcome.REARMED
         if self.state is State.KILLING:
-            return False
-        if self.state is State.TRIPPED:
-            self.store.set_latch(False)
-            self._set_state(State.ARMED, "reset")
-            self._log.warning("switch.reset")
-            for callback in self._resets:
-                callback()
-        return True
+            if not force:
+                return ResetOutcome.REFUSED
+            self._abandon(why)
+            outcome = ResetOutcome.ABANDONED
+        self.store.set_latch(False)
+        self._set_state(State.ARMED, "reset" if outcome is ResetOutcome.REARMED else why)
+        self._log.warning("switch.reset", force=force)
+        for callback in self._resets:
+            callback()
+        return outcome
+
+    def _abandon(self, why: str) -> None:
+        """End the running (or pending) kill now: cancelled, logged, its record closed."""
+        plan = self._running_plan or self._pending
+        self._pending = None
+        stuck = self.runner.stuck_info() if self._kill is not None else None
+        confirmer = self.runner.confirmer if self._kill is not None else None
+        progress = None if confirmer is None else confirmer.snapshot()
+        if self._kill is not None:
+            self._kill.cancel(f"abandoned: {why}")
+        kill_id = plan.kill_id if plan is not None else self.current_kill_id
+        summary: dict[str, Any] = {
+            "source": plan.source if plan is not None else None,
+            "reason": plan.reason if plan is not None else None,
+            "abandoned": True,
+            "why": why,
+            "stuck": None if stuck is None else stuck["why"],
+        }
+        if progress is not None:
+            summary.update(orders=len(progress.statuses), pending=len(progress.pending))
+            summary.update(progress.counts())
+        self._log.warning("kill.abandoned", **{"kill_id": kill_id, **summary})
+        if kill_id is not None:
+            self.store.complete_kill(kill_id, self.clock.time(), summary)
+        self.last_kill = {"kill_id": kill_id, **summary}
+        self.current_kill_id = None
+        self._idle.set()
 
     # ------------------------------------------------------------------ the owner loop
 
@@ -182,7 +229,18 @@ class KillSwitch:
             plan, self._pending = self._pending, None
             if plan is None:
                 continue
-            summary = await self.runner.run(plan)
+            self._running_plan = plan
+            self._kill = asyncio.create_task(self.runner.run(plan), name=f"kill-{plan.kill_id}")
+            try:
+                await asyncio.wait({self._kill})
+            except asyncio.CancelledError:
+                self._kill.cancel()
+                raise
+            finally:
+                task, self._kill, self._running_plan = self._kill, None, None
+            if task.cancelled():
+                continue  # abandoned by a forced reset: already logged and closed
+            summary = task.result()  # a crash of the kill is the daemon's crash
             self.last_kill = {"kill_id": plan.kill_id, **summary}
             self.current_kill_id = None
             self._set_state(State.TRIPPED, f"kill {plan.kill_id} completed")

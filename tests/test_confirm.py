@@ -160,12 +160,15 @@ def gaps(times: Sequence[float]) -> list[float]:
 
 
 async def test_counts_each_outcome_in_its_category() -> None:
-    """CANCELLED counts as cancelled, EXECUTED as filled, other terminal statuses as other."""
+    """CANCELLED → cancelled, EXECUTED → filled, PARTIALLY_EXECUTED (terminal on futures) →
+    partially_filled, other terminal statuses → other."""
     clock = FakeClock(START)
     scripts: dict[str, Sequence[Answer]] = {
         "c1": ["OPEN", "CANCELLED"],
         "c2": ["CANCELLED"],
-        "f1": ["PARTIALLY_EXECUTED", "EXECUTED"],
+        "f1": ["OPEN", "EXECUTED"],
+        "p1": ["CANCELLATION_RAISED", "PARTIALLY_EXECUTED"],
+        "p2": ["PARTIALLY_EXECUTED", "CANCELLED"],  # never polled again: terminal at once
         "o1": ["EXPIRED"],
         "o2": ["REJECTED"],
         "o3": ["CANCELLATION_RAISED", "DISCARDED"],
@@ -181,6 +184,8 @@ async def test_counts_each_outcome_in_its_category() -> None:
     result = await finish(clock, confirmer)
 
     assert (result.cancelled, result.filled, result.other) == (2, 1, 4)
+    assert result.partially_filled == 2
+    assert len(source.times("p2")) == 1
     assert (result.unknown, result.unconfirmed) == (1, 1)
     assert result.resolved == len(scripts)
     assert result.pending == ()
@@ -190,6 +195,8 @@ async def test_counts_each_outcome_in_its_category() -> None:
         "c1": "CANCELLED",
         "c2": "CANCELLED",
         "f1": "EXECUTED",
+        "p1": "PARTIALLY_EXECUTED",
+        "p2": "PARTIALLY_EXECUTED",
         "o1": "EXPIRED",
         "o2": "REJECTED",
         "o3": "DISCARDED",
@@ -384,7 +391,7 @@ async def test_not_found_repeatedly_resolves_as_unknown() -> None:
 async def test_deadline_resolves_unconfirmed_with_last_status() -> None:
     """Not terminal ``deadline`` s after its first poll: unconfirmed, logged with last status."""
     clock = FakeClock(START)
-    source = ScriptedSource(clock, {"a": ["OPEN", "PARTIALLY_EXECUTED"]})
+    source = ScriptedSource(clock, {"a": ["OPEN", "CANCELLATION_RAISED"]})
     confirmer = Confirmer(source, config(deadline=5.0), clock)
 
     with capture_logs() as logs:
@@ -393,14 +400,14 @@ async def test_deadline_resolves_unconfirmed_with_last_status() -> None:
         result = await finish(clock, confirmer)
 
     assert result.outcomes == {"a": Outcome.UNCONFIRMED}
-    assert result.statuses == {"a": "PARTIALLY_EXECUTED"}
+    assert result.statuses == {"a": "CANCELLATION_RAISED"}
     assert source.times("a")[-1] == pytest.approx(START + 5.0)
     assert clock.monotonic() == pytest.approx(START + 5.0)
     [event] = events(logs, "order.unconfirmed")
     assert event == {
         "event": "order.unconfirmed",
         "order_id": "a",
-        "last_status": "PARTIALLY_EXECUTED",
+        "last_status": "CANCELLATION_RAISED",
         "log_level": "warning",
     }
 
@@ -583,7 +590,7 @@ async def test_closed_confirmer_with_no_ids_returns_at_once() -> None:
 
     result = await confirmer.run()
 
-    assert result == ConfirmResult(0, 0, 0, 0, 0, statuses={}, polls=0)
+    assert result == ConfirmResult(0, 0, 0, 0, 0, 0, statuses={}, polls=0)
     assert source.calls == []
 
 

@@ -191,7 +191,8 @@ async def test_crash_mid_confirmation_polls_only_what_is_pending(
         cancel_delay=(0.05, 2.0), fill_ratio=0.25, seed=13, status_limit=(2000, 1.0)
     )
     sim.seed({"BTCUSDT": 30, "ETHUSDT": 10})
-    config = write_config(workdir, url)
+    # Per-id polls resolve orders one by one (listings resolve them in a batch at the end).
+    config = write_config(workdir, url, confirm={"use_listings": False})
     first = DaemonProcess(config)
     await first.start()
     kill_id = await _start_kill(first, workdir)

@@ -141,3 +141,54 @@ async def test_reload_changes_targets_for_the_next_kill(running: Any, workdir: P
         (e["symbol"], e["order_count"]) for e in logs if e["event"] == "cancel_all.accepted"
     )
     assert accepted == [("BTCUSDT", 2), ("ETHUSDT", 3)]
+
+
+async def test_status_heartbeat_and_metrics_show_the_venue(running: Any) -> None:
+    """/status shows all four budgets, the exchange's clock and self-test, the guard; the
+    heartbeat answers the state (even with its trigger off); metrics carry the new outcomes."""
+    daemon, sim, logs = await running(sim_overrides={"partial_fill_ratio": 0.5})
+    sim.seed({"BTCUSDT": 6})
+    await _until(logs, "exchange.self_test")
+    status = daemon.status()
+    assert set(status["rate_limit"]) == {
+        "cancel_all",
+        "order_status",
+        "open_orders",
+        "closed_orders",
+    }
+    assert status["exchange"]["offset_ms"] is not None
+    assert status["exchange"]["self_test"]["ok"] is True
+    assert status["guard"]["active"] is False
+    assert status["stuck"] is None
+    assert daemon.heartbeat()["state"] == "ARMED"
+    daemon.trigger("metrics")
+    done = await _until(logs, "kill.completed")
+    assert done["flat"] is True
+    assert done["partially_filled"] == sim.stats()["partially_executed"] > 0
+    assert daemon.heartbeat()["state"] == "TRIPPED"
+    assert daemon.status()["guard"]["active"] is True
+    text = daemon.metrics().decode()
+    partial = (
+        f'killswitch_orders_final_total{{outcome="partially_filled"}} {done["partially_filled"]}.0'
+    )
+    assert partial in text
+    assert "killswitch_exchange_self_test_ok 1.0" in text
+    assert "killswitch_last_kill_flat 1.0" in text
+    assert 'killswitch_ratelimit_available{endpoint="closed_orders"}' in text
+
+
+async def test_failed_self_test_shows_and_the_daemon_keeps_running(running: Any) -> None:
+    """The venue refuses the key: the start-up self-test fails loudly (exchange.rejected with
+    the venue's message), status, metrics and systemd's STATUS= line say so, and the
+    daemon stays up and armed."""
+    daemon, _sim, logs = await running(sim_overrides={"api_key": "a-key-the-daemon-lacks"})
+    rejected = await _until(logs, "exchange.rejected")
+    assert rejected["http_status"] == 401
+    await _until(logs, "exchange.self_test")
+    test = daemon.status()["exchange"]["self_test"]
+    assert test["ok"] is False
+    assert test["checks"][0]["http_status"] == 401
+    assert "killswitch_exchange_self_test_ok 0.0" in daemon.metrics().decode()
+    assert "self-test FAILED (HTTP 401" in daemon.service.status_line()
+    assert daemon.status()["state"] == "ARMED"
+    assert not any(e["event"] == "daemon.crashed" for e in logs)

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from killswitch.config import parse_config
 from killswitch.kill import KillPlan
 from killswitch.store import StateStore
-from killswitch.switch import KillSwitch, State, TriggerOutcome
+from killswitch.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from tests.fakes import FakeClock, settle
 
 
@@ -25,12 +25,20 @@ class FakeRunner:
         self.plans: list[KillPlan] = []
         self.release = asyncio.Event()
         self.confirmer = None
+        self.cancelled: list[str] = []
+
+    def stuck_info(self) -> dict[str, Any] | None:
+        return {"why": "symbol suspended"}
 
     async def run(self, plan: KillPlan) -> dict[str, Any]:
         self.plans.append(plan)
         if plan.announce is not None:  # the real runner announces after its first sends
             plan.announce()
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(plan.kill_id)
+            raise
         self.release.clear()
         return {"source": plan.source, "cancelled": 1}
 
@@ -94,13 +102,15 @@ async def test_reset_refused_while_killing_then_rearms(switch: Any) -> None:
     sw, runner, store = switch
     rearmed: list[bool] = []
     sw.on_reset(lambda: rearmed.append(True))
+    assert sw.reset() is ResetOutcome.ALREADY_ARMED
     sw.trigger("manual", "x")
     await settle()
-    assert sw.reset() is False
+    assert sw.reset() is ResetOutcome.REFUSED
+    assert sw.state is State.KILLING
     runner.release.set()
     await settle()
-    assert sw.reset() is True
-    assert sw.state is State.ARMED
+    assert sw.reset() is ResetOutcome.REARMED
+    assert sw.state.value == "ARMED"
     assert rearmed == [True]
     await store.flush()
     assert store.latch()[0] is False
@@ -140,3 +150,31 @@ def test_restore_resumes_an_unfinished_kill(tmp_path: Path) -> None:
     assert plan.known_orders == {"o1": "CANCELLED", "o2": ""}
     assert plan.first_polled == {"o1": 3.0}
     store.close()
+
+
+async def test_forced_reset_abandons_the_running_kill(switch: Any) -> None:
+    """reset(force=True) while KILLING cancels the kill, logs kill.abandoned, closes its
+    record, clears the latch and re-arms; the next trigger starts a new kill."""
+    sw, runner, store = switch
+    kill_id = sw.trigger("manual", "x") and sw.current_kill_id
+    await settle()
+    with capture_logs() as logs:
+        assert sw.reset(force=True) is ResetOutcome.ABANDONED
+        await settle()
+    assert sw.state is State.ARMED
+    assert runner.cancelled == [kill_id]
+    [abandoned] = [e for e in logs if e["event"] == "kill.abandoned"]
+    assert abandoned["kill_id"] == kill_id
+    assert abandoned["why"] == "reset --force"
+    assert abandoned["stuck"] == "symbol suspended"
+    await store.flush()
+    assert store.latch()[0] is False
+    assert store.unfinished_kill() is None
+    last = store.last_kill()
+    assert last is not None
+    assert last.summary is not None
+    assert last.summary["abandoned"] is True
+    assert sw.trigger("manual", "again") is TriggerOutcome.STARTED
+    await settle()
+    assert len(runner.plans) == 2
+    assert sw.state.value == "KILLING"

@@ -1,0 +1,171 @@
+"""What the kill engine asks of the venue's listings (contract §1, the flat proof).
+
+:class:`Listings` is the engine's view: a complete open-orders listing of one
+target, closed-order pages searched for given ids, the orders closed since a
+moment (to find what a lost ``cancel_all`` answer would have named), and the
+venue's clock.  :class:`VenueListings` implements it over the exchange client
+and :mod:`killswitch.listing`; tests give the engine in-process fakes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Final, Protocol
+
+from killswitch import listing
+from killswitch.exchange import CLOSED_ORDERS, ExchangeClient
+from killswitch.log import get_logger
+from killswitch.orders import OrderPage
+
+__all__ = ["ListedOrder", "Listings", "VenueListings"]
+
+
+class ListedOrder(Protocol):
+    """An order as a listing shows it (``VenueOrder``)."""
+
+    @property
+    def order_id(self) -> str: ...
+
+    @property
+    def symbol(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def created_at(self) -> int: ...
+
+
+class Listings(Protocol):
+    async def list_open(
+        self, exchange: str, symbol: str | None, *, deep: bool
+    ) -> Mapping[str, ListedOrder]:
+        """Every open order of the target, by id (deep: back to ``flat.lookback_days``).
+
+        Raises ``ExchangeError`` when a call fails: the caller retries."""
+        ...
+
+    async def find_closed(
+        self, exchange: str, symbol: str | None, wanted: set[str], *, max_pages: int
+    ) -> Mapping[str, ListedOrder]:
+        """The ``wanted`` ids found in at most ``max_pages`` closed-order pages, newest first."""
+        ...
+
+    async def closed_since(
+        self, exchange: str, symbol: str | None, since_ms: int
+    ) -> Mapping[str, ListedOrder]:
+        """Orders that reached a closed status at or after ``since_ms`` (venue clock)."""
+        ...
+
+    def venue_ms(self, wall: float) -> int:
+        """The venue's clock (ms) at local wall-clock time ``wall`` (seconds)."""
+        ...
+
+    def closed_budget(self) -> int:
+        """Closed-order pages that could be requested now without waiting."""
+        ...
+
+
+WEEK_MS: Final = 7 * 86_400_000  # the widest window a listing call may span
+PAGE: Final = 50  # orders per listing call, at most
+RECOVER_MAX_PAGES: Final = 100  # closed_since() reads at most this many pages
+
+Fetch = Callable[..., Awaitable[OrderPage]]
+
+
+async def _pages(
+    fetch: Fetch,
+    exchange: str,
+    symbol: str | None,
+    *,
+    windows: list[tuple[int, int]] | None,
+    max_pages: int,
+) -> AsyncIterator[OrderPage]:
+    """Listing pages newest first: each window (or the default one) paged by cursor
+    while a page is full; ``to_time`` is inclusive, so a page may repeat the last
+    order of the one before (de-duplicate by id)."""
+    pages = 0
+    for window in windows or [None]:  # type: ignore[list-item]
+        to_time = None if window is None else window[1]
+        while pages < max_pages:
+            if window is None:
+                page = await fetch(exchange, symbol, limit=PAGE, to_time=to_time)
+            else:
+                page = await fetch(
+                    exchange, symbol, limit=PAGE, from_time=window[0], to_time=to_time
+                )
+            pages += 1
+            yield page
+            if len(page.orders) < PAGE or page.cursor is None:
+                break
+            # Fifty orders in one ms would page forever: step past that ms.
+            to_time = page.cursor if to_time is None or page.cursor < to_time else to_time - 1
+        if pages >= max_pages:
+            return
+
+
+class VenueListings:
+    """:class:`Listings` over the exchange client's listing calls (contract §2)."""
+
+    def __init__(self, client: ExchangeClient, lookback_days: Callable[[], float]) -> None:
+        self._client = client
+        self._lookback_days = lookback_days
+        self._log = get_logger(component="flat")
+
+    def _windows(self) -> list[tuple[int, int]]:
+        """7-day windows (venue clock, inclusive bounds) back to ``flat.lookback_days``."""
+        now = self._client.venue_now_ms()
+        oldest = now - int(self._lookback_days() * 86_400_000)
+        windows, end = [], now
+        while end > oldest:
+            start = max(oldest, end - WEEK_MS + 1)
+            windows.append((start, end))
+            end = start - 1
+        return windows
+
+    async def list_open(
+        self, exchange: str, symbol: str | None, *, deep: bool
+    ) -> Mapping[str, ListedOrder]:
+        found = await listing.list_open(
+            self._client, exchange, symbol, lookback_days=self._lookback_days(), deep=deep
+        )
+        return found.orders
+
+    async def find_closed(
+        self, exchange: str, symbol: str | None, wanted: set[str], *, max_pages: int
+    ) -> Mapping[str, ListedOrder]:
+        since = self._client.venue_now_ms() - int(self._lookback_days() * listing.DAY_MS)
+        return await listing.find_closed(
+            self._client, exchange, symbol, wanted, since_ms=since, max_pages=max_pages
+        )
+
+    async def closed_since(
+        self, exchange: str, symbol: str | None, since_ms: int
+    ) -> Mapping[str, ListedOrder]:
+        """Closed orders updated at or after ``since_ms``: the closed pages of the lookback,
+        newest first (at most :data:`RECOVER_MAX_PAGES`)."""
+        found: dict[str, ListedOrder] = {}
+        pages = 0
+        async for page in _pages(
+            self._client.closed_orders,
+            exchange,
+            symbol,
+            windows=self._windows(),
+            max_pages=RECOVER_MAX_PAGES,
+        ):
+            pages += 1
+            for order in page.orders:
+                if (order.updated_at or order.created_at) >= since_ms:
+                    found[order.order_id] = order
+        if pages >= RECOVER_MAX_PAGES:
+            self._log.warning(
+                "flat.recover_truncated", exchange=exchange, symbol=symbol, pages=pages
+            )
+        return found
+
+    def venue_ms(self, wall: float) -> int:
+        return self._client.venue_now_ms() - int((time.time() - wall) * 1000)
+
+    def closed_budget(self) -> int:
+        return self._client.limiters[CLOSED_ORDERS].available()
