@@ -322,6 +322,10 @@ class Confirmer:
         """(resolved, total) ids so far."""
         return self._resolved, len(self._orders)
 
+    def counts(self) -> dict[str, int]:
+        """The outcome counts so far, by name (:data:`OUTCOME_FIELDS`), without a snapshot."""
+        return {outcome.value: self._counts[outcome] for outcome in Outcome}
+
     def knows(self, order_id: str) -> bool:
         return order_id in self._orders
 

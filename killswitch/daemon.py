@@ -145,6 +145,7 @@ class Daemon:
             status_gate=self.status_limiter,
             listings=listings,
             on_gate_wait=self._status_gate_wait,
+            budgets=self.limiters,
         )
         self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
         self.guard = (
@@ -282,14 +283,12 @@ class Daemon:
         return outcome is not ResetOutcome.REFUSED, {"reset": outcome.value, **self.status()}
 
     def status(self) -> dict[str, Any]:
-        progress = self.switch.progress()
         hb_deadline = self.deadman.deadline
         return {
             "state": self.switch.state.value,
             "kill_id": self.switch.current_kill_id,
-            "progress": None
-            if progress is None
-            else {"confirmed": progress[0], "total": progress[1]},
+            # confirmed/total, outcomes, budgets and the estimate (killswitch/progress.py)
+            "progress": self.runner.progress() if self.switch.state is State.KILLING else None,
             "heartbeat_age": self.deadman.age(),
             "heartbeat_armed": hb_deadline is not None and self.deadman.enabled,
             "heartbeat_timeout": self.deadman.timeout,

@@ -50,6 +50,7 @@ from killswitch.errors import (
 )
 from killswitch.flat import ListedOrder, Listings
 from killswitch.log import get_logger
+from killswitch.progress import PROGRESS_EVERY, Budget, report
 from killswitch.store import StateStore
 
 __all__ = [
@@ -155,8 +156,10 @@ class KillRunner:
         listings: Listings | None = None,
         rng: random.Random | None = None,
         on_gate_wait: Callable[[float], None] | None = None,
+        budgets: Mapping[str, Budget] | None = None,
     ) -> None:
         self.status_gate = status_gate
+        self.budgets: Mapping[str, Budget] = budgets or {}  # for kill.progress and its estimate
         self.on_gate_wait = on_gate_wait
         self.config = config
         self.exchange = exchange
@@ -174,6 +177,7 @@ class KillRunner:
         self._answered: set[str] = set()  # ids some cancel_all answer named
         self._started = 0.0
         self._flat_ms: float | None = None
+        self._kill_id: str | None = None  # while a kill runs
 
     # ------------------------------------------------------------------ reading
 
@@ -202,6 +206,34 @@ class KillRunner:
             "next_retry_in": min(s["next_retry_in"] for s in sweeps),
             "sweeps": sweeps,
         }
+
+    def progress(self) -> dict[str, Any] | None:
+        """The running kill's progress report (:func:`killswitch.progress.report`); None
+        when no kill runs."""
+        confirmer = self.confirmer
+        if self._kill_id is None or confirmer is None:
+            return None
+        resolved, total = confirmer.progress()
+        return report(
+            kill_id=self._kill_id,
+            elapsed=self.clock.monotonic() - self._started,
+            resolved=resolved,
+            total=total,
+            outcomes=confirmer.counts(),
+            sweeps_left=sum(1 for u in self._units.values() for t in u.sweeps if not t.done()),
+            budgets=self.budgets,
+            stuck=bool(self.stuck),
+        )
+
+    async def _report_progress(self) -> None:
+        """``kill.progress`` every :data:`PROGRESS_EVERY` seconds until cancelled."""
+        while True:
+            await self.clock.sleep(PROGRESS_EVERY)
+            progress = self.progress()
+            if progress is not None:
+                budgets = progress.pop("budgets")
+                available = {name: b["available"] for name, b in budgets.items()}
+                self._log.info("kill.progress", **progress, budgets=available)
 
     @property
     def use_listings(self) -> bool:
@@ -299,10 +331,12 @@ class KillRunner:
     async def run(self, plan: KillPlan) -> dict[str, Any]:
         """Run ``plan`` to ``kill.completed``; returns the summary that was logged."""
         self._started = self.clock.monotonic()
+        self._kill_id = plan.kill_id
         structlog.contextvars.bind_contextvars(kill_id=plan.kill_id)
         try:
             return await self._run(plan, self._started)
         finally:
+            self._kill_id = None
             self.stuck.clear()
             structlog.contextvars.unbind_contextvars("kill_id")
 
@@ -378,6 +412,7 @@ class KillRunner:
                     sweeps=len(plan.sweeps),
                 )
             confirming = tg.create_task(confirmer.run())
+            reporting = tg.create_task(self._report_progress())
             work: list[asyncio.Task[Any]] = [s for u in self._units.values() for s in u.sweeps]
             if listing:
                 work += [
@@ -388,6 +423,7 @@ class KillRunner:
                 await task
             confirmer.close()
             result = await confirming
+            reporting.cancel()
         summary = self._summary(plan, result, started)
         self._log.info("kill.completed", **summary)
         self.store.complete_kill(kill_id, self.clock.time(), summary)

@@ -89,6 +89,18 @@ class SlidingWindowLimiter:
         """Seconds until a request may be sent (0 when one may go now)."""
         return max(0.0, self._ready_at() - self._clock.monotonic())
 
+    def time_for(self, n: int) -> float:
+        """Seconds until ``n`` more requests could all have left, sent as fast as the window
+        allows from now (0 when ``n`` are available now): the refill, for an estimate."""
+        now = self._clock.monotonic()
+        sent = list(self._sent)
+        at = max(now, self._not_before)
+        for _ in range(max(0, n)):
+            if len(sent) >= self.requests:
+                at = max(at, sent[-self.requests] + self.window)
+            sent.append(at)
+        return at - now if n > 0 else 0.0
+
     def history(self) -> list[float]:
         return list(self._sent)
 

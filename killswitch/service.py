@@ -2,7 +2,7 @@
 
 ``READY=1``/``RELOADING=1``/``STOPPING=1`` go out through :meth:`Service.notify`,
 which logs ``notify.failed`` when a datagram cannot be sent.  The ``STATUS=``
-line follows the switch (``ARMED``, ``KILLING 412/500 confirmed``, ``TRIPPED at
+line follows the switch (``ARMED``, ``KILLING 412/500 confirmed, ~40 s left``, ``TRIPPED at
 <time> by <source>``) and is refreshed while a kill runs.  Watchdog pings stop
 as soon as a watcher task is no longer running, so systemd restarts the daemon.
 """
@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from killswitch.clock import Clock
 from killswitch.log import get_logger
 from killswitch.notify import Notifier, watchdog_loop
+from killswitch.progress import format_eta
 from killswitch.switch import KillSwitch, State
 
 __all__ = ["STATUS_REFRESH", "Service"]
@@ -65,9 +66,10 @@ class Service:
     def _state_line(self) -> str:
         state = self.switch.state
         if state is State.KILLING:
-            progress = self.switch.progress()
-            if progress is not None and progress[1] > 0:
-                return f"KILLING {progress[0]}/{progress[1]} confirmed"
+            progress = self.switch.runner.progress()
+            if progress is not None and progress["total"] > 0:
+                eta = format_eta(progress["eta_s"])
+                return f"KILLING {progress['confirmed']}/{progress['total']} confirmed, {eta}"
             return "KILLING"
         if state is State.TRIPPED and self.switch.last_kill is not None:
             source = self.switch.last_kill.get("source", "?")

@@ -1,0 +1,101 @@
+"""A kill you can watch: kill.progress on a virtual clock, its estimate from the budgets,
+and the STATUS= line that carries it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from structlog.testing import capture_logs
+
+from killswitch.kill import KillPlan, KillRunner, plan_sweeps
+from killswitch.progress import PROGRESS_EVERY, estimate, format_eta
+from killswitch.ratelimit import SlidingWindowLimiter
+from killswitch.store import StateStore
+from tests.fake_venue import Listed, VenueFake
+from tests.fakes import FakeClock
+from tests.test_kill import make_config, named
+
+
+class LimitedVenue(VenueFake):
+    """The in-process venue, with cancels and status polls paid through real sliding windows."""
+
+    limiter: SlidingWindowLimiter
+    cancel_limiter: SlidingWindowLimiter
+
+    async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
+        await self.cancel_limiter.acquire()
+        return await super().cancel_all(exchange, symbol)
+
+    async def order_status(self, order_id: str) -> Listed:
+        await self.limiter.acquire()
+        return await super().order_status(order_id)
+
+
+def test_time_for_plays_the_window_forward() -> None:
+    """20 per 60 s with 20 just sent: 1 more needs the window (60.5 s), 21 more need two."""
+    clock = FakeClock(100.0)
+    limiter = SlidingWindowLimiter("s", 20, 60.0, clock, margin=0.5, history=[100.0] * 20)
+    assert limiter.time_for(0) == 0.0
+    assert limiter.time_for(1) == 60.5
+    assert limiter.time_for(20) == 60.5
+    assert limiter.time_for(21) == 121.0
+    fresh = SlidingWindowLimiter("s", 20, 60.0, clock)
+    assert fresh.time_for(20) == 0.0
+    assert estimate({"s": 21, "other": 5}, {"s": limiter}) == 121.0
+
+
+def test_format_eta_reads_in_seconds_or_minutes() -> None:
+    """Short estimates in s, long ones in min; a stuck kill has none."""
+    assert format_eta(None) == "no estimate"
+    assert format_eta(0.2) == "finishing"
+    assert format_eta(42.4) == "~42 s left"
+    assert format_eta(210.0) == "~3.5 min left"
+
+
+async def test_kill_progress_every_few_seconds_with_an_estimate(tmp_path: Path) -> None:
+    """50 orders at 20 status polls per minute: kill.progress every PROGRESS_EVERY s with
+    confirmed/total, outcomes, the budgets left and an estimate that matches the real end."""
+    clock = FakeClock(1_000.0)
+    venue = LimitedVenue(clock)
+    venue.limiter = SlidingWindowLimiter("order_status", 20, 60.0, clock, margin=0.5)
+    cancel = venue.cancel_limiter = SlidingWindowLimiter("cancel_all", 10, 60.0, clock)
+    venue.seed("BTC", 50)
+    config = make_config(use_listings=False)
+    store = StateStore(tmp_path / "state.db")
+    store.open()
+    runner = KillRunner(
+        config,
+        venue,
+        store,
+        clock,
+        status_gate=venue.limiter,
+        budgets={"cancel_all": cancel, "order_status": venue.limiter},
+    )
+    sweeps = plan_sweeps(config.targets)
+    store.start_kill("k1", "manual", "test", clock.time(), sweeps)
+    assert runner.progress() is None  # no kill yet
+    with capture_logs() as logs:
+        task = asyncio.create_task(runner.run(KillPlan("k1", "manual", "test", sweeps)))
+        await clock.run_until(task)
+    store.close()
+    summary: dict[str, Any] = task.result()
+    duration = summary["duration_ms"] / 1000
+
+    events = named(logs, "kill.progress")
+    assert len(events) == int(duration // PROGRESS_EVERY)  # every 5 s, none after the end
+    assert all(e["kill_id"] == "k1" and e["total"] == 50 for e in events)
+    confirmed = [e["confirmed"] for e in events]
+    assert confirmed == sorted(confirmed)
+    assert confirmed[0] == 20
+    assert confirmed[-1] < 50
+    first = events[0]
+    assert first["outcomes"]["cancelled"] == 20
+    assert first["budgets"] == {"cancel_all": 9, "order_status": 0}
+    assert first["sweeps_left"] == 0
+    # 30 polls left at 20 per 60.5 s: the estimate names the end the kill really had.
+    assert abs(first["elapsed_s"] + first["eta_s"] - duration) < 1.0
+    assert all(abs(e["elapsed_s"] + e["eta_s"] - duration) < 1.0 for e in events)
+    assert summary["cancelled"] == 50
+    assert runner.progress() is None  # the kill is over
