@@ -8,14 +8,15 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from killswitch import __version__
 from killswitch.config import Config, ConfigError, as_dict, load_config
 from killswitch.control import ControlClient, DaemonUnavailable, SocketInUse
 from killswitch.credentials import load_credentials
+from killswitch.status_view import format_status, render_watch
 
 __all__ = ["main"]
 
@@ -151,86 +152,56 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
     status, body = _call(args, "POST", "/heartbeat")
     if status < 0:
         return int(body)
-    return EXIT_OK if status == 200 else EXIT_FAIL
-
-
-def _age(value: float | None) -> str:
-    return "never" if value is None else f"{value:.3f}s ago"
-
-
-def format_status(s: dict[str, Any]) -> str:
-    rows = [("state", s["state"])]
-    if s.get("progress"):
-        rows.append(
-            ("progress", f"{s['progress']['confirmed']}/{s['progress']['total']} confirmed")
-        )
-    rows.append(
-        (
-            "heartbeat",
-            f"{_age(s.get('heartbeat_age'))} (armed: {s.get('heartbeat_armed')},"
-            f" timeout {s.get('heartbeat_timeout')}s)",
-        )
-    )
-    pnl = s.get("pnl")
-    rows.append(
-        (
-            "pnl",
-            "none yet"
-            if pnl is None
-            else f"{pnl} ({_age(s.get('pnl_age'))}, threshold {s.get('pnl_threshold')})",
-        )
-    )
-    last = s.get("last_kill")
-    if last:
-        rows.append(
-            (
-                "last kill",
-                f"{last.get('kill_id')} by {last.get('source')}: "
-                + (
-                    f"abandoned ({last.get('why')})"
-                    if last.get("abandoned")
-                    else f"{last.get('cancelled')} cancelled, {last.get('filled')} filled, "
-                    f"{last.get('partially_filled', 0)} partially filled, "
-                    f"{last.get('other')} other, {last.get('unknown')} unknown, "
-                    f"{last.get('unconfirmed')} unconfirmed, flat: {last.get('flat')}, "
-                    f"{last.get('leftover', 0)} leftover, in {last.get('duration_ms')} ms"
-                ),
-            )
-        )
-    else:
-        rows.append(("last kill", "none"))
-    stuck = s.get("stuck")
-    if stuck:
-        rows.append(
-            (
-                "STUCK",
-                f"{stuck.get('why')} (HTTP {stuck.get('http_status')}), next retry in "
-                f"{stuck.get('next_retry_in')}s; `killswitch reset --force` abandons the kill",
-            )
-        )
-    guard = s.get("guard")
-    if guard and guard.get("last_run"):
-        run = guard["last_run"]
-        rows.append(
-            ("guard", f"last run: {run.get('open')} open found, errors {run.get('errors')}")
-        )
-    for name, lim in (s.get("rate_limit") or {}).items():
-        rows.append(
-            (
-                f"budget {name}",
-                f"{lim['available']}/{lim['limit']} now, next in {lim['next_free_in']}s",
-            )
-        )
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    if status != 200:
+        return _fail(f"killswitch: heartbeat refused (HTTP {status}): {body}", EXIT_FAIL)
+    kill = f" (kill {body['kill_id']})" if body.get("kill_id") else ""
+    trigger = "" if body.get("heartbeat_trigger", True) else "; the heartbeat trigger is off"
+    print(f"heartbeat accepted: state {body.get('state')}{kill}{trigger}")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        client = _control(args)
+        if isinstance(client, int):
+            return client
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                return asyncio.run(watch(client, args.interval, sys.stdout))
+        except DaemonUnavailable as exc:
+            return _fail(f"killswitch: {exc}", EXIT_FAIL)
+        return EXIT_OK
     status, body = _call(args, "GET", "/status")
     if status < 0:
         return int(body)
     print(json.dumps(body, indent=2) if args.json else format_status(body))
     return EXIT_OK
+
+
+async def watch(
+    client: ControlClient,
+    interval: float,
+    out: TextIO,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> int:
+    """Redraw the status every ``interval`` s until a kill that was seen running has ended
+    (or forever while none runs: Ctrl-C stops it).  On a terminal each screen replaces
+    the last; otherwise screens follow one another (a log, a pipe)."""
+    from datetime import UTC, datetime
+
+    clear = "\x1b[H\x1b[2J" if out.isatty() else ""
+    seen_kill = False
+    while True:
+        _, body = await client.request("GET", "/status")
+        now = datetime.now(UTC).strftime("%H:%M:%SZ")
+        out.write(clear + render_watch(body, now=now, socket=str(client.path)))
+        out.flush()
+        if body["state"] == "KILLING":
+            seen_kill = True
+        elif seen_kill:
+            return EXIT_OK
+        await sleep(interval)
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
@@ -340,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     with_config("heartbeat", "send one heartbeat").set_defaults(fn=cmd_heartbeat)
     p = with_config("status", "show state, heartbeat, PnL and the last kill")
     p.add_argument("--json", action="store_true", help="print the body of GET /status")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw the status, with a kill's progress bar and estimate, until a running"
+        " kill ends (Ctrl-C stops it)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, metavar="S", help="seconds between redraws"
+    )
     p.set_defaults(fn=cmd_status)
     p = with_config("reset", "re-arm a tripped switch")
     p.add_argument(

@@ -7,8 +7,10 @@ refused; a stale socket file left by a crash is removed.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
+import pwd
 import socket
 import stat
 from collections.abc import Callable
@@ -31,6 +33,27 @@ class SocketInUse(Exception):
 
 class DaemonUnavailable(Exception):
     """No daemon answers on the control socket."""
+
+
+def permission_problem(path: Path) -> str:
+    """What to tell a user the control socket refused (mode 0600: its owner only)."""
+    try:
+        owner = path.stat().st_uid
+        try:
+            who = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            who = f"uid {owner}"
+    except OSError:
+        who = "the daemon's user"
+    try:
+        me = getpass.getuser()
+    except (KeyError, OSError):
+        me = "?"
+    return (
+        f"permission denied on the control socket {path} for user {me} "
+        f"(uid {os.getuid()}); the daemon may well be running: the socket belongs to "
+        f"{who}. Run this with sudo, or as the service user (sudo -u {who} killswitch ...)"
+    )
 
 
 class Controllable(Protocol):
@@ -165,6 +188,14 @@ class ControlClient:
                 session.request(method, f"http://killswitch{route}", json=body) as resp,
             ):
                 return resp.status, parse(await resp.read())
+        except PermissionError:
+            raise DaemonUnavailable(permission_problem(self.path)) from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, PermissionError):
+                raise DaemonUnavailable(permission_problem(self.path)) from None
+            raise DaemonUnavailable(
+                f"no daemon answers on {self.path} ({type(exc).__name__})"
+            ) from None
         except (aiohttp.ClientConnectionError, FileNotFoundError, TimeoutError) as exc:
             raise DaemonUnavailable(
                 f"no daemon answers on {self.path} ({type(exc).__name__})"

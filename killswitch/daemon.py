@@ -312,6 +312,11 @@ class Daemon:
                 "heartbeat": self.config.triggers.heartbeat.enabled,
                 "pnl": self.config.triggers.pnl.enabled,
             },
+            "trigger_states": {  # each trigger's own state, in words (status_view.py)
+                "signal": "watching" if self.config.triggers.signal.enabled else "off",
+                "heartbeat": self.deadman.state(),
+                "pnl": self.pnl.state() if self.config.triggers.pnl.enabled else "off",
+            },
             "uptime": round(self.clock.monotonic() - self._started, 3),
             "pid": os.getpid(),
             "version": __version__,

@@ -42,12 +42,14 @@ class DeadManSwitch:
         self._moved = asyncio.Event()
         self._log = get_logger()
         self.beats = 0
+        self.fired = False  # fired since the last heartbeat
 
     def beat(self) -> None:
         """A heartbeat arrived: (re-)arm and move the deadline."""
         now = self.clock.monotonic()
         self.beats += 1
         self.last_beat = now
+        self.fired = False
         armed = self.deadline is not None
         self.deadline = now + self.timeout
         if not armed:  # the watcher waits for a deadline: wake it
@@ -62,6 +64,14 @@ class DeadManSwitch:
             assert base is not None
             self.deadline = base + timeout
         self._moved.set()
+
+    def state(self) -> str:
+        """The trigger's own state, in words an operator cannot misread."""
+        if not self.enabled:
+            return "off"
+        if self.deadline is not None:
+            return "watching"
+        return "fired, waiting for heartbeats" if self.fired else "waiting for first heartbeat"
 
     def age(self) -> float | None:
         """Seconds since the last heartbeat, or None before the first."""
@@ -83,6 +93,7 @@ class DeadManSwitch:
             base = self.last_beat if self.last_beat is not None else self._armed_at
             observed = self.clock.monotonic() - base if base is not None else self.timeout
             self.deadline = None
+            self.fired = True
             self._log.error(
                 "heartbeat.timeout",
                 age=round(observed, 6),

@@ -115,6 +115,18 @@ class PnlMonitor:
         self._stale_fired = False
         self._started = self.clock.monotonic()
 
+    def state(self) -> str:
+        """The trigger's own state (the edge it waits for), in words."""
+        if self._stale_fired:
+            return "stale: fired, waits for a fresh reading"
+        if self.value is None:
+            return "waiting for first reading"
+        if self._above is False:
+            if self.value < self.threshold:
+                return "below threshold: waits for a recovery above it"
+            return "re-armed: waits for a reading at or above the threshold"
+        return "watching"
+
     def stale_deadline(self) -> float | None:
         if self.stale_after <= 0 or self._stale_fired:
             return None

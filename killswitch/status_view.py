@@ -1,0 +1,143 @@
+"""The human view of ``GET /status``: ``killswitch status`` and ``killswitch status --watch``.
+
+Pure functions from the status body to text, so tests render them to a string.
+Words are chosen so they cannot be misread: the switch's state says what it
+means (``TRIPPED`` is latched until a reset), each trigger has its own state
+beside it (a re-armed switch whose PnL is still low says the PnL trigger waits
+for a recovery first), and durations read in s, min or h.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from killswitch.progress import format_eta
+
+__all__ = ["STATE_WORDS", "duration", "format_status", "progress_bar", "render_watch"]
+
+STATE_WORDS: Final = {
+    "ARMED": "ARMED: watching the triggers",
+    "KILLING": "KILLING: cancelling and confirming every open order",
+    "TRIPPED": "TRIPPED: the kill is done; latched until `killswitch reset`",
+}
+
+BAR_WIDTH: Final = 40
+
+
+def duration(seconds: float | None) -> str:
+    """``0.4 s``, ``42 s``, ``3.5 min``, ``2.0 h``."""
+    if seconds is None:
+        return "?"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _ago(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{duration(seconds)} ago"
+
+
+def progress_bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
+    """``[##########----------]  50/100``."""
+    filled = 0 if total <= 0 else min(width, done * width // total)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}"
+
+
+def _heartbeat(s: dict[str, Any]) -> str:
+    state = (s.get("trigger_states") or {}).get("heartbeat")
+    timeout = duration(s.get("heartbeat_timeout"))
+    last = _ago(s.get("heartbeat_age"))
+    if state is None:  # an older daemon
+        state = "watching" if s.get("heartbeat_armed") else "not watching"
+    return f"{state} (last heartbeat {last}, timeout {timeout})"
+
+
+def _pnl(s: dict[str, Any]) -> str:
+    state = (s.get("trigger_states") or {}).get("pnl") or "?"
+    pnl = s.get("pnl")
+    reading = (
+        "no reading yet" if pnl is None else f"last {pnl} ({_ago(s.get('pnl_age'))})"
+    ) + f", threshold {s.get('pnl_threshold')}"
+    return f"{state} ({reading})"
+
+
+def _last_kill(last: dict[str, Any] | None) -> str:
+    if not last:
+        return "none"
+    head = f"{last.get('kill_id')} by {last.get('source')}: "
+    if last.get("abandoned"):
+        return head + f"abandoned ({last.get('why')})"
+    ms = last.get("duration_ms")
+    took = "?" if ms is None else duration(ms / 1000)
+    return head + (
+        f"{last.get('cancelled')} cancelled, {last.get('filled')} filled, "
+        f"{last.get('partially_filled', 0)} partially filled, "
+        f"{last.get('other')} other, {last.get('unknown')} unknown, "
+        f"{last.get('unconfirmed')} unconfirmed, flat: {last.get('flat')}, "
+        f"{last.get('leftover', 0)} leftover, in {took}"
+    )
+
+
+def _progress_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [
+        ("progress", f"{progress_bar(p['confirmed'], p['total'])} confirmed"),
+        ("estimate", f"{format_eta(p.get('eta_s'))} (running {duration(p.get('elapsed_s'))})"),
+    ]
+    outcomes = p.get("outcomes") or {}
+    if outcomes:
+        rows.append(("outcomes", ", ".join(f"{n} {k}" for k, n in outcomes.items())))
+    if p.get("sweeps_left"):
+        rows.append(("sweeps", f"{p['sweeps_left']} cancel_all not yet acknowledged"))
+    return rows
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """``killswitch status``: one row per fact, the key a single word."""
+    rows = [("state", STATE_WORDS.get(s["state"], s["state"]))]
+    if s.get("progress"):
+        rows += _progress_rows(s["progress"])
+    states = s.get("trigger_states") or {}
+    if "signal" in states:
+        rows.append(("signal", f"{states['signal']} (SIGUSR1 kills)"))
+    rows.append(("heartbeat", _heartbeat(s)))
+    rows.append(("pnl", _pnl(s)))
+    rows.append(("last_kill", _last_kill(s.get("last_kill"))))
+    stuck = s.get("stuck")
+    if stuck:
+        rows.append(
+            (
+                "STUCK",
+                f"{stuck.get('why')} (HTTP {stuck.get('http_status')}), next retry in "
+                f"{duration(stuck.get('next_retry_in'))}; `killswitch reset --force` "
+                "abandons the kill",
+            )
+        )
+    store = s.get("store")
+    if store and not store.get("ok"):
+        rows.append(("store", f"NOT OK: {store.get('problem')}"))
+    guard = s.get("guard")
+    if guard and guard.get("last_run"):
+        run = guard["last_run"]
+        rows.append(
+            ("guard", f"last run: {run.get('open')} open found, errors {run.get('errors')}")
+        )
+    for name, lim in (s.get("rate_limit") or {}).items():
+        rows.append(
+            (
+                f"budget:{name}",
+                f"{lim['available']}/{lim['limit']} free now, next free in "
+                f"{duration(lim['next_free_in'])}",
+            )
+        )
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def render_watch(s: dict[str, Any], *, now: str, socket: str) -> str:
+    """One screen of ``killswitch status --watch``: a header, then the status rows."""
+    header = f"killswitch status --watch  {socket}  {now}  (Ctrl-C to stop)"
+    return f"{header}\n{'-' * len(header)}\n{format_status(s)}\n"
