@@ -141,7 +141,6 @@ class Daemon:
             self.exchange,
             self.store,
             self.clock,
-            on_outcome=self._count_request,
             status_gate=self.status_limiter,
             listings=listings,
             on_gate_wait=self._status_gate_wait,
@@ -158,7 +157,6 @@ class Daemon:
                 self.clock,
                 tripped=lambda: self.switch.state is State.TRIPPED,
                 status_gate=self.status_limiter,
-                on_outcome=self._count_request,
                 on_swept=self.prom.guard_swept.inc,
                 on_gate_wait=self._status_gate_wait,
             )
@@ -190,6 +188,8 @@ class Daemon:
             state=lambda: self.switch.state.value,
             available={name: lim.available for name, lim in self.limiters.items()},
         )
+        self.prom.count_requests(lambda: self.exchange.requests_sent)
+        self.prom.clock_offset.set_function(self._clock_offset)
         self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
         self.prom.self_test_ok.set_function(self._self_test_gauge)
 
@@ -207,6 +207,10 @@ class Daemon:
                 f"{first.get('message') or first.get('error')})"
             )
         return None
+
+    def _clock_offset(self) -> float:
+        offset = self.exchange.health().get("offset_ms")
+        return float("nan") if offset is None else offset / 1000
 
     def _self_test_gauge(self) -> float:
         test = self.exchange.health().get("self_test")
@@ -233,16 +237,17 @@ class Daemon:
             self.service.send_status(force=True)
         await self.exchange.run_background()
 
-    def _count_request(self, endpoint: str, outcome: str) -> None:
-        self.prom.requests.labels(endpoint, outcome).inc()
-
     def _state_changed(self, state: State, why: str) -> None:
         if self.guard is not None:
             self.guard.state_changed()
         if state is State.KILLING:
-            self.prom.kills.labels(why.split(":", 1)[0]).inc()
+            self.prom.kills.labels(self.switch.kill_source or "unknown").inc()
         elif state is State.TRIPPED:
             last = self.switch.last_kill or {}
+            if last.get("duration_ms") is not None:
+                self.prom.kill_seconds.observe(last["duration_ms"] / 1000)
+            if last.get("flat_ms") is not None:
+                self.prom.flat_seconds.observe(last["flat_ms"] / 1000)
             for outcome in OUTCOME_FIELDS:
                 self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
             self.prom.leftovers.inc(last.get("leftover", 0))

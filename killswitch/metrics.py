@@ -1,10 +1,26 @@
-"""Prometheus metrics for ``GET /metrics`` (prometheus-client, own registry)."""
+"""Prometheus metrics for ``GET /metrics`` (prometheus-client, own registry).
+
+Requests by endpoint and outcome are read at scrape time from the exchange
+client's own counts (every endpoint, the server-time call too), so nothing
+counts them twice.  The process collector adds ``process_*`` (CPU, memory,
+open files) wherever ``/proc/stat`` is readable; the systemd units'
+``ProcSubset=pid`` hides it, and then those series are absent (README).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
 
@@ -22,12 +38,6 @@ class Metrics:
             "killswitch_triggers",
             "Triggers fired, by source and outcome",
             ["source", "outcome"],
-            registry=r,
-        )
-        self.requests = Counter(
-            "killswitch_exchange_requests",
-            "Exchange requests by endpoint and outcome",
-            ["endpoint", "outcome"],
             registry=r,
         )
         self.orders = Counter(
@@ -86,6 +96,29 @@ class Metrics:
             registry=r,
         )
 
+        self.kill_seconds = Histogram(
+            "killswitch_kill_duration_seconds",
+            "From the trigger to kill.completed (every order resolved)",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.flat_seconds = Histogram(
+            "killswitch_kill_flat_seconds",
+            "From the trigger to kill.flat (every target listed empty)",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.clock_offset = Gauge(
+            "killswitch_exchange_clock_offset_seconds",
+            "The exchange's clock minus ours, from the last server-time call (NaN: none yet)",
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+
+    def count_requests(self, sent: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        """``killswitch_exchange_requests_total{endpoint,outcome}`` from ``sent()`` at scrape."""
+        self.registry.register(_RequestsCollector(sent))
+
     def watch(
         self,
         *,
@@ -106,6 +139,29 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+
+
+class _RequestsCollector(Collector):
+    def __init__(self, sent: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        self._sent = sent
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "killswitch_exchange_requests",
+            "Exchange requests that left the daemon, by endpoint and outcome"
+            " (ok, or the error kind)",
+            labels=["endpoint", "outcome"],
+        )
+        for endpoint, by_outcome in sorted(self._sent().items()):
+            for outcome, n in sorted(by_outcome.items()):
+                family.add_metric([endpoint, outcome], n)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return self.collect()
 
 
 def _or(value: float | None, default: float) -> float:

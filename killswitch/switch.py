@@ -253,6 +253,12 @@ class KillSwitch:
             return True
         return await sleep_or_wake(self.clock, grace, self._idle)
 
+    @property
+    def kill_source(self) -> str | None:
+        """The trigger source of the kill that runs or is about to (for metrics)."""
+        plan = self._running_plan or self._pending
+        return None if plan is None else plan.source
+
     def progress(self) -> tuple[int, int] | None:
         confirmer = self.runner.confirmer
         if self.state is not State.KILLING or confirmer is None:
