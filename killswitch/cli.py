@@ -16,7 +16,6 @@ from killswitch import __version__
 from killswitch.config import Config, ConfigError, as_dict, load_config
 from killswitch.control import ControlClient, DaemonUnavailable, SocketInUse
 from killswitch.credentials import load_credentials
-from killswitch.status_view import format_status, render_watch
 
 __all__ = ["main"]
 
@@ -35,6 +34,7 @@ def _fail(message: str, code: int) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from killswitch.daemon import Daemon
     from killswitch.log import configure_logging
+    from killswitch.loop import run as run_loop
 
     try:
         config = _config(args.config)
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     configure_logging(config.log.level, config.log.format)
     try:
-        return asyncio.run(Daemon(config, credentials).serve())
+        return run_loop(Daemon(config, credentials).serve())
     except SocketInUse as exc:
         return _fail(f"killswitch: {exc}", EXIT_FAIL)
 
@@ -161,6 +161,8 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from killswitch.status_view import format_status  # not on the daemon's start path
+
     if args.watch:
         client = _control(args)
         if isinstance(client, int):
@@ -189,6 +191,8 @@ async def watch(
     (or forever while none runs: Ctrl-C stops it).  On a terminal each screen replaces
     the last; otherwise screens follow one another (a log, a pipe)."""
     from datetime import UTC, datetime
+
+    from killswitch.status_view import render_watch
 
     clear = "\x1b[H\x1b[2J" if out.isatty() else ""
     seen_kill = False
