@@ -214,13 +214,24 @@ class KillRunner:
         if self._kill_id is None or confirmer is None:
             return None
         resolved, total = confirmer.progress()
+        sweeps_left = sum(1 for u in self._units.values() for t in u.sweeps if not t.done())
+        pending = total - resolved
+        if self.use_listings:  # outcomes come from listings: a page per 49 orders
+            remaining = {
+                "cancel_all": sweeps_left,
+                "open_orders": sum(1 for u in self._units.values() if not u.flat),
+                "closed_orders": math.ceil(pending / NEW_PER_PAGE),
+            }
+        else:
+            remaining = {"cancel_all": sweeps_left, "order_status": pending}
         return report(
             kill_id=self._kill_id,
             elapsed=self.clock.monotonic() - self._started,
             resolved=resolved,
             total=total,
             outcomes=confirmer.counts(),
-            sweeps_left=sum(1 for u in self._units.values() for t in u.sweeps if not t.done()),
+            sweeps_left=sweeps_left,
+            remaining=remaining,
             budgets=self.budgets,
             stuck=bool(self.stuck),
         )

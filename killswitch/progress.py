@@ -4,15 +4,17 @@ The kill engine logs ``kill.progress`` every :data:`PROGRESS_EVERY` seconds
 while a kill runs; ``GET /status`` ("progress"), ``killswitch status --watch``
 and systemd's ``STATUS=`` line show the same report.
 
-The estimate (``eta_s``) is what the budgets allow: the sweeps not yet
-acknowledged each need a ``cancel_all``, and every order not yet resolved is
-counted as one more status poll; each endpoint's sliding window is played
-forward from its real send log (:meth:`SlidingWindowLimiter.time_for`), and the
-slowest endpoint sets the time.  Listings usually resolve orders for fewer
-requests, so the kill tends to end sooner than estimated, not later; what the
-budgets cannot see (the venue's answer times, a listing still finding
-leftovers) is not in it.  A stuck kill (a ``cancel_all`` the venue keeps
-rejecting) has no estimate (``None``).
+The estimate (``eta_s``) is the time the budgets need for the requests
+still to come: a ``cancel_all`` per sweep not yet acknowledged, and for the
+orders not yet resolved either one status poll each (``confirm.use_listings =
+false``) or, with the flat proof, one open listing per target not yet flat and
+a closed-orders page per 49 orders.  Each endpoint's sliding window is played
+forward from its real send log (:meth:`SlidingWindowLimiter.time_for`); the
+slowest endpoint sets the time.  It is the budgets' pace only: what they
+cannot see (an order the venue keeps in ``CANCELLATION_RAISED``, status polls
+the confirmer adds when pages do not fit the budget) makes a kill take longer.
+A stuck kill (a ``cancel_all`` the venue keeps rejecting) has no estimate
+(``None``).
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ def report(
     total: int,
     outcomes: Mapping[str, int],
     sweeps_left: int,
+    remaining: Mapping[str, int],
     budgets: Mapping[str, Budget],
     stuck: bool,
 ) -> dict[str, Any]:
-    """The progress report of a running kill (``GET /status`` "progress")."""
-    remaining = {"cancel_all": sweeps_left, "order_status": total - resolved}
+    """The progress report of a running kill (``GET /status`` "progress"); ``remaining``
+    is the requests still needed, by endpoint."""
     return {
         "kill_id": kill_id,
         "elapsed_s": round(elapsed, 3),
@@ -65,6 +68,7 @@ def report(
         "total": total,
         "outcomes": dict(outcomes),
         "sweeps_left": sweeps_left,
+        "requests_left": {name: n for name, n in remaining.items() if n > 0},
         "budgets": {
             name: {
                 "available": budget.available(),
@@ -78,11 +82,12 @@ def report(
 
 
 def format_eta(seconds: float | None) -> str:
-    """``~40 s left``, ``~3.5 min left``; ``no estimate`` (stuck) when None."""
+    """``~40 s left``, ``~3.5 min left``; ``no estimate`` (stuck) when None; under a second,
+    the budgets hold nothing back: the rest is the venue's time."""
     if seconds is None:
         return "no estimate"
     if seconds < 1:
-        return "finishing"
+        return "waiting on the venue"
     if seconds < 120:
         return f"~{seconds:.0f} s left"
     return f"~{seconds / 60:.1f} min left"

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.e2e
 SimFactory = Callable[..., Awaitable[tuple[SimExchange, str]]]
 
 WATCHDOG_USEC = 200_000  # pings expected every 0.1 s
-PROGRESS = re.compile(r"KILLING (\d+)/(\d+) confirmed, (?:~[\d.]+ (?:s|min) left|finishing)")
+PROGRESS = re.compile(
+    r"KILLING (\d+)/(\d+) confirmed, (?:~[\d.]+ (?:s|min) left|waiting on the venue)"
+)
 TRIPPED = re.compile(r"TRIPPED at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) by (\w+)")
 
 # Runs the real CLI in a child process whose heartbeat watcher is replaced by one

@@ -49,7 +49,7 @@ def test_time_for_plays_the_window_forward() -> None:
 def test_format_eta_reads_in_seconds_or_minutes() -> None:
     """Short estimates in s, long ones in min; a stuck kill has none."""
     assert format_eta(None) == "no estimate"
-    assert format_eta(0.2) == "finishing"
+    assert format_eta(0.2) == "waiting on the venue"
     assert format_eta(42.4) == "~42 s left"
     assert format_eta(210.0) == "~3.5 min left"
 
@@ -99,3 +99,34 @@ async def test_kill_progress_every_few_seconds_with_an_estimate(tmp_path: Path) 
     assert all(abs(e["elapsed_s"] + e["eta_s"] - duration) < 1.0 for e in events)
     assert summary["cancelled"] == 50
     assert runner.progress() is None  # the kill is over
+
+
+async def test_with_listings_the_estimate_counts_pages_not_polls(tmp_path: Path) -> None:
+    """With the flat proof, the requests left are one open listing per target not yet flat
+    and a closed page per 49 orders, not a status poll per order; with the budgets free and
+    the venue still cancelling, the estimate says the rest is the venue's time."""
+    clock = FakeClock(1_000.0)
+    venue = VenueFake(clock)
+    venue.cancel_delay = 30.0
+    venue.seed("BTC", 100)
+    config = make_config()
+    budgets = {
+        name: SlidingWindowLimiter(name, 20, 60.0, clock)
+        for name in ("cancel_all", "order_status", "open_orders", "closed_orders")
+    }
+    store = StateStore(tmp_path / "state.db")
+    store.open()
+    runner = KillRunner(config, venue, store, clock, listings=venue, budgets=budgets)
+    sweeps = plan_sweeps(config.targets)
+    store.start_kill("k1", "manual", "test", clock.time(), sweeps)
+    task = asyncio.create_task(runner.run(KillPlan("k1", "manual", "test", sweeps)))
+    await clock.advance(1.0)
+    progress = runner.progress()
+    assert progress is not None
+    assert progress["confirmed"] == 0
+    assert progress["total"] == 100
+    assert progress["requests_left"] == {"open_orders": 1, "closed_orders": 3}
+    assert format_eta(progress["eta_s"]) == "waiting on the venue"
+    await clock.run_until(task)
+    store.close()
+    assert task.result()["cancelled"] == 100
