@@ -13,7 +13,7 @@ from pathlib import Path
 
 from killswitch.config import ConfigError, ExchangeConfig
 
-__all__ = ["Credentials", "Secret", "load_credentials"]
+__all__ = ["Credentials", "Secret", "ed25519_secret_bytes", "load_credentials"]
 
 
 class Secret:
@@ -67,6 +67,18 @@ def _read(name: str, key: str, environ: Mapping[str, str]) -> Secret:
     return Secret(value)
 
 
+def ed25519_secret_bytes(text: str) -> bytes:
+    """The 32-byte Ed25519 private key a secret of 64 hex characters holds (the one check,
+    at load and in the signer); ValueError saying what is wrong otherwise."""
+    try:
+        raw = bytes.fromhex(text) if len(text) == 64 else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("ed25519 signing needs the secret as 64 hex characters (a 32-byte key)")
+    return raw
+
+
 def load_credentials(
     exchange: ExchangeConfig, environ: Mapping[str, str] | None = None
 ) -> Credentials:
@@ -75,14 +87,8 @@ def load_credentials(
     api_key = _read(exchange.api_key_env, "exchange.api_key_env", env)
     api_secret = _read(exchange.api_secret_env, "exchange.api_secret_env", env)
     if exchange.signing == "ed25519":
-        text = api_secret.reveal()
         try:
-            ok = len(text) == 64 and len(bytes.fromhex(text)) == 32
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(
-                "exchange.api_secret_env",
-                "ed25519 signing needs the secret as 64 hex characters (a 32-byte key)",
-            )
+            ed25519_secret_bytes(api_secret.reveal())
+        except ValueError as exc:
+            raise ConfigError("exchange.api_secret_env", str(exc)) from None
     return Credentials(api_key=api_key, api_secret=api_secret)

@@ -26,7 +26,7 @@ from killswitch.config import Config, ConfigError, RateLimit, load_config, reloa
 from killswitch.confirm import OUTCOME_FIELDS
 from killswitch.control import ControlServer
 from killswitch.credentials import Credentials
-from killswitch.exchange import CLOSED_ORDERS, OPEN_ORDERS, ExchangeClient
+from killswitch.exchange import CANCEL_ALL, CLOSED_ORDERS, OPEN_ORDERS, ORDER_STATUS, ExchangeClient
 from killswitch.flat import VenueListings
 from killswitch.guard import Guard
 from killswitch.heartbeat import DeadManSwitch
@@ -42,9 +42,6 @@ from killswitch.store import StateStore
 from killswitch.switch import KillSwitch, ResetOutcome, State
 
 __all__ = ["Daemon"]
-
-CANCEL_ALL = "cancel_all"
-ORDER_STATUS = "order_status"
 
 
 class _Stop(Exception):
@@ -92,7 +89,7 @@ class Daemon:
         history = [now_mono - max(0.0, now_wall - t) for t in sent]
         log = self._log
 
-        def on_send(at: float) -> None:
+        def on_send() -> None:
             self.store.record_send(endpoint, self.clock.time())
             if endpoint == CANCEL_ALL:
                 # Logged two loop turns later, once aiohttp's writer task has put the
@@ -256,16 +253,25 @@ class Daemon:
         self.service.state_changed(state)
 
     def _fire(self, source: str, reason: str) -> None:
-        enabled = {
-            "signal": self.config.triggers.signal.enabled,
-            "heartbeat": self.config.triggers.heartbeat.enabled,
-            "pnl": self.config.triggers.pnl.enabled,
-        }.get(source, True)
-        if not enabled:
+        if not self._triggers_enabled().get(source, True):
             self._log.info("trigger.disabled", source=source, reason=reason)
             return
         outcome = self.switch.trigger(source, reason)
         self.prom.triggers.labels(source, outcome.value).inc()
+
+    def _triggers_enabled(self) -> dict[str, bool]:
+        """Which triggers the config turns on (one definition: firing and status read it)."""
+        t = self.config.triggers
+        return {"signal": t.signal.enabled, "heartbeat": t.heartbeat.enabled, "pnl": t.pnl.enabled}
+
+    def _trigger_states(self) -> dict[str, str]:
+        """Each trigger's own state, in words (``killswitch status`` shows them)."""
+        enabled = self._triggers_enabled()
+        return {
+            "signal": "watching" if enabled["signal"] else "off",
+            "heartbeat": self.deadman.state(),
+            "pnl": self.pnl.state() if enabled["pnl"] else "off",
+        }
 
     # ------------------------------------------------------------------ control API
 
@@ -313,16 +319,8 @@ class Daemon:
             },
             "exchange": self.exchange.health(),
             "guard": None if self.guard is None else self.guard.status(),
-            "triggers": {
-                "signal": self.config.triggers.signal.enabled,
-                "heartbeat": self.config.triggers.heartbeat.enabled,
-                "pnl": self.config.triggers.pnl.enabled,
-            },
-            "trigger_states": {  # each trigger's own state, in words (status_view.py)
-                "signal": "watching" if self.config.triggers.signal.enabled else "off",
-                "heartbeat": self.deadman.state(),
-                "pnl": self.pnl.state() if self.config.triggers.pnl.enabled else "off",
-            },
+            "triggers": self._triggers_enabled(),
+            "trigger_states": self._trigger_states(),
             "uptime": round(self.clock.monotonic() - self._started, 3),
             "pid": os.getpid(),
             "version": __version__,

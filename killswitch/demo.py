@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from killswitch.config import DEFAULT_TERMINAL
+from killswitch.exchange import ENDPOINTS
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimConfig, SimExchange
 
 __all__ = ["run_demo", "write_demo_config"]
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-ENDPOINTS = ("cancel_all", "order_status", "open_orders", "closed_orders")
 
 
 def write_demo_config(directory: Path, base_url: str) -> Path:

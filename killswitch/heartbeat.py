@@ -41,13 +41,11 @@ class DeadManSwitch:
         self._armed_at = clock.monotonic() if armed else None
         self._moved = asyncio.Event()
         self._log = get_logger()
-        self.beats = 0
         self.fired = False  # fired since the last heartbeat
 
     def beat(self) -> None:
         """A heartbeat arrived: (re-)arm and move the deadline."""
         now = self.clock.monotonic()
-        self.beats += 1
         self.last_beat = now
         self.fired = False
         armed = self.deadline is not None

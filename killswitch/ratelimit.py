@@ -33,7 +33,7 @@ class SlidingWindowLimiter:
     """At most ``requests`` sends in any ``per_seconds`` window, on ``clock``.
 
     ``history`` seeds the log with earlier send times (monotonic, e.g. restored
-    from the state store after a restart).  ``on_send(monotonic)`` is called for
+    from the state store after a restart).  ``on_send()`` is called for
     each admitted request (to persist it); ``on_wait(seconds)`` before each wait.
     """
 
@@ -46,7 +46,7 @@ class SlidingWindowLimiter:
         *,
         margin: float = 0.5,
         history: Iterable[float] = (),
-        on_send: Callable[[float], None] | None = None,
+        on_send: Callable[[], None] | None = None,
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
         if requests < 1 or per_seconds <= 0 or margin < 0:
@@ -164,5 +164,5 @@ class SlidingWindowLimiter:
             now = self._clock.monotonic()
             self._sent.append(now)
             if self.on_send is not None:
-                self.on_send(now)
+                self.on_send()
             return now

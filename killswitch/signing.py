@@ -18,7 +18,7 @@ from urllib.parse import unquote_plus
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from killswitch.config import ExchangeConfig, HeaderNames
-from killswitch.credentials import Credentials
+from killswitch.credentials import Credentials, ed25519_secret_bytes
 
 __all__ = ["Ed25519Signer", "HmacSha256Signer", "Signer", "make_signer", "signed_message"]
 
@@ -63,15 +63,8 @@ class Ed25519Signer(_BaseSigner):
 
     def __init__(self, credentials: Credentials, names: HeaderNames) -> None:
         super().__init__(credentials, names)
-        try:
-            raw = bytes.fromhex(credentials.api_secret.reveal())
-            if len(raw) != 32:
-                raise ValueError
-            self._key = Ed25519PrivateKey.from_private_bytes(raw)
-        except ValueError:
-            raise ValueError(
-                "ed25519 signing needs the secret as 64 hex characters (a 32-byte key)"
-            ) from None
+        raw = ed25519_secret_bytes(credentials.api_secret.reveal())
+        self._key = Ed25519PrivateKey.from_private_bytes(raw)
 
     def _sign(self, message: bytes) -> str:
         return self._key.sign(message).hex()

@@ -294,12 +294,18 @@ async def test_defer_until_never_brings_a_send_earlier() -> None:
 
 
 async def test_on_send_and_on_wait_report_every_send_and_wait() -> None:
-    """``on_send`` gets each admitted send time, ``on_wait`` each wait before it."""
+    """``on_send`` is called at each admitted send, ``on_wait`` with each wait before it."""
     clock = FakeClock(START)
     sends: list[float] = []
     waits: list[float] = []
     limiter = SlidingWindowLimiter(
-        "t", 2, 10.0, clock, margin=0.5, on_send=sends.append, on_wait=waits.append
+        "t",
+        2,
+        10.0,
+        clock,
+        margin=0.5,
+        on_send=lambda: sends.append(clock.monotonic()),
+        on_wait=waits.append,
     )
 
     await drive(clock, (limiter.acquire() for _ in range(5)))
