@@ -229,7 +229,7 @@ class Daemon:
                     checks=[c for c in result.as_dict()["checks"] if not c["ok"]],
                     note="the daemon keeps running and re-tests; a kill still tries",
                 )
-            self.service.send_status(force=True)
+            self.service.send_status()  # only if the line changed (a failed self-test)
         await self.exchange.run_background()
 
     def _count_request(self, endpoint: str, outcome: str) -> None:

@@ -254,7 +254,7 @@ class KillSwitch:
         return await sleep_or_wake(self.clock, grace, self._idle)
 
     def progress(self) -> tuple[int, int] | None:
-        confirmer = self.runner.confirmer
-        if self.state is not State.KILLING or confirmer is None:
+        """(orders known terminal, orders) of the running kill; None when none runs."""
+        if self.state is not State.KILLING:
             return None
-        return confirmer.progress()
+        return self.runner.progress()
