@@ -190,6 +190,7 @@ class Daemon:
             available={name: lim.available for name, lim in self.limiters.items()},
         )
         self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
+        self.prom.watch_requests(lambda: self.exchange.requests_sent)
         self.prom.self_test_ok.set_function(self._self_test_gauge)
 
     def _problem(self) -> str | None:

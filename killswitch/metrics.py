@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
 
@@ -104,6 +106,11 @@ class Metrics:
         for endpoint, fn in available.items():
             self.ratelimit_available.labels(endpoint).set_function(_as_float(fn))
 
+    def watch_requests(self, sent: Callable[[], dict[str, dict[str, int]]]) -> None:
+        """Every request the exchange client sent, by endpoint (all four, and the server-time
+        call) and outcome, read from the client at scrape time."""
+        self.registry.register(_RequestsSent(sent))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -118,3 +125,19 @@ def _is_state(state: Callable[[], str], name: str) -> Callable[[], float]:
 
 def _as_float(fn: Callable[[], int]) -> Callable[[], float]:
     return lambda: float(fn())
+
+
+class _RequestsSent(Collector):
+    def __init__(self, sent: Callable[[], dict[str, dict[str, int]]]) -> None:
+        self._sent = sent
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "killswitch_exchange_requests_sent",
+            "Requests that left the daemon, by endpoint and outcome (ok or the error kind)",
+            labels=["endpoint", "outcome"],
+        )
+        for endpoint, outcomes in sorted(self._sent().items()):
+            for outcome, count in sorted(outcomes.items()):
+                family.add_metric([endpoint, outcome], count)
+        yield family
