@@ -375,11 +375,3 @@ class StateStore:
             return [r[0] for r in rows]
 
         return self._read(fn)
-
-    # ------------------------------------------------------------------ clean shutdown marker
-
-    def set_clean(self, clean: bool) -> Future[None]:
-        return self._write(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean_shutdown', ?)",
-            "1" if clean else "0",
-        )
