@@ -40,6 +40,7 @@ from killswitch.ratelimit import SlidingWindowLimiter
 from killswitch.service import Service
 from killswitch.signing import make_signer
 from killswitch.store import StateStore
+from killswitch.store_watch import StoreWatch
 from killswitch.switch import KillSwitch, State
 
 __all__ = ["Daemon"]
@@ -66,11 +67,15 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier.from_env()
         self.prom = Metrics()
-        self.store = StateStore(config.state.path, on_error=self._store_failed)
+        self.store = StateStore(config.state.path)
+        self.store_watch = StoreWatch(
+            self.store, self.prom, self.clock, on_change=self._store_changed
+        )
         self._log = get_logger()
         self._stop = asyncio.Event()
         self._started = self.clock.monotonic()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._accepting = False  # the switch runs and the exchange client can send
         self._ready = False
@@ -82,15 +87,9 @@ class Daemon:
 
     # ------------------------------------------------------------------ wiring
 
-    def _store_failed(self, exc: BaseException) -> None:
-        # Runs on the store's writer thread: hand the event to the loop.
-        def log() -> None:
-            self._log.critical("store.write_failed", error=type(exc).__name__, detail=str(exc))
-
-        try:
-            self._loop.call_soon_threadsafe(log)
-        except RuntimeError:  # the loop is closed: last resort, log from here
-            log()
+    def _store_changed(self) -> None:
+        if self._ready:  # before that, daemon.ready sends the first STATUS=
+            self.service.send_status()
 
     def _limiter(self, endpoint: str, limit: RateLimit) -> SlidingWindowLimiter:
         now_wall, now_mono = self.clock.time(), self.clock.monotonic()
@@ -145,6 +144,7 @@ class Daemon:
         )
         self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
         self.service = Service(self.notifier, self.switch, self.clock)
+        self.service.store_health = self.store.health
         hb = cfg.triggers.heartbeat
         self.deadman = DeadManSwitch(
             hb.timeout,
@@ -173,6 +173,10 @@ class Daemon:
                 ORDER_STATUS: self.status_limiter.available,
             },
         )
+
+    def _latch(self) -> tuple[bool, str | None]:
+        """The latch as the switch holds it now (written to a store that works again)."""
+        return self.switch.state is not State.ARMED, self.switch.current_kill_id
 
     def _count_request(self, endpoint: str, outcome: str) -> None:
         self.prom.requests.labels(endpoint, outcome).inc()
@@ -210,6 +214,8 @@ class Daemon:
 
     def reset(self) -> tuple[bool, dict[str, Any]]:
         ok = self.switch.reset()
+        if ok:
+            self.store.acknowledge()  # the operator has seen a store problem it recovered from
         return ok, self.status()
 
     def status(self) -> dict[str, Any]:
@@ -228,6 +234,7 @@ class Daemon:
             "pnl_age": self.pnl.age(),
             "pnl_threshold": self.pnl.threshold,
             "last_kill": self.switch.last_kill,
+            "store": self.store.health(),
             "rate_limit": {
                 name: {
                     "available": lim.available(),
@@ -389,12 +396,15 @@ class Daemon:
         # Before touching the state store: is another daemon already running here?
         ControlServer(self.config.control.socket, self).claim()
         self._release(stack, "store", self._close_store)
-        self.store.open()
+        problem = self.store_watch.open(asyncio.get_running_loop())
         tripped, _ = self.store.latch()
         unfinished = self.store.unfinished_kill()
         last = self.store.last_kill()
         self._build()
-        self.switch.restore(tripped, last, unfinished)
+        # Fail closed: a store that could not be used as found may have held a set latch.
+        self.switch.restore(tripped or problem is not None, last, unfinished)
+        if problem is not None:
+            self.store.set_latch(True)
         self.service.tripped_at = None if last is None else last.completed_at
         if self.config.triggers.pnl.enabled:
             self._release(stack, "pnl watch", self.pnl_watcher.close)
@@ -419,6 +429,7 @@ class Daemon:
                 }
                 if self.config.triggers.pnl.enabled:
                     self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
+                tg.create_task(self.store_watch.run(self._latch), name="store")
                 # The switch runs and the exchange client can send: SIGUSR1s that came
                 # during start-up fire now (coalesced into one kill), before the control
                 # socket and daemon.ready.

@@ -4,7 +4,8 @@
 :meth:`Service.reloading` and :meth:`Service.stopping`, which log
 ``notify.failed`` when a datagram cannot be sent.  The ``STATUS=``
 line follows the switch (``ARMED``, ``KILLING 412/500 confirmed``, ``TRIPPED at
-<time> by <source>``) and is refreshed while a kill runs.  Watchdog pings stop
+<time> by <source>``), with the state store's problem if it has one
+(``TRIPPED; store corrupt: ...``), and is refreshed while a kill runs.  Watchdog pings stop
 as soon as a watcher task is no longer running, so systemd restarts the daemon.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from killswitch.clock import Clock
 from killswitch.log import get_logger
@@ -32,6 +34,7 @@ class Service:
         self.tripped_at: float | None = None  # wall-clock time the last kill completed
         self._killing = asyncio.Event()  # wakes the STATUS= progress loop
         self._status_sent: str | None = None
+        self.store_health: Callable[[], dict[str, Any]] | None = None  # GET /status "store"
         self._log = get_logger()
 
     def ready(self) -> None:
@@ -69,6 +72,13 @@ class Service:
             self._status_sent = line
 
     def status_line(self) -> str:
+        line = self._state_line()
+        health = {"ok": True} if self.store_health is None else self.store_health()
+        if not health["ok"]:
+            line += f"; store {health['problem']}"
+        return line
+
+    def _state_line(self) -> str:
         state = self.switch.state
         if state is State.KILLING:
             progress = self.switch.progress()

@@ -26,50 +26,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["KillRecord", "StateStore", "SweepRecord"]
+from killswitch.store_file import LatchMarker, StoreProblem, open_database
+
+__all__ = ["KillRecord", "StateStore", "StoreProblem", "StoreUnavailable", "SweepRecord"]
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS kills (
-    kill_id TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    completed_at REAL,
-    summary TEXT
-);
-CREATE TABLE IF NOT EXISTS sweeps (
-    kill_id TEXT NOT NULL,
-    exchange TEXT NOT NULL,
-    symbol TEXT NOT NULL,          -- '' for an unscoped cancel_all
-    acked_at REAL,
-    order_count INTEGER,
-    PRIMARY KEY (kill_id, exchange, symbol)
-);
-CREATE TABLE IF NOT EXISTS orders (
-    order_id TEXT NOT NULL,
-    kill_id TEXT NOT NULL,
-    exchange TEXT NOT NULL,
-    symbol TEXT NOT NULL,
-    status TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    first_polled_at REAL,
-    PRIMARY KEY (kill_id, order_id)
-);
-CREATE TABLE IF NOT EXISTS sends (
-    endpoint TEXT NOT NULL,
-    sent_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sends_by_endpoint ON sends (endpoint, sent_at);
-"""
 
 
 @dataclass(frozen=True)
 class _Op:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[sqlite3.Connection], Any] | None  # None: nothing for the database
     future: Future[Any]
+    latch: bool | None = None  # also set the latch marker (before the transaction)
+    read: bool = False  # needs an answer: fails, instead of being dropped, without a database
+    after: Callable[[], Any] | None = None  # run on the writer thread after the transaction
+
+
+class StoreUnavailable(Exception):
+    """A read from a store that has no database (it could not be opened)."""
 
 
 @dataclass(frozen=True)
@@ -112,42 +86,98 @@ class StateStore:
     def __init__(
         self,
         path: Path,
-        on_error: Callable[[BaseException], None] | None = None,
+        on_error: Callable[[BaseException, int], None] | None = None,
         *,
         coalesce: float = 0.005,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
-        self.on_error = on_error  # called from the writer thread
+        self.on_error = on_error  # (error, writes lost), from the writer thread, once per batch
+        self.on_change = on_change  # health() changed, from the writer thread
         self.coalesce = coalesce
+        self.marker = LatchMarker(path)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
-        self.errors: list[BaseException] = []
+        self.problem: StoreProblem | None = None  # the store as found could not be used
+        self.write_error: str | None = None  # writes were lost (until acknowledge())
+        self._last_batch_ok = True
+        self.write_failures = 0  # writes lost, in all
+        self.dropped = 0  # writes not even tried: no database
         self.batches = 0
 
     # ------------------------------------------------------------------ plumbing
 
-    def open(self) -> None:
-        """Create or open the database and start the writer (blocking; call before serving)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
-        self._db = db
-        with contextlib.suppress(OSError):  # not ours to chmod (e.g. a bind mount)
-            self.path.chmod(0o600)
+    def open(self) -> StoreProblem | None:
+        """Open (or create) the database and start the writer; never raises.
+
+        A database that cannot be opened, or fails its checks, is a
+        :class:`StoreProblem` (returned and kept in :attr:`problem`): a corrupt
+        file is moved aside and replaced by a fresh one; without a database the
+        writer still runs, drops the writes and keeps the latch marker.  Either
+        way the caller fails closed.
+        """
+        self._db, self.problem = open_database(self.path)
         self._thread = threading.Thread(target=self._work, name="killswitch-store", daemon=True)
         self._thread.start()
+        return self.problem
+
+    @property
+    def persisting(self) -> bool:
+        """True while writes reach a database."""
+        return self._db is not None
+
+    def health(self) -> dict[str, Any]:
+        """``GET /status`` ``store``: ``{"ok": true}`` or ``{"ok": false, "problem": ...}``."""
+        if self.problem is not None:
+            return {
+                "ok": False,
+                "problem": self.problem.describe(),
+                "path": self.problem.path,
+                "persisting": self.persisting,
+            }
+        if self.write_error is not None:
+            return {"ok": False, "problem": f"write failed: {self.write_error}", "persisting": True}
+        return {"ok": True}
+
+    def retry(self) -> Future[bool]:
+        """Try again to open a database that could not be opened (on the writer thread).
+
+        Resolves to True if the store now persists; :attr:`problem` is then cleared.
+        """
+
+        def run() -> bool:
+            if self._db is None:
+                self._db, problem = open_database(self.path)
+                self.problem = None if self._db is not None else problem
+                if self._db is not None:
+                    self._changed()
+            return self._db is not None
+
+        return self._call(None, after=run)
+
+    def acknowledge(self) -> None:
+        """An operator reset the switch: a problem the store recovered from is no longer news.
+
+        (A lost write stays reported until then, even if later writes succeed:
+        what it lost is still lost.)
+        """
+        if not self.persisting or not self._last_batch_ok:
+            return
+        if self.problem is not None or self.write_error is not None:
+            self.problem = None
+            self.write_error = None
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _work(self) -> None:
-        db = self._db
-        assert db is not None
         while True:
             first = self._queue.get()
             if first is None:
-                return
+                break
             time.sleep(self.coalesce)  # let the loop thread send first; batch what follows
             batch = [first]
             stop = False
@@ -160,15 +190,54 @@ class StateStore:
                     stop = True
                     break
                 batch.append(item)
-            self._commit(db, batch)
+            self._commit(batch)
             if stop:
-                return
+                break
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
-    def _commit(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
+    def _markers(self, batch: list[_Op]) -> None:
+        """The latch marker first, outside the transaction: it needs no data block."""
+        wanted = [op.latch for op in batch if op.latch is not None]
+        if not wanted:
+            return
+        try:
+            self.marker.set(wanted[-1])
+        except OSError as exc:
+            self.write_failures += 1
+            if self.on_error is not None:
+                self.on_error(exc, 1)
+
+    def _commit(self, batch: list[_Op]) -> None:
+        self._markers(batch)
+        db = self._db
+        if db is None:
+            for op in batch:
+                if op.read and op.fn is not None:
+                    op.future.set_exception(StoreUnavailable(str(self.path)))
+                elif op.after is None:
+                    self.dropped += op.fn is not None
+                    op.future.set_result(None)
+        else:
+            self._transaction(db, [op for op in batch if op.fn is not None])
+        for op in batch:
+            if op.after is not None:
+                try:
+                    op.future.set_result(op.after())
+                except Exception as exc:
+                    op.future.set_exception(exc)
+            elif op.fn is None and not op.future.done():
+                op.future.set_result(None)
+
+    def _transaction(self, db: sqlite3.Connection, ops: list[_Op]) -> None:
+        if not ops:
+            return
         results: list[tuple[_Op, Any, BaseException | None]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            for op in batch:
+            for op in ops:
+                assert op.fn is not None
                 db.execute("SAVEPOINT op")
                 try:
                     results.append((op, op.fn(db), None))
@@ -181,36 +250,54 @@ class StateStore:
         except BaseException as exc:  # the commit itself failed: every op in it failed
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            results = [(op, None, exc) for op in batch]
+            results = [(op, None, exc) for op in ops]
         self.batches += 1
+        failed = [error for _, _, error in results if error is not None]
         for op, value, error in results:
             if error is None:
                 op.future.set_result(value)
             else:
-                self.errors.append(error)
                 op.future.set_exception(error)
-                if self.on_error is not None:
-                    self.on_error(error)
+        self._last_batch_ok = not failed
+        if failed:
+            was = self.write_error
+            self.write_failures += len(failed)
+            self.write_error = str(failed[-1])
+            if self.on_error is not None:
+                self.on_error(failed[-1], len(failed))
+            if was is None:
+                self._changed()
 
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+    def _call(
+        self,
+        fn: Callable[[sqlite3.Connection], T] | None,
+        *,
+        read: bool = False,
+        latch: bool | None = None,
+        after: Callable[[], T] | None = None,
+    ) -> Future[T]:
         if self._thread is None:
             raise RuntimeError("the state store is not open")
         future: Future[T] = Future()
-        self._queue.put(_Op(fn, future))
+        self._queue.put(_Op(fn, future, latch=latch, read=read, after=after))
         return future
 
-    def _write(self, sql: str, *params: object) -> Future[None]:
+    def _write(self, sql: str, *params: object, latch: bool | None = None) -> Future[None]:
         def run(db: sqlite3.Connection) -> None:
             db.execute(sql, params)
 
-        return self._call(run)
+        return self._call(run, latch=latch)
 
-    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._call(fn).result()
+    def _read(self, fn: Callable[[sqlite3.Connection], T], default: T) -> T:
+        """Run ``fn`` on the writer thread and wait; ``default`` without a database."""
+        try:
+            return self._call(fn, read=True).result()
+        except StoreUnavailable:
+            return default
 
     async def flush(self) -> None:
-        """Wait until every write queued so far is committed."""
-        await asyncio.wrap_future(self._call(lambda db: None))
+        """Wait until every write queued so far is committed (or dropped, without a database)."""
+        await asyncio.wrap_future(self._call(None))
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the database."""
@@ -218,24 +305,24 @@ class StateStore:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     # ------------------------------------------------------------------ latch
 
     def set_latch(self, tripped: bool, kill_id: str | None = None) -> Future[None]:
         value = json.dumps({"tripped": tripped, "kill_id": kill_id})
-        return self._write("INSERT OR REPLACE INTO meta (key, value) VALUES ('latch', ?)", value)
+        return self._write(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('latch', ?)", value, latch=tripped
+        )
 
     def latch(self) -> tuple[bool, str | None]:
+        """Tripped if the database or the latch marker says so; without a database, tripped."""
+        if not self.persisting:
+            return True, None
         row = self._read(
-            lambda db: db.execute("SELECT value FROM meta WHERE key = 'latch'").fetchone()
+            lambda db: db.execute("SELECT value FROM meta WHERE key = 'latch'").fetchone(), None
         )
-        if row is None:
-            return False, None
-        data = json.loads(row[0])
-        return bool(data["tripped"]), data.get("kill_id")
+        data: dict[str, Any] = {"tripped": False} if row is None else json.loads(row[0])
+        return bool(data["tripped"]) or self.marker.tripped(), data.get("kill_id")
 
     # ------------------------------------------------------------------ kills
 
@@ -263,7 +350,7 @@ class StateStore:
                 (json.dumps({"tripped": True, "kill_id": kill_id}),),
             )
 
-        return self._call(run)
+        return self._call(run, latch=True)
 
     def sweep_acked(
         self,
@@ -346,7 +433,7 @@ class StateStore:
             ).fetchone()
             return None if row is None else self._kill(db, row)
 
-        return self._read(fn)
+        return self._read(fn, None)
 
     def last_kill(self) -> KillRecord | None:
         def fn(db: sqlite3.Connection) -> KillRecord | None:
@@ -356,7 +443,7 @@ class StateStore:
             ).fetchone()
             return None if row is None else self._kill(db, row)
 
-        return self._read(fn)
+        return self._read(fn, None)
 
     # ------------------------------------------------------------------ rate-limit log
 
@@ -374,4 +461,4 @@ class StateStore:
             ).fetchall()
             return [r[0] for r in rows]
 
-        return self._read(fn)
+        return self._read(fn, [])

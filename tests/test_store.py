@@ -82,7 +82,7 @@ async def test_flush_waits_for_queued_writes(tmp_path: Path) -> None:
         store.record_send("order_status", float(i))
     await store.flush()
     assert len(store.recent_sends("order_status", 0.0)) == 200
-    assert store.errors == []
+    assert store.write_failures == 0
     store.close()
 
 
@@ -110,7 +110,7 @@ async def test_a_failing_write_loses_nothing_else(tmp_path: Path) -> None:
     await store.flush()
     assert isinstance(duplicate.exception(), sqlite3.IntegrityError)
     assert store.recent_sends("cancel_all", 0.0) == [5.0]
-    assert len(store.errors) == 1
+    assert store.write_failures == 1
     store.close()
 
 
