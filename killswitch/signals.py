@@ -58,7 +58,9 @@ def routed_to(loop: asyncio.AbstractEventLoop, on_signal: Callable[[int], None])
         _early.detach()
         if previous_fd == -1:
             loop.remove_reader(reader.fileno())
-            signal.set_wakeup_fd(-1)
+            current = signal.set_wakeup_fd(-1)
+            if current not in (-1, writer.fileno()):  # someone took it over since: theirs stays
+                signal.set_wakeup_fd(current)
         reader.close()
         writer.close()
         if installed_here:

@@ -206,7 +206,8 @@ class StateStore:
             self.marker.set(wanted[-1])
         except OSError as exc:
             self.write_failures += 1
-            if self.on_error is not None:
+            # Without a database the directory is usually what failed: already reported.
+            if self.on_error is not None and self._db is not None:
                 self.on_error(exc, 1)
 
     def _commit(self, batch: list[_Op]) -> None:

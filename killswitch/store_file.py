@@ -107,13 +107,26 @@ class Unusable(Exception):
         self.problem = problem
 
 
-def _classify(exc: BaseException) -> Unusable:
+def _why_not_writable(directory: Path) -> str | None:
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "read-only filesystem"
+    except OSError as exc:
+        return exc.strerror
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "directory not writable"
+    return None
+
+
+def _classify(exc: BaseException, path: Path) -> Unusable:
     if isinstance(exc, Unusable):
         return exc
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
-        corrupt = code is not None and code & 0xFF in _CORRUPT_CODES
-        return Unusable("corrupt" if corrupt else "unavailable", str(exc))
+        if code is not None and code & 0xFF in _CORRUPT_CODES:
+            return Unusable("corrupt", str(exc))
+        why = _why_not_writable(path.parent)
+        return Unusable("unavailable", str(exc) if why is None else f"{exc} ({why})")
     if isinstance(exc, OSError):
         return Unusable("unavailable", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     return Unusable("corrupt", f"{type(exc).__name__}: {exc}")
@@ -154,7 +167,7 @@ def connect(path: Path) -> sqlite3.Connection:
         if db is not None:
             db.close()
         if isinstance(exc, Exception):
-            raise _classify(exc) from exc
+            raise _classify(exc, path) from exc
         raise
     with contextlib.suppress(OSError):  # not ours to chmod (e.g. a bind mount)
         path.chmod(0o600)

@@ -140,7 +140,8 @@ async def test_read_only_store_runs_without_persistence(
             workdir, sim_factory, "store.unavailable", state / "state.db"
         )
         assert event["persisting"] is False
-        assert "unable to open" in event["problem"] or "read-only" in event["problem"]
+        assert "read-only filesystem" in event["problem"]
+        assert daemon.named("store.write_failed") == []  # one event for one problem
         await _kills_at_the_sim(daemon, sim)
         code, body = await ControlClient(workdir / "ctl.sock").request("POST", "/reset")
         assert (code, body["state"]) == (200, "ARMED")
