@@ -29,7 +29,7 @@ from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
 from killswitch.control import ControlServer, SocketInUse
 from killswitch.credentials import Credentials
-from killswitch.exchange import ExchangeClient
+from killswitch.exchange import CLOSED_ORDERS, OPEN_ORDERS, ExchangeClient
 from killswitch.heartbeat import DeadManSwitch
 from killswitch.kill import KillRunner
 from killswitch.log import configure_logging, get_logger, redactor
@@ -47,6 +47,22 @@ __all__ = ["Daemon"]
 
 CANCEL_ALL = "cancel_all"
 ORDER_STATUS = "order_status"
+
+
+class _StatusStrings:
+    """The client as the confirmer still sees it: order_status as a status string.
+
+    A stop-gap until the kill engine takes :class:`~killswitch.exchange.VenueOrder`.
+    """
+
+    def __init__(self, client: ExchangeClient) -> None:
+        self._client = client
+
+    async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
+        return await self._client.cancel_all(exchange, symbol)
+
+    async def order_status(self, order_id: str) -> str:
+        return (await self._client.order_status(order_id)).status
 
 
 class _Stop(Exception):
@@ -129,14 +145,18 @@ class Daemon:
         self.exchange = ExchangeClient(
             cfg.exchange,
             make_signer(cfg.exchange, self.credentials),
-            cancel_limiter=self.cancel_limiter,
-            status_limiter=self.status_limiter,
+            limiters={
+                CANCEL_ALL: self.cancel_limiter,
+                ORDER_STATUS: self.status_limiter,
+                OPEN_ORDERS: self._limiter(OPEN_ORDERS, cfg.flat.rate_limit),
+                CLOSED_ORDERS: self._limiter(CLOSED_ORDERS, cfg.flat.rate_limit),
+            },
             clock=self.clock,
             status_pool_size=cfg.confirm.max_concurrency,
         )
         self.runner = KillRunner(
             cfg,
-            self.exchange,
+            _StatusStrings(self.exchange),
             self.store,
             self.clock,
             on_outcome=self._count_request,
@@ -326,19 +346,23 @@ class Daemon:
         """Every signal, on the loop (the handler only recorded it): act, or keep it for later."""
         name = signal.Signals(signum).name
         if signum == signal.SIGUSR1:
+            action = "fires" if self._accepting else "fires once the exchange client can send"
+        elif signum == signal.SIGHUP:
+            action = "reloads" if self._ready else "reloads after daemon.ready"
+        else:
+            action = "stops"
+        if not self._ready:
+            self._log.info("signal.during_startup", signal=name, action=action)
+        if signum == signal.SIGUSR1:
             if self._accepting:
                 self._fire("signal", name)
             else:
                 self._deferred_triggers += 1
-                self._log.warning(
-                    "signal.deferred", signal=name, until="the exchange client can send"
-                )
         elif signum == signal.SIGHUP:
             if self._ready:
                 self._schedule_reload()
             else:
                 self._reload_wanted = True
-                self._log.info("signal.deferred", signal=name, until="daemon.ready")
         else:
             self._on_stop(name)
 
@@ -410,7 +434,7 @@ class Daemon:
             self._release(stack, "pnl watch", self.pnl_watcher.close)
             self.pnl_watcher.open()
         self._release(stack, "exchange", self.exchange.close)
-        await self.exchange.start()
+        self.exchange.open()  # can send from here; start() (the first clock sync) follows
 
     async def _close_store(self) -> None:
         try:
@@ -431,12 +455,16 @@ class Daemon:
                     self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
                 tg.create_task(self.store_watch.run(self._latch), name="store")
                 # The switch runs and the exchange client can send: SIGUSR1s that came
-                # during start-up fire now (coalesced into one kill), before the control
-                # socket and daemon.ready.
+                # during start-up fire now (coalesced into one kill), before the first
+                # clock sync, the control socket and daemon.ready.
                 self._accepting = True
                 for _ in range(self._deferred_triggers):
                     self._fire("signal", "SIGUSR1")
                 self._deferred_triggers = 0
+                # The first clock sync warms the pools; a kill already running does not wait.
+                await self.exchange.start()
+                # Clock re-sync every exchange.clock_sync_interval; keeps the pools warm.
+                tg.create_task(self.exchange.run_background(), name="exchange")
                 if not self._stop.is_set():
                     self._release(stack, "control socket", self.control.close)
                     await self.control.start()

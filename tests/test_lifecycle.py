@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
@@ -29,6 +30,7 @@ from killswitch.notify import Notifier
 from killswitch.pnl import PnlWatcher
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimExchange
 from killswitch.store import StateStore
+from killswitch.transport import Transport
 from tests.harness import write_config
 
 SimFactory = Callable[..., Awaitable[tuple[SimExchange, str]]]
@@ -85,14 +87,14 @@ async def daemon(workdir: Path, sim_factory: SimFactory) -> Daemon:
 def sessions(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The exchange client's aiohttp sessions, as it opens them."""
     opened: list[Any] = []
-    real = ExchangeClient._session
+    real = Transport._session
 
-    def record(self: ExchangeClient, limit: int) -> Any:
+    def record(self: Transport, limit: int) -> Any:
         session = real(self, limit)
         opened.append(session)
         return session
 
-    monkeypatch.setattr(ExchangeClient, "_session", record)
+    monkeypatch.setattr(Transport, "_session", record)
     return opened
 
 
@@ -125,6 +127,7 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> None:
 OPENS = [
     (StateStore, "open"),
     (PnlWatcher, "open"),
+    (ExchangeClient, "open"),
     (ExchangeClient, "start"),
     (ControlServer, "start"),
 ]
@@ -209,3 +212,28 @@ async def test_a_failing_close_step_does_not_skip_the_others(
     result = real(owner)  # release it now, for the next test
     if asyncio.iscoroutine(result):
         await result
+
+
+async def test_signals_handed_over_before_start_up_are_honoured_after_it(
+    daemon: Daemon, logs: Logs
+) -> None:
+    """Two SIGUSR1 and a SIGHUP before serve(): one kill once it can send, a reload after ready."""
+    for signum in (signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR1):
+        daemon._on_signal(signum)  # what the early handler hands over, in order
+    task = asyncio.create_task(daemon.serve())
+    await _ready(task, logs)
+    async with asyncio.timeout(10):
+        while not {"kill.completed", "config.reloaded"} <= {e["event"] for e in logs}:
+            await asyncio.sleep(0.01)
+    daemon._on_stop("test")
+    assert await asyncio.wait_for(task, 15) == 0
+
+    names = [e["event"] for e in logs]
+    assert names.count("kill.started") == 1
+    assert names.count("trigger.fired") == 2  # the second one coalesced into the kill
+    assert names.index("daemon.ready") < names.index("config.reloaded")
+    assert [e["action"] for e in logs if e["event"] == "signal.during_startup"] == [
+        "fires once the exchange client can send",
+        "reloads after daemon.ready",
+        "fires once the exchange client can send",
+    ]
