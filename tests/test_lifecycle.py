@@ -10,8 +10,10 @@ PnL watch's inotify fd, the exchange's sessions, the control socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from killswitch.cli import format_status
 from killswitch.config import load_config
 from killswitch.control import ControlServer
 from killswitch.credentials import load_credentials
@@ -237,3 +240,34 @@ async def test_signals_handed_over_before_start_up_are_honoured_after_it(
         "reloads after daemon.ready",
         "fires once the exchange client can send",
     ]
+
+
+async def test_a_corrupt_store_shows_in_status_metrics_and_systemd_status(
+    daemon: Daemon, workdir: Path, logs: Logs
+) -> None:
+    """Garbage state.db: TRIPPED, and GET /status, metrics, STATUS= and the CLI all say why."""
+    (workdir / "state.db").write_bytes(b"\xff" * 8192)
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(workdir / "notify.sock"))
+    receiver.setblocking(False)
+    daemon.notifier = Notifier(str(workdir / "notify.sock"))  # what systemd would hear
+    task = asyncio.create_task(daemon.serve())
+    try:
+        await _ready(task, logs)
+        status = daemon.status()
+        assert status["state"] == "TRIPPED"
+        assert status["store"]["ok"] is False
+        assert status["store"]["problem"].startswith("corrupt: file is not a database")
+        assert b"killswitch_store_ok 0.0" in daemon.metrics()
+        assert b'killswitch_store_failures_total{kind="corrupt"} 1.0' in daemon.metrics()
+        rows = dict(line.split(maxsplit=1) for line in format_status(status).splitlines())
+        assert rows["store"].startswith("NOT OK: corrupt: file is not a database")
+        datagrams = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                datagrams.append(receiver.recv(4096).decode())
+        assert "STATUS=TRIPPED; store corrupt: file is not a database" in "".join(datagrams)
+    finally:
+        daemon._on_stop("test")
+        assert await asyncio.wait_for(task, 15) == 0
+        receiver.close()
