@@ -24,6 +24,7 @@ import pytest
 
 from killswitch.control import ControlClient
 from killswitch.sim import SimExchange
+from killswitch.store import StateStore
 from tests.harness import DaemonProcess, write_config
 
 pytestmark = pytest.mark.e2e
@@ -38,23 +39,23 @@ def _only_json(daemon: DaemonProcess) -> None:
 
 
 @contextlib.contextmanager
-def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+def _mounted(where: Path, args: list[str]) -> Iterator[Path]:
+    """``mount <args> where`` for the test (skipped, with the reason, where that fails)."""
     where.mkdir()
     mount, umount = shutil.which("mount"), shutil.which("umount")
     if mount is None or umount is None:
         pytest.skip("no mount/umount on this machine")
-    done = subprocess.run(
-        [mount, "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = subprocess.run([mount, *args, str(where)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        pytest.skip(f"cannot mount here: {done.stderr.strip() or done.returncode}")
     try:
         yield where
     finally:
         subprocess.run([umount, "-l", str(where)], check=False)
+
+
+def _tmpfs(where: Path, options: str) -> contextlib.AbstractContextManager[Path]:
+    return _mounted(where, ["-t", "tmpfs", "-o", options, "tmpfs"])
 
 
 async def _status(workdir: Path) -> dict[str, Any]:
@@ -202,3 +203,43 @@ async def test_latch_survives_a_full_disk(workdir: Path, sim_factory: SimFactory
         assert (await _status(workdir))["store"] == {"ok": True}
         assert await third.stop() == 0
         _only_json(third)
+
+
+@contextlib.contextmanager
+def _ext4(workdir: Path) -> Iterator[Path]:
+    """A 16 MiB ext4 filesystem on a loop device (skipped where that cannot be made)."""
+    mkfs = shutil.which("mkfs.ext4")
+    if mkfs is None:
+        pytest.skip("no mkfs.ext4 on this machine")
+    image = workdir / "ext4.img"
+    with image.open("wb") as out:
+        out.truncate(16 * 1024 * 1024)
+    made = subprocess.run([mkfs, "-q", "-F", str(image)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"mkfs.ext4 failed: {made.stderr.decode().strip()}")
+    with _mounted(workdir / "ext4", ["-o", "loop", str(image)]) as where:
+        yield where
+
+
+async def test_latch_marker_is_created_on_a_full_ext4(workdir: Path) -> None:
+    """On a full ext4 (root's reserved blocks used up too) the kill's commit fails, the
+    latch marker is still created, and a reopened store reads the latch tripped."""
+    with _ext4(workdir) as fs:
+        store = StateStore(fs / "state.db")
+        assert store.open() is None
+        store.record_send("cancel_all", 1.0)
+        await store.flush()
+        _fill(fs)
+        started = store.start_kill("k", "signal", "SIGUSR1", 2.0, [("EXCHANGE_2", None)])
+        for i in range(300):
+            store.order_status("k", f"o{i}", "CANCELLED", 3.0)
+        await store.flush()
+        assert isinstance(started.exception(), sqlite3.OperationalError)
+        assert store.write_failures > 0
+        assert store.marker.tripped()
+        store.close()
+        (fs / "filler").unlink()
+        again = StateStore(fs / "state.db")
+        assert again.open() is None
+        assert again.latch() == (True, None)
+        again.close()
