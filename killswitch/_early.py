@@ -5,11 +5,11 @@ else, so from the moment the interpreter runs the package's first line a
 ``SIGUSR1``, ``SIGTERM``, ``SIGINT`` or ``SIGHUP`` only appends its number to a
 list; the heavy imports (aiohttp, cryptography, structlog, prometheus: about
 0.4 s) and the config load run on undisturbed.  ``Daemon.serve()`` then
-attaches a sink: the signals recorded so far are handed over in the order they
-arrived, and every later one goes straight to the sink (which schedules the
-work on the event loop).  When ``serve()`` ends it detaches, and the process
-records again until it exits: at no point between the first line and the exit
-does one of these signals end the process.
+attaches a wake-up: the event loop takes the signals recorded so far in the
+order they arrived, and every later one wakes it to take that one too.  When
+``serve()`` ends it detaches, and the process records again until it exits:
+at no point between the first line and the exit does one of these signals end
+the process.
 
 The handlers stay the only handlers for the whole life of the process (there
 is no hand-over to ``loop.add_signal_handler``, whose removal at the loop's
@@ -43,23 +43,23 @@ __all__ = [
     "installed",
     "pending",
     "started_as_daemon",
+    "take",
     "uninstall",
 ]
 
 SIGNALS = (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
-_pending: list[int] = []
-_sink: Callable[[int], None] | None = None
+_pending: list[int] = []  # received, not yet taken; appended only by _handler
+_wake: Callable[[], None] | None = None
 _previous: dict[int, Any] | None = None  # the handlers replaced by install(), for uninstall()
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    sink = _sink
-    if sink is not None:
-        with contextlib.suppress(Exception):  # the loop is closing: record it, never raise here
-            sink(signum)
-            return
     _pending.append(signum)
+    wake = _wake
+    if wake is not None:
+        with contextlib.suppress(Exception):  # the loop is closing: it stays recorded
+            wake()
 
 
 def started_as_daemon(argv: Sequence[str] | None = None, orig: Sequence[str] | None = None) -> bool:
@@ -113,32 +113,29 @@ def uninstall() -> None:
 
 
 def pending() -> list[int]:
-    """The signals recorded and not yet handed to a sink, oldest first."""
+    """The signals received and not yet taken, oldest first."""
     return list(_pending)
 
 
-def attach(sink: Callable[[int], None]) -> None:
-    """Hand the recorded signals to ``sink`` in order, then every later one as it arrives.
+def take() -> int | None:
+    """The oldest signal not yet taken, or None."""
+    return _pending.pop(0) if _pending else None
 
-    The signals are blocked during the swap, so none can slip between the
-    replay and the new route (a blocked signal is delivered when unblocked).
+
+def attach(wake: Callable[[], None]) -> None:
+    """Call ``wake`` now and after every signal from here on; the woken side drains with
+    :func:`take`.  Every signal is appended before ``wake`` is called, so none can
+    slip between the backlog and the new route, and the order is the order of arrival.
     """
-    global _sink
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    try:
-        backlog = list(_pending)
-        _pending.clear()
-        _sink = sink
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    for signum in backlog:
-        sink(signum)
+    global _wake
+    _wake = wake
+    wake()
 
 
 def detach() -> None:
-    """Back to recording (until the process exits, or :func:`uninstall`)."""
-    global _sink
-    _sink = None
+    """Back to recording only (until the process exits, or :func:`uninstall`)."""
+    global _wake
+    _wake = None
 
 
 def announce(stream: Any = None) -> None:

@@ -1,6 +1,6 @@
 """Route the process's signals to the running event loop (the daemon's side of ``_early``).
 
-:func:`routed_to` attaches a sink to the recording handlers that
+:func:`routed_to` attaches a wake-up to the recording handlers that
 ``killswitch/_early.py`` installed at the package's first line (or installs
 them, when ``serve()`` runs in a process that did not start as the daemon):
 the signals recorded during start-up reach ``on_signal`` first, in the order
@@ -29,7 +29,8 @@ __all__ = ["routed_to"]
 
 @contextlib.contextmanager
 def routed_to(loop: asyncio.AbstractEventLoop, on_signal: Callable[[int], None]) -> Iterator[bool]:
-    """While open, ``SIGUSR1``/``SIGTERM``/``SIGINT``/``SIGHUP`` call ``on_signal`` on ``loop``.
+    """While open, each ``SIGUSR1``/``SIGTERM``/``SIGINT``/``SIGHUP`` calls ``on_signal``
+    on ``loop``, in the order of arrival.
 
     Yields False (and routes nothing) outside the main thread, where Python
     cannot set signal handlers.  On exit the process goes back to recording
@@ -48,10 +49,14 @@ def routed_to(loop: asyncio.AbstractEventLoop, on_signal: Callable[[int], None])
     else:
         loop.add_reader(reader.fileno(), _drain, reader)
 
-    def sink(signum: int) -> None:
-        loop.call_soon_threadsafe(on_signal, signum)
+    def drain() -> None:
+        while (signum := _early.take()) is not None:
+            on_signal(signum)
 
-    _early.attach(sink)
+    def wake() -> None:
+        loop.call_soon_threadsafe(drain)
+
+    _early.attach(wake)
     try:
         yield True
     finally:

@@ -23,6 +23,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from killswitch import _early, signals
 from killswitch.cli import format_status
 from killswitch.config import load_config
 from killswitch.control import ControlServer
@@ -271,3 +272,30 @@ async def test_a_corrupt_store_shows_in_status_metrics_and_systemd_status(
         daemon._on_stop("test")
         assert await asyncio.wait_for(task, 15) == 0
         receiver.close()
+
+
+async def test_signals_reach_the_loop_in_order_and_handlers_are_put_back() -> None:
+    """Recorded, then live signals reach on_signal in arrival order; after, the old handlers."""
+    before = {signum: signal.getsignal(signum) for signum in _early.SIGNALS}
+    got: list[int] = []
+    _early.install()  # as killswitch/__init__.py does in the daemon
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)  # recorded: nothing routes them yet
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert _early.pending() == [signal.SIGHUP, signal.SIGUSR1]
+        with signals.routed_to(asyncio.get_running_loop(), got.append):
+            os.kill(os.getpid(), signal.SIGTERM)
+            async with asyncio.timeout(5):
+                while len(got) < 3:
+                    await asyncio.sleep(0.01)
+        assert got == [signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM]
+        os.kill(os.getpid(), signal.SIGUSR1)  # serve() is over: recorded again, not fatal
+        assert _early.pending() == [signal.SIGUSR1]
+    finally:
+        _early.uninstall()
+    assert {signum: signal.getsignal(signum) for signum in _early.SIGNALS} == before
+
+    with signals.routed_to(asyncio.get_running_loop(), got.append):  # installs for itself
+        assert _early.installed()
+    assert not _early.installed()
+    assert {signum: signal.getsignal(signum) for signum in _early.SIGNALS} == before
