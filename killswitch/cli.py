@@ -214,6 +214,9 @@ def format_status(s: dict[str, Any]) -> str:
         rows.append(
             ("guard", f"last run: {run.get('open')} open found, errors {run.get('errors')}")
         )
+    store = s.get("store")
+    if store and not store.get("ok"):
+        rows.append(("store", f"NOT OK: {store.get('problem')}"))
     for name, lim in (s.get("rate_limit") or {}).items():
         rows.append(
             (
