@@ -91,7 +91,6 @@ class Daemon:
         self._stop = asyncio.Event()
         self._started = self.clock.monotonic()
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._accepting = False  # the switch runs and the exchange client can send
         self._ready = False
@@ -381,7 +380,7 @@ class Daemon:
         and releases it in reverse order, whatever failed; a release step that
         fails is logged (``daemon.close_failed``) and the others still run.
         """
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         async with contextlib.AsyncExitStack() as stack:
             # First, so no signal is lost or fatal from here on (start-up ones are replayed).
             stack.enter_context(signals.routed_to(loop, self._on_signal))
