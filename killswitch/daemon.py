@@ -386,8 +386,9 @@ class Daemon:
             stack.enter_context(signals.routed_to(loop, self._on_signal))
             try:
                 await self._start(stack)
-            except SocketInUse:
-                raise
+            except SocketInUse as exc:  # another daemon owns the socket: no traceback to show
+                self._log.critical("daemon.start_failed", error="SocketInUse", detail=str(exc))
+                return 1
             except Exception as exc:
                 self._log.critical(
                     "daemon.start_failed", error=type(exc).__name__, detail=str(exc), exc_info=exc
