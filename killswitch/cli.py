@@ -16,6 +16,7 @@ from killswitch import __version__
 from killswitch.config import Config, ConfigError, as_dict, load_config
 from killswitch.control import ControlClient, DaemonUnavailable, SocketInUse
 from killswitch.credentials import load_credentials
+from killswitch.fleet import add_fleet_commands
 
 __all__ = ["main"]
 
@@ -38,13 +39,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _config(args.config)
         credentials = load_credentials(config.exchange)
+        cluster = None if config.cluster is None else _cluster_settings(config)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     configure_logging(config.log.level, config.log.format)
     try:
-        return asyncio.run(Daemon(config, credentials).serve())
+        return asyncio.run(Daemon(config, credentials, cluster=cluster).serve())
     except SocketInUse as exc:
         return _fail(f"killswitch: {exc}", EXIT_FAIL)
+
+
+def _cluster_settings(config: Config) -> Any:
+    from killswitch.cluster import resolve_cluster
+
+    return resolve_cluster(config.cluster)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -224,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-ratio", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(fn=cmd_sim)
+    add_fleet_commands(sub)
     return parser
 
 
