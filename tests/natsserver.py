@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,15 @@ from typing import Any
 
 import nkeys
 
-__all__ = ["NatsServer", "NatsUser", "desk_permissions", "nats_server_binary"]
+__all__ = ["NatsServer", "NatsUser", "desk_permissions", "free_port", "nats_server_binary"]
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a server started later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def nats_server_binary() -> str:
@@ -63,10 +72,10 @@ def desk_permissions(prefix: str, desk: str, *, propagate: bool = False) -> dict
 class NatsServer:
     """``nats-server -c`` with a generated config; restartable on the same port."""
 
-    def __init__(self, directory: Path, users: list[NatsUser]) -> None:
+    def __init__(self, directory: Path, users: list[NatsUser], port: int = 0) -> None:
         self.directory = directory
         self.users = users
-        self.port = 0
+        self.port = port  # 0: a free one, chosen by the server at the first start
         self.proc: asyncio.subprocess.Process | None = None
         self.log = directory / "nats-server.log"
 

@@ -19,7 +19,7 @@ import pytest
 
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, daemon_env, write_config
-from tests.natsserver import NatsServer, NatsUser, desk_permissions
+from tests.natsserver import NatsServer, NatsUser, desk_permissions, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -185,10 +185,23 @@ async def test_firm_trigger_kills_every_desk_each_acknowledged(fleet: Fleet) -> 
 
 async def test_desk_trigger_kills_only_that_desk(fleet: Fleet) -> None:
     """fleet trigger --desk desk-b: desk-b kills and acknowledges; the others do nothing."""
+    watcher = await nats.connect(fleet.nats.url, nkeys_seed_str=fleet.viewer.seed)
+    events = await watcher.subscribe(f"{PREFIX}.*.events")
+    await watcher.flush()
+
     code, out, err = await fleet.cli(fleet.operator, "trigger", "--desk", "desk-b")
 
     assert code == 0, out + err
-    await fleet.desks["desk-b"].daemon.wait_for("kill.completed")
+    desk_b = fleet.desks["desk-b"].daemon
+    done = await desk_b.wait_for("kill.completed")
+    # Its events subject carries every event line, byte for byte what stdout got.
+    stdout_line = next(raw for raw in desk_b.raw if b'"kill.completed"' in raw)
+    while b'"kill.completed"' not in (msg := await events.next_msg(timeout=10)).data:
+        assert msg.subject == f"{PREFIX}.desk-b.events"
+    assert msg.subject == f"{PREFIX}.desk-b.events"
+    assert msg.data + b"\n" == stdout_line
+    assert json.loads(msg.data)["kill_id"] == done["kill_id"]
+    await watcher.close()
     assert "1 known desk(s), 1 acknowledged" in out
     for name in ("desk-a", "desk-c"):
         assert fired(fleet.desks[name]) == []
@@ -296,3 +309,37 @@ async def test_nats_down_local_kill_still_works_and_resubscribes(fleet: Fleet) -
     assert desk_a.sim.stats()["requests"]["cancel_all"] == 2
     status = await fleet.publish(f"{PREFIX}.status", b"")
     assert all(s["cluster"]["connected"] for s in status)
+
+
+async def test_nats_unreachable_at_start_is_not_in_the_way(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """No NATS at start: the daemon is ready and kills on SIGUSR1; it connects once NATS is up."""
+    sim, url = await sim_factory()
+    sim.seed({"BTCUSDT": 3})
+    user = NatsUser.new(desk_permissions(PREFIX, "desk-a"))
+    server = NatsServer(workdir, [user], port=free_port())
+    config = write_config(
+        workdir,
+        url,
+        cluster={"servers": [server.url], "firm": FIRM, "credentials_env": CREDS_ENV},
+    )
+    daemon = DaemonProcess(
+        config, daemon_env(**{CREDS_ENV: user.seed, "KILLSWITCH_DESK": "desk-a"})
+    )
+    await daemon.start()
+    failed = await daemon.wait_for("cluster.connect_failed")
+    assert failed["servers"] == [server.url]
+
+    daemon.send(signal.SIGUSR1)
+    done = await daemon.wait_for("kill.completed")
+    assert done["cancelled"] + done["filled"] == 3
+    assert daemon.named("cluster.connected") == []
+
+    await server.start()
+    try:
+        await daemon.wait_for("cluster.connected")
+        assert await daemon.stop() == 0
+    finally:
+        await server.stop()
+    assert user.seed not in b"".join(daemon.raw).decode()
