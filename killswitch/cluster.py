@@ -296,6 +296,7 @@ class Cluster:
         self._nc: NatsClient | None = None
         self._subscribed: list[str] = []
         self._last_trigger: dict[str, Any] | None = None
+        self._starting: set[str] = set()  # kills a broadcast started, first cancel_all not yet sent
         self._connect_failures = 0
         self._connect_failed_logged = -math.inf
         r = registry if registry is not None else CollectorRegistry()
@@ -422,11 +423,14 @@ class Cluster:
         """Reply once the kill's first cancel_all is on the wire (bounded by max_age)."""
         reply = decision.reply
         if decision.wait_for is not None:
+            self._starting.add(decision.wait_for)
             try:
                 async with asyncio.timeout(self.config.max_age):
                     await self.host.cancel_sent(decision.wait_for)
             except TimeoutError:
                 reply = {**reply, "on_wire": False, "why": "no cancel_all sent yet"}
+            finally:
+                self._starting.discard(decision.wait_for)
         if msg.reply:
             try:
                 await msg.respond(json.dumps(reply).encode())
@@ -529,8 +533,7 @@ class Cluster:
         self.m_messages.labels("status").inc()
         # fleet trigger asks for status right behind its trigger: a kill that trigger
         # started sends its first cancel_all before this desk spends time on a status.
-        kill_id = (self._last_trigger or {}).get("kill_id")
-        if kill_id is not None:
+        for kill_id in list(self._starting):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STATUS_DEFER):
                     await self.host.cancel_sent(kill_id)

@@ -130,7 +130,8 @@ class Daemon:
         kill_id = kill_id or self.switch.current_kill_id
         if kill_id is None:
             return
-        self._sent_kills.append(kill_id)
+        if kill_id not in self._sent_kills:
+            self._sent_kills.append(kill_id)
         for waiter in self._sent_waiters.pop(kill_id, []):
             if not waiter.done():
                 waiter.set_result(None)

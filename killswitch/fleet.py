@@ -73,15 +73,22 @@ class Fleet:
             self.errors.append(f"{type(exc).__name__}: {exc}")
             self._changed.set()
 
-        self.nc = await nats.connect(
-            servers=list(self.settings.config.servers),
-            name=f"killswitch fleet {getpass.getuser()}@{self.settings.host}",
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            connect_timeout=max(1, round(timeout)),
-            error_cb=on_error,
-            **connect_options(self.settings),
-        )
+        # nats-py 2.16 keeps retrying a refused first connection even with
+        # allow_reconnect=False: the deadline is ours.
+        try:
+            async with asyncio.timeout(timeout):
+                self.nc = await nats.connect(
+                    servers=list(self.settings.config.servers),
+                    name=f"killswitch fleet {_user()}@{self.settings.host}",
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                    connect_timeout=max(1, round(timeout)),
+                    error_cb=on_error,
+                    **connect_options(self.settings),
+                )
+        except TimeoutError:
+            raise ConnectionError(self.errors[-1] if self.errors else "timed out") from None
+        self.errors.clear()
 
     async def close(self) -> None:
         if self.nc is not None:
@@ -181,7 +188,14 @@ class Fleet:
         return statuses
 
     def origin(self) -> str:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
+        return f"{_user()}@{socket.gethostname()}"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container): the server's user decides anyway
+        return "unknown"
 
 
 # --------------------------------------------------------------------------- output

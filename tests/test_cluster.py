@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -389,3 +390,51 @@ async def test_event_buffer_is_bounded_and_counts_drops(monkeypatch: pytest.Monk
     assert status["events_buffered"] == 3
     assert status["events_dropped"] == 2
     assert status["connected"] is False
+
+
+@pytest.mark.parametrize("verb", ["trigger", "status"])
+def test_fleet_without_nats_exits_1(verb: str, tmp_path: Path) -> None:
+    """fleet trigger/status with no NATS server listening: one line on stderr, exit 1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = tmp_path / "ops.toml"
+    path.write_text(
+        '[[targets]]\nexchange = "X"\n'
+        f'[cluster]\nservers = ["nats://127.0.0.1:{port}"]\nfirm = "acme"\ndesk = "ops"\n'
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "killswitch",
+            "fleet",
+            verb,
+            "--config",
+            str(path),
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("killswitch: cannot reach NATS")
+    assert result.stdout == ""
+
+
+def test_fleet_needs_a_cluster_table(tmp_path: Path) -> None:
+    """fleet with a config that has no [cluster]: config error naming cluster, exit 2."""
+    path = tmp_path / "ops.toml"
+    path.write_text('[[targets]]\nexchange = "X"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "killswitch", "fleet", "status", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("config error: cluster: ")

@@ -343,3 +343,59 @@ async def test_nats_unreachable_at_start_is_not_in_the_way(
     finally:
         await server.stop()
     assert user.seed not in b"".join(daemon.raw).decode()
+
+
+async def test_propagate_broadcasts_a_local_kill_without_storms(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """propagate on two desks: SIGUSR1 on desk-a kills desk-b too; nobody re-broadcasts."""
+    names = ("desk-a", "desk-b")
+    users = {d: NatsUser.new(desk_permissions(PREFIX, d, propagate=True)) for d in names}
+    server = NatsServer(workdir, list(users.values()))
+    await server.start()
+    desks: dict[str, tuple[SimExchange, DaemonProcess]] = {}
+    try:
+        for name in names:
+            sim, url = await sim_factory()
+            directory = workdir / name
+            directory.mkdir()
+            config = write_config(
+                directory,
+                url,
+                cluster={
+                    "servers": [server.url],
+                    "firm": FIRM,
+                    "credentials_env": CREDS_ENV,
+                    "propagate": True,
+                },
+            )
+            env = daemon_env(**{CREDS_ENV: users[name].seed, "KILLSWITCH_DESK": name})
+            desks[name] = (sim, DaemonProcess(config, env))
+        for _, daemon in desks.values():
+            await daemon.start()
+            await daemon.wait_for("cluster.connected")
+        (sim_a, desk_a), (sim_b, desk_b) = desks["desk-a"], desks["desk-b"]
+
+        desk_a.send(signal.SIGUSR1)
+        await desk_a.wait_for("kill.completed")
+        done_b = await desk_b.wait_for("kill.completed")
+
+        propagated = desk_a.named("cluster.propagated")
+        assert len(propagated) == 1
+        fired_b = desk_b.named("trigger.fired")
+        assert [e["source"] for e in fired_b] == ["cluster"]
+        assert fired_b[0]["trigger_id"] == propagated[0]["trigger_id"]
+        assert fired_b[0]["origin"] == f"desk-a@{socket.gethostname()}"
+        assert done_b["source"] == "cluster"
+        # A kill a broadcast started is not broadcast again: no storm, one kill each.
+        assert desk_b.named("cluster.propagated") == []
+        await desk_b.stop()
+        assert await desk_a.stop() == 0
+        assert [e["source"] for e in desk_a.named("trigger.fired")] == ["signal"]
+        assert sim_a.stats()["requests"]["cancel_all"] == 1
+        assert sim_b.stats()["requests"]["cancel_all"] == 1
+    finally:
+        for _, daemon in desks.values():
+            if daemon.proc is not None and daemon.returncode is None:
+                await daemon.kill()
+        await server.stop()
