@@ -299,6 +299,7 @@ class Cluster:
         self._starting: set[str] = set()  # kills a broadcast started, first cancel_all not yet sent
         self._connect_failures = 0
         self._connect_failed_logged = -math.inf
+        self._sessions = 0  # connections made since run() last looked
         r = registry if registry is not None else CollectorRegistry()
         self.m_connected = Gauge(
             "killswitch_cluster_connected", "1 while connected to NATS", registry=r
@@ -443,6 +444,8 @@ class Cluster:
         """Connect, subscribe, publish; retry forever.  Never raises (but is cancellable)."""
         backoff = RECONNECT_WAIT
         while True:
+            if self._sessions:  # the last one got connected: start the backoff afresh
+                backoff, self._sessions = RECONNECT_WAIT, 0
             try:
                 await self._session()
             except Exception as exc:
@@ -519,7 +522,11 @@ class Cluster:
                 await nc.publish(self.subjects.firm_trigger, self._outbox[0])
                 self._outbox.popleft()
             while self._events and nc.is_connected:
-                await nc.publish(self.subjects.events, self._events[0].encode())
+                line = self._events[0].encode()
+                if len(line) <= nc.max_payload:  # a larger one would fail the connection
+                    await nc.publish(self.subjects.events, line)
+                else:
+                    self._dropped += 1
                 self._events.popleft()
             if self._dropped and nc.is_connected:
                 dropped, self._dropped = self._dropped, 0
@@ -553,6 +560,7 @@ class Cluster:
     def _connected_event(self, *, reconnected: bool) -> None:
         nc = self._nc
         self.m_connected.set(1)
+        self._sessions += 1
         self._connect_failures = 0
         self._connect_failed_logged = -math.inf
         self._log.info(
