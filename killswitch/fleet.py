@@ -210,7 +210,8 @@ def format_trigger(answer: FleetAnswer, desk: str | None, timeout: float) -> tup
         ack = answer.acks.get(name)
         host = (ack or answer.statuses.get(name) or {}).get("host", "?")
         if ack is None:
-            lines.append(f"{name}\t{host}\tNO ACK within {timeout:g} s")
+            unseen = "" if name in answer.statuses else " (no status reply either)"
+            lines.append(f"{name}\t{host}\tNO ACK within {timeout:g} s{unseen}")
             ok = False
         elif ack.get("accepted"):
             wire = "" if ack.get("on_wire", True) else f" ({ack.get('why')})"
@@ -284,7 +285,7 @@ def format_fleet(rows: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
     )
 
 

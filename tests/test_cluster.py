@@ -26,6 +26,7 @@ from killswitch.cluster import (
     resolve_cluster,
 )
 from killswitch.config import ClusterConfig, ConfigError, parse_config, reloadable
+from killswitch.fleet import FleetAnswer, fleet_rows, format_fleet, format_trigger
 from killswitch.switch import State, TriggerOutcome
 from tests.fakes import FakeClock
 
@@ -438,3 +439,84 @@ def test_fleet_needs_a_cluster_table(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("config error: cluster: ")
+
+
+# --------------------------------------------------------------------------- fleet report
+
+
+def _answer(statuses: list[str], acks: dict[str, dict[str, Any]]) -> FleetAnswer:
+    answer = FleetAnswer("t1", "killswitch.acme.trigger", 0.0)
+    answer.statuses = {d: {"desk": d, "host": "h"} for d in statuses}
+    answer.acks = {d: {"desk": d, "host": "h", **a} for d, a in acks.items()}
+    answer.ack_ms = dict.fromkeys(acks, 1.5)
+    return answer
+
+
+def test_fleet_report_ok_only_when_every_known_desk_acknowledged() -> None:
+    """fleet trigger succeeds only if every desk that answered status acknowledged."""
+    ok = {"accepted": True, "kill_id": "k"}
+    all_acked = _answer(["a", "b"], {"a": ok, "b": ok})
+    one_silent = _answer(["a", "b"], {"a": ok})
+    refused = _answer(["a"], {"a": {"accepted": False, "why": "trigger stopping"}})
+    nobody = _answer([], {})
+    denied = _answer(["a"], {"a": ok})
+    denied.errors = ["Error: nats: permissions violation for publish to x"]
+
+    text, good = format_trigger(all_acked, None, 2.0)
+    assert good
+    assert "2 known desk(s), 2 acknowledged" in text
+    text, good = format_trigger(one_silent, None, 2.0)
+    assert not good
+    assert "b\th\tNO ACK within 2 s" in text
+    assert not format_trigger(refused, None, 2.0)[1]
+    assert not format_trigger(nobody, None, 2.0)[1]
+    text, good = format_trigger(denied, None, 2.0)
+    assert not good
+    assert "refused by the NATS server" in text
+    # --desk: only that desk is expected, whoever else answered status.
+    assert format_trigger(_answer(["a", "b"], {"b": ok}), "b", 2.0)[1]
+    assert not format_trigger(_answer(["a"], {}), "z", 2.0)[1]
+
+
+def test_fleet_rows_show_state_last_kill_flat_heartbeat_and_clock() -> None:
+    """One row per desk, sorted, with the fields of GET /status the operator needs."""
+    statuses: dict[str, dict[str, Any]] = {
+        "b": {
+            "host": "h2",
+            "state": "TRIPPED",
+            "last_kill": {"kill_id": "k9", "flat": True},
+            "heartbeat_age": 1.25,
+            "exchange": {"offset_ms": -12},
+            "now_ms": 1_000,
+            "received_ms": 1_004,
+            "cluster": {"connected": True},
+        },
+        "a": {"host": "h1", "state": "ARMED", "last_kill": None},
+    }
+    rows = fleet_rows(statuses)
+    assert [r["desk"] for r in rows] == ["a", "b"]
+    assert rows[1] == {
+        "desk": "b",
+        "host": "h2",
+        "state": "TRIPPED",
+        "last_kill": "k9",
+        "flat": True,
+        "heartbeat_age": 1.25,
+        "venue_offset_ms": -12,
+        "clock_skew_ms": -4,
+        "cluster_connected": True,
+    }
+    lines = format_fleet(rows).splitlines()
+    assert lines[0].split() == [
+        "DESK",
+        "HOST",
+        "STATE",
+        "LAST",
+        "KILL",
+        "FLAT",
+        "HEARTBEAT",
+        "VENUE",
+        "OFFSET",
+        "SKEW",
+    ]
+    assert lines[2].split() == ["b", "h2", "TRIPPED", "k9", "yes", "1.2s", "-12", "ms", "-4", "ms"]
