@@ -148,6 +148,27 @@ def connect_options(settings: ClusterSettings) -> dict[str, Any]:
     return {"user_credentials": RawCredentials(settings.credentials.reveal())}
 
 
+def wants_tls(config: ClusterConfig) -> bool:
+    return any(url.startswith("tls://") for url in config.servers)
+
+
+def is_tls(nc: NatsClient) -> bool:
+    """Whether the connection runs over TLS.
+
+    nats-py upgrades to TLS only when the server's INFO asks for it, so a tls://
+    URL alone does not guarantee it (a server or a man in the middle could say
+    no); and it has no public way to ask.  This reads its transport's stream
+    writer: should that internal change, the answer is False and a tls:// cluster
+    refuses to connect (local kills are unaffected), which the tests would show.
+    """
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    return writer is not None and writer.get_extra_info("ssl_object") is not None
+
+
+class InsecureConnection(ConnectionError):
+    """tls:// was configured and the connection is not encrypted."""
+
+
 def server_label(url: object) -> str | None:
     """``scheme://host:port`` of a parsed URL, never its user information."""
     scheme, host, port = (getattr(url, a, None) for a in ("scheme", "hostname", "port"))
@@ -300,6 +321,8 @@ class Cluster:
         self._connect_failures = 0
         self._connect_failed_logged = -math.inf
         self._sessions = 0  # connections made since run() last looked
+        self._check_tls_failed = False  # a reconnection came back unencrypted
+        self._tls = wants_tls(self.config)
         r = registry if registry is not None else CollectorRegistry()
         self.m_connected = Gauge(
             "killswitch_cluster_connected", "1 while connected to NATS", registry=r
@@ -478,13 +501,16 @@ class Cluster:
         )
         self._nc = nc
         try:
+            self._check_tls(nc)
             async with asyncio.TaskGroup() as answers:
 
                 async def obey_firm(msg: Msg) -> None:
-                    answers.create_task(self._answer(msg, self.receive(msg.data, "firm")))
+                    if self._secure(nc):
+                        answers.create_task(self._answer(msg, self.receive(msg.data, "firm")))
 
                 async def obey_desk(msg: Msg) -> None:
-                    answers.create_task(self._answer(msg, self.receive(msg.data, "desk")))
+                    if self._secure(nc):
+                        answers.create_task(self._answer(msg, self.receive(msg.data, "desk")))
 
                 subscriptions = []
                 if "firm" in self.config.follow:
@@ -516,6 +542,9 @@ class Cluster:
             self._wake.clear()
             if nc.is_closed:
                 raise ConnectionError("the NATS connection closed")
+            if self._check_tls_failed:
+                self._check_tls_failed = False
+                self._check_tls(nc)
             if not nc.is_connected:
                 continue  # reconnected_cb pokes us
             while self._outbox and nc.is_connected:
@@ -593,7 +622,29 @@ class Cluster:
         self.m_connected.set(0)
         self._log.warning("cluster.disconnected", desk=self.settings.desk)
 
+    def _secure(self, nc: NatsClient) -> bool:
+        """False for a message that came over an unencrypted reconnection of a tls:// cluster."""
+        if self._tls and not is_tls(nc):
+            self._check_tls_failed = True
+            self._poke()
+            return False
+        return True
+
+    def _check_tls(self, nc: NatsClient) -> None:
+        if self._tls and not is_tls(nc):
+            self._log.critical(
+                "cluster.insecure",
+                server=server_label(nc.connected_url),
+                problem="tls:// configured, the connection is not encrypted: closing it",
+            )
+            raise InsecureConnection("the NATS connection is not encrypted")
+
     async def _on_reconnected(self) -> None:
+        nc = self._nc
+        if nc is not None and self._tls and not is_tls(nc):
+            self._check_tls_failed = True
+            self._poke()  # the publisher ends the session; run() connects afresh
+            return
         self._connected_event(reconnected=True)
 
     async def _on_closed(self) -> None:

@@ -372,6 +372,8 @@ def _cluster(root: Table) -> ClusterConfig | None:
             raise ConfigError(
                 t.key("servers"), "must not carry credentials (use credentials_env) or a query"
             )
+    if len({urlsplit(url).scheme for url in servers}) > 1:
+        raise ConfigError(t.key("servers"), "mixes nats:// and tls://: use tls:// for all")
     if not t.has("firm"):
         raise ConfigError(t.key("firm"), "is required")
     firm = _token(t, "firm", t.string("firm", ""))

@@ -67,7 +67,7 @@ class Fleet:
     async def connect(self, timeout: float) -> None:
         import nats
 
-        from killswitch.cluster import connect_options
+        from killswitch.cluster import connect_options, is_tls, wants_tls
 
         async def on_error(exc: Exception) -> None:
             self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -89,6 +89,8 @@ class Fleet:
         except TimeoutError:
             raise ConnectionError(self.errors[-1] if self.errors else "timed out") from None
         self.errors.clear()
+        if wants_tls(self.settings.config) and not is_tls(self.nc):
+            raise ConnectionError("tls:// configured, the connection is not encrypted")
 
     async def close(self) -> None:
         if self.nc is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import re
@@ -21,8 +23,51 @@ from pathlib import Path
 from typing import Any
 
 import nkeys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-__all__ = ["NatsServer", "NatsUser", "desk_permissions", "free_port", "nats_server_binary"]
+__all__ = [
+    "NatsServer",
+    "NatsUser",
+    "desk_permissions",
+    "free_port",
+    "nats_server_binary",
+    "self_signed_certificate",
+]
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files); trust it with SSL_CERT_FILE."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "nats-cert.pem", directory / "nats-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
 
 
 def free_port() -> int:
@@ -72,16 +117,23 @@ def desk_permissions(prefix: str, desk: str, *, propagate: bool = False) -> dict
 class NatsServer:
     """``nats-server -c`` with a generated config; restartable on the same port."""
 
-    def __init__(self, directory: Path, users: list[NatsUser], port: int = 0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        users: list[NatsUser],
+        port: int = 0,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.directory = directory
         self.users = users
+        self.tls = tls  # (certificate, key) PEM files: clients must use TLS
         self.port = port  # 0: a free one, chosen by the server at the first start
         self.proc: asyncio.subprocess.Process | None = None
         self.log = directory / "nats-server.log"
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def _config(self) -> Path:
         users = ",\n    ".join(
@@ -91,6 +143,10 @@ class NatsServer:
             f"host: 127.0.0.1\nport: {self.port or -1}\n"
             f"authorization {{\n  users = [\n    {users}\n  ]\n}}\n"
         )
+        if self.tls is not None:
+            cert, key = self.tls
+            files = {"cert_file": str(cert), "key_file": str(key)}
+            text += f"tls {json.dumps(files)}\n"
         path = self.directory / "nats-server.conf"
         path.write_text(text)
         return path

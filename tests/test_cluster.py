@@ -88,6 +88,7 @@ def test_cluster_table_defaults_and_values() -> None:
         ({"servers": ["nats://user:pw@127.0.0.1:4222"]}, "cluster.servers"),
         ({"servers": ["nats://127.0.0.1:99999"]}, "cluster.servers"),
         ({"servers": "nats://127.0.0.1"}, "cluster.servers"),
+        ({"servers": ["nats://10.0.0.1", "tls://10.0.0.2"]}, "cluster.servers"),
         ({"firm": "a.b"}, "cluster.firm"),
         ({"firm": ">"}, "cluster.firm"),
         ({"desk": "desk a"}, "cluster.desk"),

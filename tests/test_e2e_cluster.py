@@ -19,7 +19,13 @@ import pytest
 
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, daemon_env, write_config
-from tests.natsserver import NatsServer, NatsUser, desk_permissions, free_port
+from tests.natsserver import (
+    NatsServer,
+    NatsUser,
+    desk_permissions,
+    free_port,
+    self_signed_certificate,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -398,4 +404,76 @@ async def test_propagate_broadcasts_a_local_kill_without_storms(
         for _, daemon in desks.values():
             if daemon.proc is not None and daemon.returncode is None:
                 await daemon.kill()
+        await server.stop()
+
+
+async def _lone_desk(
+    workdir: Path, sim_factory: SimFactory, user: NatsUser, url: str, **env: str
+) -> DaemonProcess:
+    """One daemon, desk-a, against ``url``, started."""
+    _, exchange = await sim_factory()
+    config = write_config(
+        workdir,
+        exchange,
+        cluster={"servers": [url], "firm": FIRM, "credentials_env": CREDS_ENV},
+    )
+    daemon = DaemonProcess(
+        config, daemon_env(**{CREDS_ENV: user.seed, "KILLSWITCH_DESK": "desk-a"}, **env)
+    )
+    await daemon.start()
+    return daemon
+
+
+async def test_tls_cluster_connects_over_tls(workdir: Path, sim_factory: SimFactory) -> None:
+    """tls:// against a TLS nats-server (a certificate the desk trusts): connected, obeys."""
+    cert, key = self_signed_certificate(workdir)
+    user = NatsUser.new(desk_permissions(PREFIX, "desk-a"))
+    operator = NatsUser.new(OPERATOR)
+    server = NatsServer(workdir, [user, operator], tls=(cert, key))
+    await server.start()
+    try:
+        daemon = await _lone_desk(workdir, sim_factory, user, server.url, SSL_CERT_FILE=str(cert))
+        connected = await daemon.wait_for("cluster.connected")
+        assert connected["server"].startswith("tls://127.0.0.1:")
+        fleet = Fleet(server, {}, operator, operator, workdir)
+        config, env = fleet.cli_config(operator)
+        env["SSL_CERT_FILE"] = str(cert)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "killswitch",
+            "fleet",
+            "trigger",
+            "--config",
+            str(config),
+            "--desk",
+            "desk-a",
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out
+        await daemon.wait_for("kill.completed")
+        assert daemon.named("cluster.insecure") == []
+        assert await daemon.stop() == 0
+    finally:
+        await server.stop()
+
+
+async def test_tls_url_refuses_an_unencrypted_server(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """tls:// but the server speaks plain NATS: cluster.insecure, never subscribed, no trigger."""
+    user = NatsUser.new(desk_permissions(PREFIX, "desk-a"))
+    server = NatsServer(workdir, [user])
+    await server.start()
+    try:
+        url = server.url.replace("nats://", "tls://")
+        daemon = await _lone_desk(workdir, sim_factory, user, url)
+        insecure = await daemon.wait_for("cluster.insecure")
+        assert insecure["server"] == url
+        assert daemon.named("cluster.connected") == []
+        assert daemon.returncode is None
+        assert await daemon.stop() == 0
+    finally:
         await server.stop()
