@@ -410,12 +410,17 @@ class Cluster:
             self._log.warning(
                 "cluster.trigger_stale", **fields, age=round(age, 3), max_age=self.config.max_age
             )
-            return self._refuse(f"stale: sent {age:.1f} s ago, max_age {self.config.max_age:g} s")
+            return self._refuse(
+                f"stale: sent {age:.1f} s ago, max_age {self.config.max_age:g} s",
+                trigger_id=message.id,
+            )
         seen = self._seen.get(message.id)
         if seen is not None:
             self.m_messages.labels("duplicate").inc()
             self._log.warning("cluster.trigger_duplicate", **fields)
-            return self._refuse("duplicate trigger id: already obeyed", kill_id=seen[0])
+            return self._refuse(
+                "duplicate trigger id: already obeyed", kill_id=seen[0], trigger_id=message.id
+            )
         outcome, kill_id = self.host.cluster_trigger(message.reason, **fields)
         self._seen.add(message.id, kill_id)
         self.m_messages.labels(outcome.value).inc()
@@ -428,8 +433,9 @@ class Cluster:
             "kill_id": kill_id,
         }
         if outcome in (TriggerOutcome.STARTED, TriggerOutcome.COALESCED) and kill_id is not None:
-            return Decision(self._reply(True, kill_id, outcome=outcome.value), wait_for=kill_id)
-        return self._refuse(f"trigger {outcome.value}", kill_id=kill_id)
+            reply = self._reply(True, kill_id, outcome=outcome.value, trigger_id=message.id)
+            return Decision(reply, wait_for=kill_id)
+        return self._refuse(f"trigger {outcome.value}", kill_id=kill_id, trigger_id=message.id)
 
     def _reply(self, accepted: bool, kill_id: str | None, **extra: Any) -> dict[str, Any]:
         return {
@@ -440,8 +446,8 @@ class Cluster:
             **extra,
         }
 
-    def _refuse(self, why: str, kill_id: str | None = None) -> Decision:
-        return Decision(self._reply(False, kill_id, why=why))
+    def _refuse(self, why: str, kill_id: str | None = None, **extra: Any) -> Decision:
+        return Decision(self._reply(False, kill_id, why=why, **extra))
 
     async def _answer(self, msg: Msg, decision: Decision) -> None:
         """Reply once the kill's first cancel_all is on the wire (bounded by max_age)."""
@@ -460,6 +466,15 @@ class Cluster:
                 await msg.respond(json.dumps(reply).encode())
             except Exception as exc:  # a lost reply must not end the connection task
                 self._log.warning("cluster.reply_failed", error=type(exc).__name__)
+                return
+        self._log.info(
+            "cluster.acknowledged",
+            trigger_id=reply.get("trigger_id"),
+            accepted=reply["accepted"],
+            kill_id=reply["kill_id"],
+            why=reply.get("why"),
+            replied=bool(msg.reply),
+        )
 
     # ------------------------------------------------------------------ the connection task
 

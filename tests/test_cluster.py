@@ -61,7 +61,7 @@ def test_cluster_table_defaults_and_values() -> None:
     """Every contract key is read; defaults per §11."""
     assert _cluster() == ClusterConfig(servers=("nats://127.0.0.1:4222",), firm="acme")
     full = _cluster(
-        servers=["tls://nats.example:4443", "nats://10.0.0.2"],
+        servers=["tls://nats.example:4443", "tls://10.0.0.2"],
         credentials_env="NATS_CREDS",
         desk="desk-a",
         subject_prefix="corp.killswitch",
@@ -69,7 +69,7 @@ def test_cluster_table_defaults_and_values() -> None:
         propagate=True,
         max_age=5,
     )
-    assert full.servers == ("tls://nats.example:4443", "nats://10.0.0.2")
+    assert full.servers == ("tls://nats.example:4443", "tls://10.0.0.2")
     assert (full.credentials_env, full.desk, full.subject_prefix) == (
         "NATS_CREDS",
         "desk-a",
@@ -313,6 +313,7 @@ async def test_a_valid_trigger_fires_once_and_waits_for_the_send() -> None:
         "accepted": True,
         "kill_id": "kill1",
         "outcome": "started",
+        "trigger_id": json.loads(data)["id"],
     }
     reason, detail = host.triggers[0]
     assert reason == "drill"

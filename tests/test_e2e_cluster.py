@@ -181,6 +181,10 @@ async def test_firm_trigger_kills_every_desk_each_acknowledged(fleet: Fleet) -> 
         assert done["cancelled"] + done["filled"] == 5
         assert desk.sim.stats()["requests"]["cancel_all"] == 1
         event = fired(desk)[0]
+        # The acknowledgement went out after the kill's first cancel_all had left.
+        names = [e.get("event") for e in desk.daemon.events]
+        assert names.index("cancel_all.sent") < names.index("cluster.acknowledged")
+        assert desk.daemon.named("cluster.acknowledged")[0]["kill_id"] == done["kill_id"]
         assert event["reason"] == "firm drill"
         assert event["origin"].endswith("@" + socket.gethostname())
         assert event["trigger_id"] in out
