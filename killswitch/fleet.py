@@ -50,6 +50,7 @@ class FleetAnswer:
     acks: dict[str, dict[str, Any]] = field(default_factory=dict)
     ack_ms: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    twins: list[str] = field(default_factory=list)
 
 
 class Fleet:
@@ -61,6 +62,7 @@ class Fleet:
         self.settings = settings
         self.subjects = Subjects.of(settings.config, settings.desk)
         self.errors: list[str] = []
+        self.twins: set[str] = set()  # desk names more than one daemon answered for
         self.nc: NatsClient | None = None
         self._changed = asyncio.Event()
 
@@ -134,6 +136,7 @@ class Fleet:
 
         def on_status(body: dict[str, Any]) -> None:
             assert answer is not None
+            self._note_twin(answer.statuses, body)
             answer.statuses.setdefault(body["desk"], body)
 
         def on_ack(body: dict[str, Any]) -> None:
@@ -167,6 +170,7 @@ class Fleet:
                 break
             await self._wait(min(deadline - now, SETTLE))
         answer.errors = list(self.errors)
+        answer.twins = sorted(self.twins)
         return answer
 
     @staticmethod
@@ -179,6 +183,7 @@ class Fleet:
         statuses: dict[str, dict[str, Any]] = {}
 
         def on_status(body: dict[str, Any]) -> None:
+            self._note_twin(statuses, body)
             statuses.setdefault(body["desk"], {**body, "received_ms": int(time.time() * 1000)})
 
         inbox = await self._gather(on_status)
@@ -188,6 +193,15 @@ class Fleet:
         while (now := time.monotonic()) < deadline and not self.errors:
             await self._wait(deadline - now)
         return statuses
+
+    def _note_twin(self, known: dict[str, dict[str, Any]], body: dict[str, Any]) -> None:
+        """Two daemons answering under one desk name (a copied config): both obey its subject."""
+        first = known.get(body["desk"])
+        if first is not None and (first.get("host"), first.get("pid")) != (
+            body.get("host"),
+            body.get("pid"),
+        ):
+            self.twins.add(body["desk"])
 
     def origin(self) -> str:
         return f"{_user()}@{socket.gethostname()}"
@@ -227,6 +241,9 @@ def format_trigger(answer: FleetAnswer, desk: str | None, timeout: float) -> tup
     for error in answer.errors:
         refused = "permissions violation" in error.lower()
         lines.append(f"{'refused by the NATS server' if refused else 'error'}: {error}")
+        ok = False
+    for twin in answer.twins:  # one acknowledgement cannot speak for both
+        lines.append(f"error: more than one daemon answers as desk {twin}: fix their desk names")
         ok = False
     if not expected:
         lines.append("no desk answered the status request: the fleet is unknown")
@@ -366,7 +383,9 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     async def work(fleet: Fleet) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        return await fleet.status(args.timeout), fleet.errors
+        statuses = await fleet.status(args.timeout)
+        twins = [f"more than one daemon answers as desk {t}" for t in sorted(fleet.twins)]
+        return statuses, fleet.errors + twins
 
     result = asyncio.run(_run(settings, args.timeout, work, sys.stderr))
     if result is None:

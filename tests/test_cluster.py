@@ -26,7 +26,7 @@ from killswitch.cluster import (
     resolve_cluster,
 )
 from killswitch.config import ClusterConfig, ConfigError, parse_config, reloadable
-from killswitch.fleet import FleetAnswer, fleet_rows, format_fleet, format_trigger
+from killswitch.fleet import Fleet, FleetAnswer, fleet_rows, format_fleet, format_trigger
 from killswitch.switch import State, TriggerOutcome
 from tests.fakes import FakeClock
 
@@ -475,6 +475,11 @@ def test_fleet_report_ok_only_when_every_known_desk_acknowledged() -> None:
     text, good = format_trigger(denied, None, 2.0)
     assert not good
     assert "refused by the NATS server" in text
+    twins = _answer(["a"], {"a": ok})
+    twins.twins = ["a"]
+    text, good = format_trigger(twins, None, 2.0)
+    assert not good
+    assert "more than one daemon answers as desk a" in text
     # --desk: only that desk is expected, whoever else answered status.
     assert format_trigger(_answer(["a", "b"], {"b": ok}), "b", 2.0)[1]
     assert not format_trigger(_answer(["a"], {}), "z", 2.0)[1]
@@ -522,3 +527,14 @@ def test_fleet_rows_show_state_last_kill_flat_heartbeat_and_clock() -> None:
         "SKEW",
     ]
     assert lines[2].split() == ["b", "h2", "TRIPPED", "k9", "yes", "1.2s", "-12", "ms", "-4", "ms"]
+
+
+def test_two_daemons_under_one_desk_name_are_noticed() -> None:
+    """A second status reply for a desk from another host or pid marks that desk as a twin."""
+    fleet = Fleet(ClusterSettings(_cluster(), "ops", "h", None))
+    known = {"a": {"desk": "a", "host": "h1", "pid": 1}}
+    fleet._note_twin(known, {"desk": "a", "host": "h1", "pid": 1})
+    fleet._note_twin(known, {"desk": "b", "host": "h1", "pid": 2})
+    assert fleet.twins == set()
+    fleet._note_twin(known, {"desk": "a", "host": "h2", "pid": 1})
+    assert fleet.twins == {"a"}
