@@ -10,13 +10,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from killswitch import __version__
 from killswitch.config import Config, ConfigError, as_dict, load_config
 from killswitch.control import ControlClient, DaemonUnavailable, SocketInUse
 from killswitch.credentials import load_credentials
 from killswitch.fleet import add_fleet_commands
+
+if TYPE_CHECKING:
+    from killswitch.cluster import ClusterSettings
 
 __all__ = ["main"]
 
@@ -49,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"killswitch: {exc}", EXIT_FAIL)
 
 
-def _cluster_settings(config: Config) -> Any:
+def _cluster_settings(config: Config) -> ClusterSettings | None:
     from killswitch.cluster import resolve_cluster
 
     return resolve_cluster(config.cluster)

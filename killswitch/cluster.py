@@ -343,6 +343,8 @@ class Cluster:
 
     def tap(self, line: str) -> None:
         """Every rendered event line (the log's tap): buffer it, never wait."""
+        if not line.startswith("{"):
+            return  # log.format = "console": the events subject carries JSON only
         if len(self._events) >= EVENT_BUFFER:
             self._dropped += 1
             return
