@@ -65,6 +65,8 @@ EVENT_BUFFER = 10_000  # event lines held while NATS is slow or away; the rest a
 SEEN_LIMIT = 100_000  # trigger ids remembered at most (each for 2 x max_age + 60 s)
 RECONNECT_WAIT = 1.0  # nats-py's wait between attempts at one server
 RETRY_MAX = 30.0  # our own backoff cap if a whole connection attempt fails
+EVENTS_IN_FLIGHT = 64 * 1024  # event bytes handed to nats-py before waiting for the server
+FLUSH_TIMEOUT = 5  # seconds
 STATUS_DEFER = 1.0  # a status request waits at most this long for a starting kill's first send
 CONNECT_FAILED_EVERY = 60.0  # cluster.connect_failed at most once a minute (+ suppressed)
 
@@ -568,6 +570,15 @@ class Cluster:
                 await nc.publish(self.subjects.firm_trigger, self._outbox[0])
                 self._outbox.popleft()
             while self._events and nc.is_connected:
+                if nc.pending_data_size > EVENTS_IN_FLIGHT:
+                    # Replies share nats-py's outgoing buffer: never let events pile up
+                    # in front of an acknowledgement.  Wait for the server to take them.
+                    try:
+                        await nc.flush(timeout=FLUSH_TIMEOUT)
+                    except Exception as exc:
+                        self._log.warning("cluster.slow", error=type(exc).__name__)
+                        break  # the buffer grows meanwhile; drops are counted
+                    continue
                 line = self._events[0].encode()
                 if len(line) <= nc.max_payload:  # a larger one would fail the connection
                     await nc.publish(self.subjects.events, line)

@@ -481,3 +481,45 @@ async def test_tls_url_refuses_an_unencrypted_server(
         assert await daemon.stop() == 0
     finally:
         await server.stop()
+
+
+async def test_events_of_a_large_kill_arrive_complete_and_in_order(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """A 1,500-order kill: every stdout line from trigger.fired to kill.completed, in order."""
+    user, viewer = NatsUser.new(desk_permissions(PREFIX, "desk-a")), NatsUser.new(VIEWER)
+    server = NatsServer(workdir, [user, viewer])
+    await server.start()
+    try:
+        sim, exchange = await sim_factory(status_limit=(100_000, 1.0))
+        sim.seed({"BTCUSDT": 1500})
+        config = write_config(
+            workdir,
+            exchange,
+            confirm={"rate_limit": {"requests": 100_000, "per_seconds": 1, "margin": 0.05}},
+            cluster={"servers": [server.url], "firm": FIRM, "credentials_env": CREDS_ENV},
+        )
+        env = daemon_env(**{CREDS_ENV: user.seed, "KILLSWITCH_DESK": "desk-a"})
+        daemon = DaemonProcess(config, env)
+        await daemon.start()
+        await daemon.wait_for("cluster.connected")
+        watcher = await nats.connect(server.url, nkeys_seed_str=viewer.seed)
+        events = await watcher.subscribe(f"{PREFIX}.desk-a.events", pending_msgs_limit=100_000)
+        await watcher.flush()
+
+        daemon.send(signal.SIGUSR1)
+        await daemon.wait_for("kill.completed", timeout=60)
+        received: list[bytes] = []
+        while not received or b'"kill.completed"' not in received[-1]:
+            received.append((await events.next_msg(timeout=20)).data)
+        await watcher.close()
+
+        start = next(i for i, raw in enumerate(daemon.raw) if b'"trigger.fired"' in raw)
+        end = next(i for i, raw in enumerate(daemon.raw) if b'"kill.completed"' in raw)
+        expected = [raw.rstrip(b"\n") for raw in daemon.raw[start : end + 1]]
+        assert len(expected) > 1500
+        assert received[received.index(expected[0]) :] == expected
+        assert daemon.named("cluster.events_dropped") == []
+        assert await daemon.stop() == 0
+    finally:
+        await server.stop()
