@@ -17,6 +17,7 @@ from typing import Any
 import nats
 import pytest
 
+from killswitch.control import ControlClient
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, daemon_env, write_config
 from tests.natsserver import (
@@ -291,6 +292,17 @@ async def test_fleet_status_lists_every_desk(fleet: Fleet) -> None:
     code, text, _ = await fleet.cli(fleet.viewer, "status")
     assert text.splitlines()[0].split()[:3] == ["DESK", "HOST", "STATE"]
     assert len(text.splitlines()) == 4
+    control = ControlClient(fleet.desks["desk-a"].directory / "ctl.sock")
+    _, status = await control.request("GET", "/status")
+    assert status["cluster"]["connected"] is True
+    assert status["cluster"]["subscriptions"] == [
+        f"{PREFIX}.trigger",
+        f"{PREFIX}.desk-a.trigger",
+        f"{PREFIX}.status",
+    ]
+    _, metrics = await control.request("GET", "/metrics", parse=bytes)
+    assert b"killswitch_cluster_connected 1.0" in metrics
+    assert b'killswitch_cluster_messages_total{outcome="status"}' in metrics
 
 
 async def test_nats_down_local_kill_still_works_and_resubscribes(fleet: Fleet) -> None:
