@@ -71,6 +71,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if args.online:
             return _fail(f"config error: {exc}", EXIT_CONFIG)
         effective["credentials"] = f"NOT USABLE: {exc}"
+    if config.cluster is not None:
+        try:
+            settings = _cluster_settings(config)
+            assert settings is not None
+            effective["cluster"]["desk"] = settings.desk  # as resolved here
+            effective["cluster"]["credentials"] = "found (values not shown)"
+        except ConfigError as exc:
+            effective["cluster"]["credentials"] = f"NOT USABLE: {exc}"
     if not args.online:
         print(json.dumps(effective, indent=2))
         return EXIT_OK

@@ -538,3 +538,33 @@ def test_two_daemons_under_one_desk_name_are_noticed() -> None:
     assert fleet.twins == set()
     fleet._note_twin(known, {"desk": "a", "host": "h2", "pid": 1})
     assert fleet.twins == {"a"}
+
+
+def test_check_config_shows_the_resolved_desk_and_whether_nats_credentials_are_usable(
+    tmp_path: Path,
+) -> None:
+    """check-config: the desk as resolved ($KILLSWITCH_DESK) and the NATS credentials' state."""
+    path = tmp_path / "k.toml"
+    path.write_text(
+        '[[targets]]\nexchange = "X"\n[cluster]\nservers = ["nats://h"]\nfirm = "acme"\n'
+        'credentials_env = "NC"\n'
+    )
+    env = {"PATH": "/usr/bin", "KILLSWITCH_DESK": "desk-q"}
+
+    def run(**extra: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [sys.executable, "-m", "killswitch", "check-config", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            timeout=60,
+            check=True,
+        )
+        shown: dict[str, Any] = json.loads(result.stdout)["cluster"]
+        assert SEED not in result.stdout
+        return shown
+
+    good, bad = run(NC=SEED), run(NC="nope")
+    assert good["desk"] == "desk-q"
+    assert good["credentials"] == "found (values not shown)"
+    assert bad["credentials"].startswith("NOT USABLE: cluster.credentials_env: ")
