@@ -222,6 +222,13 @@ def format_status(s: dict[str, Any]) -> str:
                 f"{lim['available']}/{lim['limit']} now, next in {lim['next_free_in']}s",
             )
         )
+    cluster = s.get("cluster")
+    if cluster:
+        where = cluster.get("server") or ", ".join(cluster.get("servers") or [])
+        link = "connected to" if cluster.get("connected") else "NOT connected to"
+        rows.append(
+            ("cluster", f"desk {cluster.get('desk')} of {cluster.get('firm')}, {link} {where}")
+        )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -568,3 +568,18 @@ def test_check_config_shows_the_resolved_desk_and_whether_nats_credentials_are_u
     assert good["desk"] == "desk-q"
     assert good["credentials"] == "found (values not shown)"
     assert bad["credentials"].startswith("NOT USABLE: cluster.credentials_env: ")
+
+
+def test_killswitch_status_shows_the_cluster_link() -> None:
+    """killswitch status: one 'cluster' row saying whether the desk is connected, and where."""
+    from killswitch.cli import format_status
+
+    base: dict[str, Any] = {"state": "ARMED", "last_kill": None, "rate_limit": {}}
+    cluster = {"desk": "desk-a", "firm": "acme", "servers": ["nats://a:4222"], "server": None}
+    down = format_status({**base, "cluster": {**cluster, "connected": False}})
+    up = format_status(
+        {**base, "cluster": {**cluster, "connected": True, "server": "nats://a:4222"}}
+    )
+    assert "cluster" not in format_status(base)
+    assert "desk desk-a of acme, NOT connected to nats://a:4222" in down
+    assert "desk desk-a of acme, connected to nats://a:4222" in up
