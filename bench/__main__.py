@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import confirmation, deadman, flat, idle, pnl_breach, signal_latency, storm
+from bench import confirmation, deadman, flat, fleet, idle, pnl_breach, signal_latency, storm
 from bench.harness import Settings, progress
 from bench.report import Figure, LoadMeter, machine, render_table
 
@@ -34,6 +34,7 @@ SCENARIOS: dict[str, Scenario] = {
     "contract": confirmation.run_contract_default,
     "flat": flat.run,
     "flat_poll": flat.run_polling,
+    "fleet": fleet.run,
 }
 SLOW_ONLY = ("contract", "flat_poll")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")

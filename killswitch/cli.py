@@ -10,14 +10,19 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from killswitch import __version__
 from killswitch.config import Config, ConfigError, as_dict, load_config
-from killswitch.control import ControlClient, DaemonUnavailable, SocketInUse
+from killswitch.control import ControlClient, DaemonUnavailable
 from killswitch.credentials import load_credentials
+from killswitch.fleet import add_fleet_commands
+from killswitch.status_view import format_status  # small; also imported by tests from here
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from killswitch.cluster import ClusterSettings
+
+__all__ = ["format_status", "main", "watch"]
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
@@ -39,13 +44,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _config(args.config)
         credentials = load_credentials(config.exchange)
+        cluster = None if config.cluster is None else _cluster_settings(config)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     configure_logging(config.log.level, config.log.format)
-    try:
-        return run_loop(Daemon(config, credentials).serve())
-    except SocketInUse as exc:
-        return _fail(f"killswitch: {exc}", EXIT_FAIL)
+    return run_loop(Daemon(config, credentials, cluster=cluster).serve())
+
+
+def _cluster_settings(config: Config) -> ClusterSettings | None:
+    from killswitch.cluster import resolve_cluster
+
+    return resolve_cluster(config.cluster)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -61,6 +70,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if args.online:
             return _fail(f"config error: {exc}", EXIT_CONFIG)
         effective["credentials"] = f"NOT USABLE: {exc}"
+    if config.cluster is not None:
+        try:
+            settings = _cluster_settings(config)
+            assert settings is not None
+            effective["cluster"]["desk"] = settings.desk  # as resolved here
+            effective["cluster"]["credentials"] = "found (values not shown)"
+        except ConfigError as exc:
+            effective["cluster"]["credentials"] = f"NOT USABLE: {exc}"
     if not args.online:
         print(json.dumps(effective, indent=2))
         return EXIT_OK
@@ -161,8 +178,6 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from killswitch.status_view import format_status  # not on the daemon's start path
-
     if args.watch:
         client = _control(args)
         if isinstance(client, int):
@@ -410,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="random seed for ids and outcomes")
     p.set_defaults(fn=cmd_sim)
+    add_fleet_commands(sub)
     return parser
 
 

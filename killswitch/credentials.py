@@ -13,7 +13,7 @@ from pathlib import Path
 
 from killswitch.config import ConfigError, ExchangeConfig
 
-__all__ = ["Credentials", "Secret", "ed25519_secret_bytes", "load_credentials"]
+__all__ = ["Credentials", "Secret", "ed25519_secret_bytes", "load_credentials", "read_secret"]
 
 
 class Secret:
@@ -77,6 +77,11 @@ def ed25519_secret_bytes(text: str) -> bytes:
     if len(raw) != 32:
         raise ValueError("ed25519 signing needs the secret as 64 hex characters (a 32-byte key)")
     return raw
+
+
+def read_secret(name: str, key: str, environ: Mapping[str, str] | None = None) -> Secret:
+    """One secret read like the API secret (the NATS credentials of ``[cluster]``)."""
+    return _read(name, key, os.environ if environ is None else environ)
 
 
 def load_credentials(

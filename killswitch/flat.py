@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
 from killswitch import listing
-from killswitch.exchange import CLOSED_ORDERS, ExchangeClient
+from killswitch.exchange import CLOSED_ORDERS, OPEN_ORDERS, ExchangeClient
 from killswitch.log import get_logger
 from killswitch.orders import OrderPage
 
@@ -64,6 +64,10 @@ class Listings(Protocol):
 
     def closed_budget(self) -> int:
         """Closed-order pages that could be requested now without waiting."""
+        ...
+
+    def open_budget(self) -> int:
+        """Open-order pages that could be requested now without waiting."""
         ...
 
 
@@ -169,3 +173,6 @@ class VenueListings:
 
     def closed_budget(self) -> int:
         return self._client.limiters[CLOSED_ORDERS].available()
+
+    def open_budget(self) -> int:
+        return self._client.limiters[OPEN_ORDERS].available()

@@ -72,6 +72,10 @@ REJECT_MAX: Final = 300.0
 LISTING_HOLD: Final = 15.0
 """While listings confirm, no status poll of an order for this long after a listing
 showed it open or before the next listing is due (the listing tells for free)."""
+RELIST_FIRST: Final = 0.5
+"""Seconds between the first and second listing of a target while named orders are still
+cancelling; doubling from there up to :data:`RELIST_MAX`."""
+RELIST_MAX: Final = 5.0
 PAGE: Final = 50  # orders per listing page (the venue's maximum)
 NEW_PER_PAGE: Final = PAGE - 1  # a page may repeat the last order of the one before
 RECOVER_SLACK_MS: Final = 2_000  # closed since the kill started, give or take clock error
@@ -92,6 +96,11 @@ def plan_sweeps(targets: tuple[Target, ...]) -> list[SweepKey]:
         else:
             sweeps.append((target.exchange, None))
     return sweeps
+
+
+def _relist(wait: float) -> float:
+    """The wait before the next listing of a target that still lists named orders open."""
+    return min(max(wait * 2, RELIST_FIRST), RELIST_MAX)
 
 
 def outcome_unknown(exc: ExchangeError) -> bool:
@@ -175,6 +184,7 @@ class KillRunner:
         self._leftovers: set[str] = set()
         self._created: dict[str, int] = {}  # created_at (venue ms) of orders a listing showed
         self._answered: set[str] = set()  # ids some cancel_all answer named
+        self._gone: set[str] = set()  # named ids a complete listing no longer showed
         self._started = 0.0
         self._flat_ms: float | None = None
         self._kill_id: str | None = None  # while a kill runs
@@ -207,15 +217,25 @@ class KillRunner:
             "sweeps": sweeps,
         }
 
-    def progress(self) -> dict[str, Any] | None:
-        """The running kill's progress report (:func:`killswitch.progress.report`); None
-        when no kill runs."""
+    def progress(self) -> tuple[int, int] | None:
+        """(orders known terminal, orders) of the running kill: resolved ones, and those a
+        complete listing no longer shows (terminal, outcome still to be read)."""
         confirmer = self.confirmer
-        if self._kill_id is None or confirmer is None:
+        if confirmer is None:
             return None
         resolved, total = confirmer.progress()
+        return resolved + len(confirmer.unresolved(self._gone)), total
+
+    def progress_report(self) -> dict[str, Any] | None:
+        """The running kill's progress report (:func:`killswitch.progress.report`): what
+        ``kill.progress``, ``GET /status`` and ``STATUS=`` show; None when no kill runs."""
+        confirmer = self.confirmer
+        counted = self.progress()
+        if self._kill_id is None or confirmer is None or counted is None:
+            return None
+        resolved, total = counted
         sweeps_left = sum(1 for u in self._units.values() for t in u.sweeps if not t.done())
-        pending = total - resolved
+        pending = total - confirmer.progress()[0]  # gone from a listing: outcome still to read
         if self.use_listings:  # outcomes come from listings: a page per 49 orders
             remaining = {
                 "cancel_all": sweeps_left,
@@ -240,7 +260,7 @@ class KillRunner:
         """``kill.progress`` every :data:`PROGRESS_EVERY` seconds until cancelled."""
         while True:
             await self.clock.sleep(PROGRESS_EVERY)
-            progress = self.progress()
+            progress = self.progress_report()
             if progress is not None:
                 budgets = progress.pop("budgets")
                 available = {name: b["available"] for name, b in budgets.items()}
@@ -379,6 +399,7 @@ class KillRunner:
         self._leftovers = set(plan.leftovers)
         self._created = {}
         self._answered = set(plan.known_orders) - plan.leftovers
+        self._gone = set()
         self._flat_ms = None
         for order_id, status in plan.known_orders.items():
             # A resumed order keeps its deadline from its first poll before the restart.
@@ -449,15 +470,22 @@ class KillRunner:
         if unit.sweeps:
             await asyncio.wait(unit.sweeps)
         wait = cfg.first_poll_delay
+        pages = 1  # what the last listing cost
         while True:
+            if self.listings.open_budget() < pages + 1:
+                # Listing now would spend the last of the open-orders budget on orders
+                # still cancelling: let them finish first (the limiter would wait anyway).
+                wait = max(wait, RELIST_MAX)
             await self.clock.sleep(wait)
             listed = await self._list(unit)
+            pages = max(1, math.ceil(len(listed) / NEW_PER_PAGE))
             self._created.update((i, o.created_at) for i, o in listed.items())
             for order_id, order in listed.items():
                 if confirmer.knows(order_id):
                     confirmer.observe(order_id, order.status, via="open_orders")
             missing = [i for i in confirmer.unresolved(unit.named) if i not in listed]
             confirmer.hold(missing, LISTING_HOLD)  # the closed pages below will tell
+            self._gone.update(missing)
             # Open, and no answer named it: a leftover, swept (again) until an answer
             # names it or its deadline gives up on it (unconfirmed).
             leftovers = {
@@ -469,12 +497,8 @@ class KillRunner:
                 fresh = not set(leftovers) <= self._leftovers
                 await self._sweep_leftovers(plan, unit, leftovers, confirmer)
                 # New leftovers: look again soon.  The same ones again (the venue named
-                # none of them): back off like a re-poll, inside the cancel_all budget.
-                wait = (
-                    cfg.first_poll_delay
-                    if fresh
-                    else min(max(wait * 2, cfg.poll_interval), cfg.max_poll_interval)
-                )
+                # none of them): back off, inside the cancel_all budget.
+                wait = cfg.first_poll_delay if fresh else _relist(wait)
                 continue
             if not listed:
                 unit.flat = True
@@ -489,8 +513,7 @@ class KillRunner:
                     order_ids=sorted(listed),
                 )
                 break
-            wait = cfg.poll_interval if wait < cfg.poll_interval else wait * 2
-            wait = min(wait, cfg.max_poll_interval)
+            wait = _relist(wait)
         if unit.flat and all(u.flat for u in self._units.values()) and self._flat_ms is None:
             self._flat_ms = round((self.clock.monotonic() - self._started) * 1000, 1)
             self._log.info("kill.flat", duration_ms=self._flat_ms)

@@ -1,15 +1,15 @@
 """Prometheus metrics for ``GET /metrics`` (prometheus-client, own registry).
 
-Requests by endpoint and outcome are read at scrape time from the exchange
-client's own counts (every endpoint, the server-time call too), so nothing
-counts them twice.  The process collector adds ``process_*`` (CPU, memory,
+Every request the exchange client sent is read at scrape time from the
+client's own counts (``killswitch_exchange_requests_sent``: all four endpoints
+and the server-time call, by outcome).  The process collector adds ``process_*`` (CPU, memory,
 open files) wherever ``/proc/stat`` is readable; the systemd units'
 ``ProcSubset=pid`` hides it, and then those series are absent (README).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,7 +19,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
@@ -38,6 +38,12 @@ class Metrics:
             "killswitch_triggers",
             "Triggers fired, by source and outcome",
             ["source", "outcome"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "killswitch_exchange_requests",
+            "Exchange requests by endpoint and outcome",
+            ["endpoint", "outcome"],
             registry=r,
         )
         self.orders = Counter(
@@ -89,6 +95,17 @@ class Metrics:
         self.state = Gauge(
             "killswitch_state", "1 for the switch's current state", ["state"], registry=r
         )
+        self.store_ok = Gauge(
+            "killswitch_store_ok",
+            "1 while the state store persists and has no problem to report, else 0",
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "killswitch_store_failures",
+            "State store failures: unavailable or corrupt at open, writes lost",
+            ["kind"],
+            registry=r,
+        )
         self.ratelimit_available = Gauge(
             "killswitch_ratelimit_available",
             "Requests that could be sent now",
@@ -115,10 +132,6 @@ class Metrics:
         )
         ProcessCollector(registry=r)
 
-    def count_requests(self, sent: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
-        """``killswitch_exchange_requests_total{endpoint,outcome}`` from ``sent()`` at scrape."""
-        self.registry.register(_RequestsCollector(sent))
-
     def watch(
         self,
         *,
@@ -137,31 +150,16 @@ class Metrics:
         for endpoint, fn in available.items():
             self.ratelimit_available.labels(endpoint).set_function(_as_float(fn))
 
+    def watch_requests(self, sent: Callable[[], dict[str, dict[str, int]]]) -> None:
+        """Every request the exchange client sent, by endpoint (all four, and the server-time
+        call) and outcome, read from the client at scrape time."""
+        self.registry.register(_RequestsSent(sent))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
-
-
-class _RequestsCollector(Collector):
-    def __init__(self, sent: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
-        self._sent = sent
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "killswitch_exchange_requests",
-            "Exchange requests that left the daemon, by endpoint and outcome"
-            " (ok, or the error kind)",
-            labels=["endpoint", "outcome"],
-        )
-        for endpoint, by_outcome in sorted(self._sent().items()):
-            for outcome, n in sorted(by_outcome.items()):
-                family.add_metric([endpoint, outcome], n)
-        yield family
-
-    def describe(self) -> Iterator[CounterMetricFamily]:
-        return self.collect()
 
 
 def _or(value: float | None, default: float) -> float:
@@ -174,3 +172,19 @@ def _is_state(state: Callable[[], str], name: str) -> Callable[[], float]:
 
 def _as_float(fn: Callable[[], int]) -> Callable[[], float]:
     return lambda: float(fn())
+
+
+class _RequestsSent(Collector):
+    def __init__(self, sent: Callable[[], dict[str, dict[str, int]]]) -> None:
+        self._sent = sent
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "killswitch_exchange_requests_sent",
+            "Requests that left the daemon, by endpoint and outcome (ok or the error kind)",
+            labels=["endpoint", "outcome"],
+        )
+        for endpoint, outcomes in sorted(self._sent().items()):
+            for outcome, count in sorted(outcomes.items()):
+                family.add_metric([endpoint, outcome], count)
+        yield family

@@ -125,6 +125,13 @@ def format_status(s: dict[str, Any]) -> str:
         rows.append(
             ("guard", f"last run: {run.get('open')} open found, errors {run.get('errors')}")
         )
+    cluster = s.get("cluster")
+    if cluster:
+        where = cluster.get("server") or ", ".join(cluster.get("servers") or [])
+        link = "connected to" if cluster.get("connected") else "NOT connected to"
+        rows.append(
+            ("cluster", f"desk {cluster.get('desk')} of {cluster.get('firm')}, {link} {where}")
+        )
     for name, lim in (s.get("rate_limit") or {}).items():
         rows.append(
             (

@@ -5,7 +5,7 @@
 
 Triggers only record intent and wake :meth:`KillSwitch.run`, which owns the
 kill.  A trigger during a kill is coalesced into it; an explicit trigger
-(signal, manual) while tripped starts a new sweep; an automatic one (heartbeat,
+(signal, manual, cluster) while tripped starts a new sweep; an automatic one (heartbeat,
 PnL) while tripped is logged and changes nothing — the switch is already
 latched.  Every state change is a ``switch.state`` event.
 """
@@ -26,7 +26,8 @@ from killswitch.store import KillRecord, StateStore
 
 __all__ = ["EXPLICIT_SOURCES", "KillSwitch", "ResetOutcome", "State", "TriggerOutcome"]
 
-EXPLICIT_SOURCES = frozenset({"signal", "manual"})
+# cluster: an operator pressed the firm-wide button (killswitch fleet trigger).
+EXPLICIT_SOURCES = frozenset({"signal", "manual", "cluster"})
 
 
 class State(enum.StrEnum):
@@ -129,8 +130,11 @@ class KillSwitch:
 
     # ------------------------------------------------------------------ triggers
 
-    def trigger(self, source: str, reason: str) -> TriggerOutcome:
-        """Record a trigger; the kill itself runs in :meth:`run`.  Never blocks."""
+    def trigger(self, source: str, reason: str, **detail: Any) -> TriggerOutcome:
+        """Record a trigger; the kill itself runs in :meth:`run`.  Never blocks.
+
+        ``detail`` goes on its ``trigger.fired`` event (the cluster's origin and trigger_id).
+        """
         if self._stopping:
             outcome = TriggerOutcome.STOPPING
         elif self.state is State.KILLING:
@@ -140,7 +144,7 @@ class KillSwitch:
         else:
             outcome = TriggerOutcome.STARTED
         if outcome is not TriggerOutcome.STARTED:
-            self._fired(source, reason, outcome)
+            self._fired(source, reason, outcome, **detail)
             return outcome
         # The fast path: decide, latch in memory and wake the kill.  The events, the
         # state callbacks and the durable record follow in announce(), which the kill
@@ -152,7 +156,7 @@ class KillSwitch:
         previous = self.state
 
         def announce() -> None:
-            self._fired(source, reason, outcome)
+            self._fired(source, reason, outcome, **detail)
             self._set_state(State.KILLING, f"{source}: {reason}", announced=previous)
             self.store.start_kill(kill_id, source, reason, started_at, sweeps)
 
@@ -165,13 +169,14 @@ class KillSwitch:
         self._wake.set()
         return outcome
 
-    def _fired(self, source: str, reason: str, outcome: TriggerOutcome) -> None:
+    def _fired(self, source: str, reason: str, outcome: TriggerOutcome, **detail: Any) -> None:
         self._log.warning(
             "trigger.fired",
             source=source,
             reason=reason,
             coalesced=outcome is TriggerOutcome.COALESCED,
             outcome=outcome.value,
+            **detail,
         )
 
     def reset(self, *, force: bool = False, why: str = "reset --force") -> ResetOutcome:
@@ -260,7 +265,7 @@ class KillSwitch:
         return None if plan is None else plan.source
 
     def progress(self) -> tuple[int, int] | None:
-        confirmer = self.runner.confirmer
-        if self.state is not State.KILLING or confirmer is None:
+        """(orders known terminal, orders) of the running kill; None when none runs."""
+        if self.state is not State.KILLING:
             return None
-        return confirmer.progress()
+        return self.runner.progress()

@@ -55,6 +55,7 @@ class VenueFake:
     exchange: str = "EX"
     cancel_delay: float = 0.2
     closed_budget_now: int = 20
+    open_budget_now: int = 20
     orders: dict[str, _Order] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     # endpoint (or "cancel_all:SYMBOL") -> errors to raise on its next calls;
@@ -205,3 +206,6 @@ class VenueFake:
 
     def closed_budget(self) -> int:
         return self.closed_budget_now
+
+    def open_budget(self) -> int:
+        return self.open_budget_now

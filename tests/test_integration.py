@@ -175,6 +175,7 @@ async def test_status_heartbeat_and_metrics_show_the_venue(running: Any) -> None
     assert "killswitch_exchange_self_test_ok 1.0" in text
     assert "killswitch_last_kill_flat 1.0" in text
     assert 'killswitch_ratelimit_available{endpoint="closed_orders"}' in text
+    assert 'killswitch_exchange_requests_sent_total{endpoint="open_orders",outcome="ok"}' in text
 
 
 async def test_failed_self_test_shows_and_the_daemon_keeps_running(running: Any) -> None:

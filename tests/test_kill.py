@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from killswitch.config import Config, parse_config
 from killswitch.errors import RateLimited, RejectedRequest, RequestTimeout, ServerError
-from killswitch.kill import REJECT_FIRST, KillPlan, KillRunner, plan_sweeps
+from killswitch.kill import REJECT_FIRST, RELIST_MAX, KillPlan, KillRunner, plan_sweeps
 from killswitch.store import StateStore
 from tests.fake_venue import VenueFake
 from tests.fakes import FakeClock
@@ -410,3 +410,17 @@ async def test_a_state_db_from_0_1_opens_and_resumes(tmp_path: Path) -> None:
     reopened = StateStore(path)
     reopened.open()  # the migration is idempotent
     reopened.close()
+
+
+async def test_relisting_spares_the_last_of_the_open_orders_budget(store: StateStore) -> None:
+    """With the open-orders budget nearly spent, the flat proof waits the longest relist
+    interval before listing (the orders finish cancelling instead of being listed)."""
+    clock = FakeClock(START)
+    venue = VenueFake(clock, open_budget_now=1)
+    venue.seed("BTC", 5)
+    summary, _ = await kill(make_config(), venue, store)
+
+    listings = [c.at for c in venue.calls if c.endpoint == "open_orders"]
+    assert listings[0] - START >= RELIST_MAX
+    assert len(listings) == 1  # by then every order was cancelled: one empty listing
+    assert summary["flat"] is True

@@ -37,7 +37,7 @@ async def test_metrics_after_a_kill(running: Any) -> None:  # noqa: F811
     for endpoint, by_outcome in sent.items():
         for outcome, n in by_outcome.items():
             key = (
-                "killswitch_exchange_requests_total",
+                "killswitch_exchange_requests_sent_total",
                 (("endpoint", endpoint), ("outcome", outcome)),
             )
             assert got[key] == n

@@ -75,7 +75,7 @@ async def test_kill_progress_every_few_seconds_with_an_estimate(tmp_path: Path) 
     )
     sweeps = plan_sweeps(config.targets)
     store.start_kill("k1", "manual", "test", clock.time(), sweeps)
-    assert runner.progress() is None  # no kill yet
+    assert runner.progress_report() is None  # no kill yet
     with capture_logs() as logs:
         task = asyncio.create_task(runner.run(KillPlan("k1", "manual", "test", sweeps)))
         await clock.run_until(task)
@@ -98,7 +98,7 @@ async def test_kill_progress_every_few_seconds_with_an_estimate(tmp_path: Path) 
     assert abs(first["elapsed_s"] + first["eta_s"] - duration) < 1.0
     assert all(abs(e["elapsed_s"] + e["eta_s"] - duration) < 1.0 for e in events)
     assert summary["cancelled"] == 50
-    assert runner.progress() is None  # the kill is over
+    assert runner.progress_report() is None  # the kill is over
 
 
 async def test_with_listings_the_estimate_counts_pages_not_polls(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ async def test_with_listings_the_estimate_counts_pages_not_polls(tmp_path: Path)
     store.start_kill("k1", "manual", "test", clock.time(), sweeps)
     task = asyncio.create_task(runner.run(KillPlan("k1", "manual", "test", sweeps)))
     await clock.advance(1.0)
-    progress = runner.progress()
+    progress = runner.progress_report()
     assert progress is not None
     assert progress["confirmed"] == 0
     assert progress["total"] == 100

@@ -30,6 +30,9 @@ class FakeRunner:
     def stuck_info(self) -> dict[str, Any] | None:
         return {"why": "symbol suspended"}
 
+    def progress(self) -> tuple[int, int] | None:
+        return None
+
     async def run(self, plan: KillPlan) -> dict[str, Any]:
         self.plans.append(plan)
         if plan.announce is not None:  # the real runner announces after its first sends
