@@ -100,7 +100,16 @@ def build_wheelhouse(into: Path) -> None:
         ),
     )
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(into), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(into),
+            str(source),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -238,11 +247,13 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
             c.boot()
         except BootFailed as exc:
             pytest.skip(f"systemd-nspawn cannot boot a container here: {exc}")
+        # The README's install, offline: a venv, then pip from the wheelhouse.
         c.run("python3", "-m", "venv", VENV, timeout=120)
         c.run(
             f"{VENV}/bin/pip",
             "install",
             "--quiet",
+            "--disable-pip-version-check",
             "--no-index",
             "--find-links",
             "/wheels",

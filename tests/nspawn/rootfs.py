@@ -57,7 +57,7 @@ def ensure_rootfs(log: bool = False) -> Path:
         return target
     if os.geteuid() != 0:
         raise RootfsUnavailable("building a root file system with debootstrap needs root")
-    debootstrap = shutil.which("debootstrap")
+    debootstrap = shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
     if debootstrap is None:
         raise RootfsUnavailable("debootstrap not installed (.ci/run installs it)")
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
