@@ -233,7 +233,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         pytest.skip(reason)
     try:
         lower = ensure_rootfs()
-    except RootfsUnavailable as exc:
+    except (RootfsUnavailable, OSError) as exc:
         pytest.skip(f"no Debian root file system for systemd-nspawn: {exc}")
     wheels = tmp_path_factory.mktemp("nspawn") / "wheels"
     build_wheelhouse(wheels)
@@ -550,3 +550,30 @@ def test_template_instances_are_separate_users(box: Machine) -> None:
         assert box.as_service(unit, python, "-c", CONNECT, instance_socket(me)).returncode == 0
         signal = box.as_service(unit, "/bin/sh", "-c", f"kill -0 {pids[other]}")
         assert signal.returncode != 0
+
+
+def test_instances_cannot_start_after_the_plain_unit_ran(box: Machine) -> None:
+    """After killswitch.service ran, instances fail 238/STATE_DIRECTORY until its state is gone."""
+    c = box.c
+    start(box)
+    c.systemctl("stop", UNIT)
+    box.install_config("desk-a", box.config("desk-a"))
+    unit = "killswitch@desk-a.service"
+
+    refused = c.systemctl("start", unit, check=False, timeout=60)
+
+    assert refused.returncode != 0
+    # Not a config error (2), so Restart=always retries it every RestartSec=2s, forever.
+    assert c.show(unit, "ActiveState", "SubState", "ExecMainStatus") == {
+        "ActiveState": "activating",
+        "SubState": "auto-restart",
+        "ExecMainStatus": "238",  # EXIT_STATE_DIRECTORY
+    }
+    # The README's remedy: remove the plain unit's state; the next retry starts.
+    c.systemctl("clean", "--what=state", UNIT)
+    c.wait_for(
+        f"{unit} to come up by itself",
+        lambda: c.show(unit, "ActiveState")["ActiveState"] == "active",
+        timeout=30,
+    )
+    assert int(c.show(unit, "NRestarts")["NRestarts"]) >= 1
