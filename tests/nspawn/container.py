@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -51,6 +52,14 @@ def _tool(name: str) -> str:
     if path is None:
         raise BootFailed(f"{name} not found on this machine")
     return path
+
+
+def _die_with_parent() -> None:
+    """In the nspawn child: SIGTERM it if the test process dies (even by SIGKILL);
+    nspawn then halts the container."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def _host_children(pid: int) -> list[int]:
@@ -160,6 +169,7 @@ class Container:
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # prctl only; safe before exec
             )
         deadline = time.monotonic() + timeout
         while self.init_pid is None:

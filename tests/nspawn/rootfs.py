@@ -11,6 +11,7 @@ check succeeded: an interrupted build never leaves a half cache.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -61,9 +62,21 @@ def ensure_rootfs(log: bool = False) -> Path:
     if debootstrap is None:
         raise RootfsUnavailable("debootstrap not installed (.ci/run installs it)")
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    # Leftovers of an interrupted build (their own temp dirs) are removed first.
-    for stale in CACHE_ROOT.glob(f".build-{target.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # One build at a time on the machine (another test session may be building).
+    with (CACHE_ROOT / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / COMPLETE).exists():
+            return target
+        # Leftovers of an interrupted build (their own temp dirs) are removed first.
+        for stale in CACHE_ROOT.glob(f".build-{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if target.exists():  # a tree without the marker: not ours to trust
+            shutil.rmtree(target)
+        _build(debootstrap, target, log)
+    return target
+
+
+def _build(debootstrap: str, target: Path, log: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-", dir=CACHE_ROOT))
     try:
         argv = [
@@ -92,16 +105,10 @@ def ensure_rootfs(log: bool = False) -> Path:
             if not (tmp / needed).exists():
                 raise RootfsUnavailable(f"debootstrap finished but /{needed} is missing")
         (tmp / COMPLETE).write_text(" ".join(argv) + "\n", encoding="utf-8")
-        try:
-            tmp.rename(target)
-        except OSError:
-            # Another build finished first: theirs is as good as ours.
-            if not (target / COMPLETE).exists():
-                raise
+        tmp.rename(target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 if __name__ == "__main__":
