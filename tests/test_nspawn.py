@@ -172,6 +172,7 @@ class Machine:
         creds = "/etc/killswitch/credentials" + ("" if name == "killswitch" else f"/{name}")
         self.c.write(f"{creds}/api_key", self.api_key, 0o600)
         self.c.write(f"{creds}/api_secret", self.api_secret, 0o600)
+        (self.c.root / "etc/killswitch/credentials").chmod(0o700)
         return path
 
     # ------------------------------------------------------------------ units
@@ -214,12 +215,13 @@ class Machine:
         self.sim("POST", "/_sim/seed", {"orders": {"BTCUSDT": orders}})
 
     def fresh(self) -> None:
-        """Every killswitch unit stopped and forgotten, state wiped, a new simulated
-        exchange (fresh rate-limit windows), the default config in place."""
+        """Every killswitch unit stopped and forgotten, configs, credentials and state
+        wiped, a new simulated exchange (fresh rate-limit windows), the default config."""
         c = self.c
         c.systemctl("stop", "killswitch.service", "killswitch@*.service", check=False)
         c.systemctl("reset-failed", check=False)
-        c.sh("rm -rf /var/lib/private/killswitch /var/lib/killswitch /run/killswitch")
+        c.run("rm", "-rf", "/etc/killswitch", "/run/killswitch", "/var/lib/killswitch")
+        c.run("rm", "-rf", "/var/lib/private/killswitch")
         self.install_config("killswitch", self.config())
         c.systemctl("restart", SIM_UNIT)
         c.wait_for("the simulated exchange to listen", self.sim_up, timeout=30)
@@ -475,6 +477,13 @@ def test_credentials_arrive_but_stay_out_of_journal_and_sight(box: Machine) -> N
         hidden = box.as_service(UNIT, "cat", path)
         assert hidden.returncode != 0
         assert "Permission denied" in hidden.stderr, hidden.stderr
+    # Not only file modes (0600 root would keep the user out anyway): in the
+    # service's mount namespace InaccessiblePaths= put an empty mode-000 node
+    # there, so not even root inside it could read the keys.
+    inside = ["nsenter", "-t", str(pid), "-m", "--"]
+    assert c.run(*inside, "stat", "-c", "%a", "/etc/killswitch/credentials").stdout == "0\n"
+    assert c.run(*inside, "ls", "-A", "/etc/killswitch/credentials").stdout == ""
+    assert c.run("ls", "/etc/killswitch/credentials").stdout.split() == ["api_key", "api_secret"]
 
     journal = c.run("journalctl", "--no-pager", "-o", "export").stdout
     assert box.api_key not in journal
