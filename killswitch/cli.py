@@ -14,7 +14,7 @@ from typing import Any
 
 from killswitch import __version__
 from killswitch.config import Config, ConfigError, as_dict, load_config
-from killswitch.control import ControlClient, DaemonUnavailable, SocketInUse
+from killswitch.control import ControlClient, DaemonUnavailable
 from killswitch.credentials import load_credentials
 
 __all__ = ["main"]
@@ -41,10 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     configure_logging(config.log.level, config.log.format)
-    try:
-        return asyncio.run(Daemon(config, credentials).serve())
-    except SocketInUse as exc:
-        return _fail(f"killswitch: {exc}", EXIT_FAIL)
+    return asyncio.run(Daemon(config, credentials).serve())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -193,6 +190,9 @@ def format_status(s: dict[str, Any]) -> str:
         )
     else:
         rows.append(("last kill", "none"))
+    store = s.get("store")
+    if store and not store.get("ok"):
+        rows.append(("store", f"NOT OK: {store.get('problem')}"))
     for name, lim in (s.get("rate_limit") or {}).items():
         rows.append(
             (

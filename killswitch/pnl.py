@@ -199,6 +199,12 @@ class PnlWatcher:
         self._inotify = inotify
         return True
 
+    def close(self) -> None:
+        """Release the inotify fd (the daemon's exit stack calls this whatever happened)."""
+        inotify, self._inotify = self._inotify, None
+        if inotify is not None:
+            inotify.close()
+
     async def run(self) -> None:
         """Watch until cancelled: inotify on the directory, else a stat poll."""
         if self.backend == "none":
