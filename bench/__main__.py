@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import confirmation, deadman, idle, pnl_breach, signal_latency, storm
+from bench import confirmation, deadman, fleet, idle, pnl_breach, signal_latency, storm
 from bench.harness import Settings, progress
 from bench.report import Figure, LoadMeter, machine, render_table
 
@@ -32,6 +32,7 @@ SCENARIOS: dict[str, Scenario] = {
     "idle": idle.run,
     "storm": storm.run,
     "contract": confirmation.run_contract_default,
+    "fleet": fleet.run,
 }
 SLOW_ONLY = ("contract",)
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-__all__ = ["Redactor", "configure_logging", "get_logger", "redactor"]
+__all__ = ["Redactor", "add_tap", "configure_logging", "get_logger", "redactor"]
 
 _SENSITIVE_NAMES = ("secret", "password", "api_key", "apikey", "signature", "authorization")
 REDACTED = "**redacted**"
@@ -65,6 +65,22 @@ def _rename_level(logger: WrappedLogger, name: str, event: EventDict) -> EventDi
     return event
 
 
+_taps: list[Callable[[str], None]] = []
+
+
+def add_tap(tap: Callable[[str], None]) -> Callable[[], None]:
+    """Also hand every rendered event line to ``tap`` (it must not block); returns the remover."""
+    _taps.append(tap)
+    return lambda: _taps.remove(tap)
+
+
+def _tap(logger: WrappedLogger, name: str, line: Any) -> Any:
+    # After the renderer: ``line`` is the text written to stdout (the cluster's events subject).
+    for tap in _taps:
+        tap(line)
+    return line
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Install the daemon's processor chain; safe to call again on reload."""
     out = sys.stdout if stream is None else stream
@@ -85,6 +101,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             ),
             redactor,
             renderer,
+            _tap,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
