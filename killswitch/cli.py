@@ -43,8 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format)
     try:
         return asyncio.run(Daemon(config, credentials).serve())
-    except SocketInUse as exc:
-        return _fail(f"killswitch: {exc}", EXIT_FAIL)
+    except SocketInUse as exc:  # logging is configured: an event, not a text line
+        from killswitch.log import get_logger
+
+        get_logger().critical("control.socket_in_use", problem=str(exc))
+        return EXIT_FAIL
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

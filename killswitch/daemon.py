@@ -24,10 +24,11 @@ from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
 from killswitch.control import ControlServer
 from killswitch.credentials import Credentials
+from killswitch.damping import Damper
 from killswitch.exchange import ExchangeClient
 from killswitch.heartbeat import DeadManSwitch
 from killswitch.kill import KillRunner
-from killswitch.log import configure_logging, get_logger, redactor
+from killswitch.log import configure_logging, get_logger, install_loop_handler, redactor
 from killswitch.metrics import Metrics
 from killswitch.notify import Notifier
 from killswitch.pnl import PnlMonitor, PnlWatcher
@@ -66,6 +67,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._started = self.clock.monotonic()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.damper = Damper()  # repeated warnings (ratelimit.wait) a few a minute
         redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
 
     # ------------------------------------------------------------------ wiring
@@ -98,7 +100,9 @@ class Daemon:
 
         def on_wait(seconds: float) -> None:
             self.prom.ratelimit_waits.labels(endpoint).inc()
-            log.warning("ratelimit.wait", endpoint=endpoint, seconds=round(seconds, 3))
+            self.damper.warning(
+                log, "ratelimit.wait", key=endpoint, endpoint=endpoint, seconds=round(seconds, 3)
+            )
 
         return SlidingWindowLimiter(
             endpoint,
@@ -147,6 +151,7 @@ class Daemon:
             pnl.stale_after,
             self.clock,
             lambda why, value: self._fire("pnl", why if value is None else f"{why}: pnl={value}"),
+            latched=lambda: self.switch.state is State.TRIPPED,
         )
         self.pnl_watcher = PnlWatcher(pnl.path, self.pnl)
         self.switch.on_reset(self.pnl.rearm)
@@ -271,6 +276,7 @@ class Daemon:
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT; 0 on a clean stop."""
         loop = self._loop = asyncio.get_running_loop()
+        install_loop_handler(loop)
         # Before touching the state store: is another daemon already running here?
         ControlServer(self.config.control.socket, self).claim()
         self.store.open()

@@ -63,9 +63,7 @@ class Damper:
         _take(limiter)
         return self._suppressed.pop(slot, 0)
 
-    def log(
-        self, log: Any, level: str, event: str, *, key: Hashable = None, **fields: Any
-    ) -> bool:
+    def log(self, log: Any, level: str, event: str, *, key: Hashable = None, **fields: Any) -> bool:
         """Log ``event`` at ``level`` unless its bucket is full; True if it was logged."""
         suppressed = self.admit(event, key)
         if suppressed is None:

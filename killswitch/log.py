@@ -145,9 +145,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     threading.excepthook = _thread_excepthook
 
 
-def _excepthook(
-    kind: type[BaseException], value: BaseException, tb: TracebackType | None
-) -> None:
+def _excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     get_logger().critical(
         "python.uncaught", error=kind.__name__, detail=str(value), exc_info=(kind, value, tb)
     )

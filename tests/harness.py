@@ -16,9 +16,37 @@ import tomli_w
 
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET
 
-__all__ = ["DaemonProcess", "write_atomically", "write_config"]
+__all__ = ["DaemonProcess", "check_json_output", "write_atomically", "write_config"]
 
 Event = dict[str, Any]
+LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
+def check_json_output(stream: str, data: bytes, returncode: int | None) -> None:
+    """Every line a daemon wrote on ``stream`` is one JSON event (contract §8).
+
+    The only text allowed is the one ``config error: ...`` line of a config
+    refused before anything starts (exit status 2).
+    """
+    for number, line in enumerate(data.splitlines(), 1):
+        text = line.decode(errors="replace")
+        if returncode == 2 and text.startswith("config error: "):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        ok = (
+            isinstance(event, dict)
+            and isinstance(event.get("event"), str)
+            and event.get("level") in LEVELS
+            and isinstance(event.get("timestamp"), str)
+        )
+        if not ok:
+            raise AssertionError(
+                f"daemon {stream} line {number} is not a JSON event "
+                f"(event, level, timestamp): {text[:500]!r}"
+            )
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,6 +117,7 @@ class DaemonProcess:
         self.stderr = b""
         self._changed = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
+        self.output_checked = False
 
     @property
     def pid(self) -> int:
@@ -163,6 +192,12 @@ class DaemonProcess:
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.returncode
 
+    def check_output(self) -> None:
+        """Fail unless everything on stdout and stderr was JSON events (once per daemon)."""
+        self.output_checked = True
+        check_json_output("stdout", b"".join(self.raw), self.returncode)
+        check_json_output("stderr", self.stderr, self.returncode)
+
     async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None
         if self.proc.returncode is None:
@@ -172,6 +207,7 @@ class DaemonProcess:
             code = await self.proc.wait()
         if self._reader is not None:
             await self._reader
+        self.check_output()
         return code
 
     async def exited(self, timeout: float = 20.0) -> int:
@@ -181,6 +217,7 @@ class DaemonProcess:
             code = await self.proc.wait()
         if self._reader is not None:
             await self._reader
+        self.check_output()
         return code
 
     async def kill(self) -> None:
