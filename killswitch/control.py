@@ -9,12 +9,13 @@ new connection beyond that evicts the oldest one that is not in the middle
 of a request (an idle or slowloris client), or is closed at once when all of
 them are busy.  A connection that does not complete a request within
 ``IDLE_TIMEOUT`` seconds of connecting (or of its last answer) is dropped; a
-request body that does not arrive within ``BODY_TIMEOUT`` is unreadable.  The
-listen backlog is small (``BACKLOG``) because asyncio accepts a whole
-backlog's worth of connections in one loop turn.  The soft RLIMIT_NOFILE is
-raised to the hard limit at start, and ``FD_RESERVE`` descriptors are kept
-out of the control socket's reach for the exchange client's pools, the state
-store, the inotify watch and the reader thread.  Malformed HTTP and handler
+request body that does not arrive within ``BODY_TIMEOUT`` is unreadable.
+asyncio accepts up to ``BACKLOG`` connections in one loop turn and closes
+refused ones a turn later, so during a flood the control socket may briefly
+hold ``max_connections + 2 * BACKLOG`` descriptors.  The soft RLIMIT_NOFILE is raised
+to the hard limit at start, and ``FD_RESERVE`` descriptors beyond that burst
+are kept out of the control socket's reach for the exchange client's pools,
+the state store, the inotify watch and the reader thread.  Malformed HTTP and handler
 errors are one damped ``control.error`` event, never a traceback.
 """
 
@@ -50,8 +51,9 @@ __all__ = [
 MAX_REASON = 500
 MAX_BODY = 64 * 1024
 MAX_CONNECTIONS = 64  # control connections held open at once
-FD_RESERVE = 160  # exchange pools 64 + 8, a backlog burst 32, store, inotify, stdio ... + margin
-BACKLOG = 32
+FD_RESERVE = 160  # exchange pools 64 + 8, store 3, inotify, PnL reader, loop, stdio ... + margin
+BACKLOG = 128  # asyncio accepts up to this many connections in one loop turn
+LISTEN_QUEUE = 1024  # connects the kernel queues: a client waits instead of failing with EAGAIN
 IDLE_TIMEOUT = 5.0  # seconds to send a complete request after connecting or the last answer
 BODY_TIMEOUT = 2.0  # seconds for a request body to arrive
 UNREADABLE = "unreadable request body"
@@ -75,7 +77,7 @@ def connection_cap(soft_limit: int) -> int:
     """Control connections allowed under ``soft_limit`` descriptors, ``FD_RESERVE`` kept back."""
     if soft_limit == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(4, min(MAX_CONNECTIONS, soft_limit - FD_RESERVE - BACKLOG))
+    return max(4, min(MAX_CONNECTIONS, soft_limit - FD_RESERVE - 2 * BACKLOG))
 
 
 class _Refused(asyncio.Protocol):
@@ -141,6 +143,7 @@ class ControlServer:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self._busy: set[object] = set()  # protocols with a request being handled
+        self._fresh = 0  # protocols created in this loop turn, not yet connected
         self.max_connections = MAX_CONNECTIONS
         self.damper = Damper()
         self._log = get_logger()
@@ -161,21 +164,36 @@ class ControlServer:
             self._busy.discard(protocol)
 
     def _protocol(self) -> asyncio.BaseProtocol:
-        """A new connection: over the cap, evict the oldest idle one (or refuse this one)."""
+        """A new connection: over the cap, evict the oldest idle ones (or refuse this one).
+
+        asyncio creates the protocols of a whole accept burst before any of them
+        is connected (``connection_made`` runs a loop turn later), so the ones
+        created in this turn are counted too.
+        """
         assert self._runner is not None
         server = self._runner.server
         assert server is not None
+        if self._fresh == 0:
+            asyncio.get_running_loop().call_soon(self._settled)
         held = [h for h in server.connections if h.transport is not None]
-        if len(held) >= self.max_connections:
-            victim = next((h for h in held if h not in self._busy), None)
-            if victim is None:
+        excess = len(held) + self._fresh + 1 - self.max_connections
+        if excess > 0:
+            idle = [h for h in held if h not in self._busy][:excess]
+            for victim in idle:
+                victim.force_close()
+            if len(idle) < excess:
                 self.damper.warning(
                     self._log, "control.overloaded", held=len(held), action="refused"
                 )
                 return _Refused()
-            victim.force_close()
-            self.damper.warning(self._log, "control.overloaded", held=len(held), action="evicted")
+            self.damper.warning(
+                self._log, "control.overloaded", held=len(held), action="evicted oldest idle"
+            )
+        self._fresh += 1
         return server()
+
+    def _settled(self) -> None:
+        self._fresh = 0
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._track])
@@ -210,13 +228,21 @@ class ControlServer:
         )
         await self._runner.setup()
         loop = asyncio.get_running_loop()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
+            listener.bind(str(self.path))
             self._server = await loop.create_unix_server(
-                self._protocol, str(self.path), backlog=BACKLOG
+                self._protocol, sock=listener, backlog=BACKLOG
             )
+        except BaseException:
+            listener.close()
+            raise
         finally:
             os.umask(old)
+        # asyncio uses one number for the kernel's queue and for its accept burst; a
+        # long queue lets a flood wait in the kernel, where it costs no descriptor.
+        listener.listen(LISTEN_QUEUE)
         self.path.chmod(0o600)
         self._log.info(
             "control.listening",

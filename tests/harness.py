@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -108,9 +109,12 @@ class DaemonProcess:
 
     started: ClassVar[list[DaemonProcess]] = []  # every one, so teardown can reap them
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, *, nofile: int | None = None
+    ) -> None:
         self.config = config
         self.env = env if env is not None else daemon_env()
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the daemon, like `ulimit -n`
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[Event] = []
         self.raw: list[bytes] = []
@@ -135,11 +139,16 @@ class DaemonProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
+            preexec_fn=None if self.nofile is None else self._limit_nofile,
         )
         DaemonProcess.started.append(self)
         self._reader = asyncio.create_task(self._read())
         if wait_ready:
             await self.wait_for("daemon.ready")
+
+    def _limit_nofile(self) -> None:  # runs in the child, before exec
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     async def _read(self) -> None:
         assert self.proc is not None
