@@ -368,3 +368,21 @@ async def test_2000_concurrent_clients_and_a_slowloris(
     assert dropped_after < 30
     await _sigusr1_cancels(daemon, sim)
     assert await daemon.stop() == 0
+
+
+async def test_sighup_with_an_unexpandable_path_is_reload_failed(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """Row 7: SIGHUP to a config with `~nosuchuser/x`: config.reload_failed, old config kept."""
+    _, daemon, ctl = await _daemon(sim_factory, workdir)
+    text = daemon.config.read_text()
+    assert str(workdir / "pnl.json") in text
+    daemon.config.write_text(text.replace(str(workdir / "pnl.json"), "~nosuchuser/x"))
+    daemon.send(signal.SIGHUP)
+    failed = await daemon.wait_for("config.reload_failed")
+    assert failed["key"] == "triggers.pnl.path"
+    assert failed["problem"] == "cannot expand ~nosuchuser"
+    code, status = await ctl.request("GET", "/status")
+    assert code == 200
+    assert status["state"] == "ARMED"
+    assert await daemon.stop() == 0  # also: no traceback, only JSON on stdout and stderr
