@@ -7,9 +7,10 @@ No client can starve the daemon through this socket.  At most
 ``max_connections`` (64, fewer under a small RLIMIT_NOFILE) are held open; a
 new connection beyond that evicts the oldest one that is not in the middle
 of a request (an idle or slowloris client), or is closed at once when all of
-them are busy.  A connection that does not complete a request within
-``IDLE_TIMEOUT`` seconds of connecting (or of its last answer) is dropped; a
-request body that does not arrive within ``BODY_TIMEOUT`` is unreadable.
+them are busy.  A connection that has not sent a complete request within
+``HEADER_TIMEOUT`` seconds of connecting is dropped (slowloris), a kept-alive
+one after ``IDLE_TIMEOUT`` seconds without a request; a request body that
+does not arrive within ``BODY_TIMEOUT`` is unreadable.
 asyncio accepts up to ``BACKLOG`` connections in one loop turn and closes
 refused ones a turn later, so during a flood the control socket may briefly
 hold ``max_connections + 2 * BACKLOG`` descriptors.  The soft RLIMIT_NOFILE is raised
@@ -54,7 +55,8 @@ MAX_CONNECTIONS = 64  # control connections held open at once
 FD_RESERVE = 160  # exchange pools 64 + 8, store 3, inotify, PnL reader, loop, stdio ... + margin
 BACKLOG = 128  # asyncio accepts up to this many connections in one loop turn
 LISTEN_QUEUE = 1024  # connects the kernel queues: a client waits instead of failing with EAGAIN
-IDLE_TIMEOUT = 5.0  # seconds to send a complete request after connecting or the last answer
+HEADER_TIMEOUT = 5.0  # seconds from connecting to a complete first request
+IDLE_TIMEOUT = 30.0  # seconds a kept-alive connection may wait for its next request
 BODY_TIMEOUT = 2.0  # seconds for a request body to arrive
 UNREADABLE = "unreadable request body"
 
@@ -143,7 +145,8 @@ class ControlServer:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self._busy: set[object] = set()  # protocols with a request being handled
-        self._fresh = 0  # protocols created in this loop turn, not yet connected
+        self._served: set[object] = set()  # protocols that reached a handler (until checked)
+        self._fresh: list[Any] = []  # protocols made in this loop turn, not yet connected
         self.max_connections = MAX_CONNECTIONS
         self.damper = Damper()
         self._log = get_logger()
@@ -158,30 +161,47 @@ class ControlServer:
         """Mark the connection busy while its request is handled: it is not evicted."""
         protocol = request.protocol
         self._busy.add(protocol)
+        self._served.add(protocol)
         try:
             return await handler(request)
         finally:
             self._busy.discard(protocol)
 
+    def _first_request_due(self, handler: Any) -> None:
+        """HEADER_TIMEOUT after connecting: no complete request yet is a slowloris."""
+        if handler in self._served:
+            self._served.discard(handler)
+            return
+        if handler.transport is not None and handler not in self._busy:
+            handler.force_close()
+            self.damper.warning(self._log, "control.slow_client", timeout=HEADER_TIMEOUT)
+
     def _protocol(self) -> asyncio.BaseProtocol:
         """A new connection: over the cap, evict the oldest idle ones (or refuse this one).
 
         asyncio creates the protocols of a whole accept burst before any of them
-        is connected (``connection_made`` runs a loop turn later), so the ones
-        created in this turn are counted too.
+        is connected (``connection_made`` runs a loop turn later), so those are
+        counted, and evicted, too: the newest connections of a burst survive,
+        which is where a client that connects after a flood stands.
         """
         assert self._runner is not None
         server = self._runner.server
         assert server is not None
-        if self._fresh == 0:
-            asyncio.get_running_loop().call_soon(self._settled)
+        loop = asyncio.get_running_loop()
+        if not self._fresh:
+            loop.call_soon(self._fresh.clear)  # next turn they are in server.connections
         held = [h for h in server.connections if h.transport is not None]
-        excess = len(held) + self._fresh + 1 - self.max_connections
+        excess = len(held) + len(self._fresh) + 1 - self.max_connections
         if excess > 0:
             idle = [h for h in held if h not in self._busy][:excess]
             for victim in idle:
                 victim.force_close()
-            if len(idle) < excess:
+            doomed = self._fresh[: excess - len(idle)]
+            del self._fresh[: len(doomed)]
+            for victim in doomed:
+                # Its connection_made is already queued; close it right after that.
+                loop.call_soon(victim.force_close)
+            if len(idle) + len(doomed) < excess:
                 self.damper.warning(
                     self._log, "control.overloaded", held=len(held), action="refused"
                 )
@@ -189,11 +209,10 @@ class ControlServer:
             self.damper.warning(
                 self._log, "control.overloaded", held=len(held), action="evicted oldest idle"
             )
-        self._fresh += 1
-        return server()
-
-    def _settled(self) -> None:
-        self._fresh = 0
+        handler = server()
+        self._fresh.append(handler)
+        loop.call_later(HEADER_TIMEOUT, self._first_request_due, handler)
+        return handler
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._track])
