@@ -369,8 +369,14 @@ class PnlWatcher:
         self.read()
 
     def close(self) -> None:
-        """Stop the reader thread (a hung read is left to the OS; the thread is a daemon)."""
+        """Release the inotify descriptor and the reader thread; safe to call twice.
+
+        A read still hanging is left to the OS (the reader is a daemon thread).
+        """
         self._reader.close()
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
 
     def _open_inotify(self) -> bool:
         try:
@@ -429,7 +435,8 @@ class PnlWatcher:
         from asyncinotify import Mask
 
         inotify = self._inotify
-        assert inotify is not None
+        if inotify is None:  # closed before it ran
+            return
         with inotify:
             async for event in inotify:
                 if event.mask & (Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED):

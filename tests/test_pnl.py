@@ -295,3 +295,14 @@ async def test_a_hung_read_does_not_stall_the_loop(
     assert [e["problem"] for e in logs if e["event"] == "pnl.invalid"] == [
         "read timed out: the file system does not answer"
     ]
+
+
+def test_close_releases_the_inotify_descriptor_without_run(tmp_path: Path) -> None:
+    """open() then close() (a start-up that failed before run()): no descriptor is left."""
+    before = len(os.listdir("/proc/self/fd"))
+    watcher = PnlWatcher(tmp_path / "pnl.json", PnlMonitor(-1.0, 0, FakeClock(), _Fires()))
+    watcher.open()
+    assert watcher.backend == "inotify"
+    watcher.close()
+    watcher.close()
+    assert len(os.listdir("/proc/self/fd")) == before
