@@ -243,6 +243,7 @@ class ControlServer:
             access_log=None,
             handle_signals=False,
             keepalive_timeout=IDLE_TIMEOUT,
+            lingering_time=0,  # a body left unread (too slow, too big) is not waited for
             logger=self._http_log,
         )
         await self._runner.setup()

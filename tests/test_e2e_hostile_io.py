@@ -207,6 +207,24 @@ async def test_unreadable_trigger_body_still_kills(workdir: Path, sim_factory: S
     fired = daemon.named("trigger.fired")
     assert [(e["source"], e["reason"]) for e in fired] == [("manual", "unreadable request body")]
     assert sim.stats()["requests"]["cancel_all"] >= 1
+    # Too large, and too slow to arrive: each still a new sweep (an explicit trigger).
+    big = b'{"reason": "' + b"x" * 100_000 + b'"}'
+    slow = (
+        b"POST /trigger HTTP/1.1\r\nHost: k\r\nConnection: close\r\n"
+        b'Content-Length: 100\r\n\r\n{"reason"'
+    )
+    for raw, problem in (
+        (
+            request.replace(b"%d\r\n\r\n{{{{{" % len(body), b"%d\r\n\r\n" % len(big)) + big,
+            b"body larger than 65536 bytes",
+        ),
+        (slow, b"body did not arrive within 2 s"),
+    ):
+        answer = await asyncio.to_thread(_raw_request, workdir / "ctl.sock", raw)
+        assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+        assert problem in answer
+    await daemon.wait_for("kill.completed", count=3)
+    assert [e["reason"] for e in daemon.named("trigger.fired")] == ["unreadable request body"] * 3
     assert await daemon.stop() == 0
 
 
