@@ -60,12 +60,71 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     effective = as_dict(config)
     try:
-        load_credentials(config.exchange)
+        credentials = load_credentials(config.exchange)
         effective["credentials"] = "found (values not shown)"
     except ConfigError as exc:
+        if args.online:
+            return _fail(f"config error: {exc}", EXIT_CONFIG)
         effective["credentials"] = f"NOT USABLE: {exc}"
-    print(json.dumps(effective, indent=2))
-    return EXIT_OK
+    if not args.online:
+        print(json.dumps(effective, indent=2))
+        return EXIT_OK
+    from killswitch.log import configure_logging, redactor
+
+    redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
+    configure_logging(config.log.level, "json", stream=sys.stderr)  # events on stderr
+    effective["online"] = asyncio.run(_check_online(config, credentials))
+    print(json.dumps(effective, indent=2, default=str))
+    return EXIT_OK if effective["online"]["ok"] else EXIT_FAIL
+
+
+async def _check_online(config: Config, credentials: Any) -> dict[str, Any]:
+    """Clock sync and the self-test (one signed open-orders call per target), as the daemon
+    does at start.  Read-only, so it runs even when ``exchange.dry_run`` is set."""
+    from dataclasses import replace
+
+    from killswitch.clock import SystemClock
+    from killswitch.errors import ExchangeError
+    from killswitch.exchange import CANCEL_ALL, ENDPOINTS, ORDER_STATUS, ExchangeClient
+    from killswitch.ratelimit import SlidingWindowLimiter
+    from killswitch.signing import make_signer
+
+    clock = SystemClock()
+    exchange = replace(config.exchange, dry_run=False)
+    limits = {CANCEL_ALL: config.cancel_all.rate_limit, ORDER_STATUS: config.confirm.rate_limit}
+    limiters = {
+        e: SlidingWindowLimiter(e, lim.requests, lim.per_seconds, clock, margin=lim.margin)
+        for e in ENDPOINTS
+        for lim in [limits.get(e, config.flat.rate_limit)]
+    }
+    client = ExchangeClient(
+        exchange,
+        make_signer(exchange, credentials),
+        limiters=limiters,
+        clock=clock,
+        status_pool_size=4,
+        cancel_pool_size=1,
+        cancel_warm_connections=1,
+    )
+    clock_error = None
+    async with client:  # start() makes the first clock sync
+        if client.health()["offset_ms"] is None:
+            try:
+                await client.sync_clock()
+            except ExchangeError as exc:
+                clock_error = {"error": exc.kind, "http_status": exc.status, "message": exc.message}
+        result = await client.self_test(config.targets)
+    health = client.health()
+    return {
+        "ok": result.ok,
+        "base_url": exchange.base_url,
+        "clock": {
+            "offset_ms": health["offset_ms"],
+            "rtt_ms": health["rtt_ms"],
+            "problem": clock_error,
+        },
+        "self_test": result.as_dict(),
+    }
 
 
 def _control(args: argparse.Namespace) -> ControlClient | int:
@@ -172,7 +231,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
 def cmd_sim(args: argparse.Namespace) -> int:
     from killswitch.sim import run_sim
 
-    config = _sim_config(args)
+    try:
+        config = _sim_config(args)
+    except ValueError as exc:
+        return _fail(f"config error: {exc}", EXIT_CONFIG)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_sim(config, args.host, args.port))
     return EXIT_OK
@@ -184,9 +246,37 @@ def _sim_config(args: argparse.Namespace) -> Any:
     return sim.SimConfig(
         api_key=os.environ.get("KILLSWITCH_API_KEY", sim.DEMO_API_KEY),
         api_secret=os.environ.get("KILLSWITCH_API_SECRET", sim.DEMO_API_SECRET),
+        cancel_all_limit=args.cancel_all_limit,
+        status_limit=args.status_limit,
+        open_orders_limit=args.open_orders_limit,
+        closed_orders_limit=args.closed_orders_limit,
         fill_ratio=args.fill_ratio,
+        partial_fill_ratio=args.partial_fill_ratio,
+        expire_ratio=args.expire_ratio,
+        cancel_delay=args.cancel_delay,
+        clock_offset_ms=args.clock_offset_ms,
+        require_content_type=args.require_content_type,
+        retry_after_on_violation=args.retry_after,
         seed=args.seed,
     )
+
+
+def _sim_limit(text: str) -> tuple[int, float]:
+    """``REQUESTS/SECONDS``, e.g. ``10/60``."""
+    try:
+        requests, seconds = text.split("/")
+        return int(requests), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected REQUESTS/SECONDS, got {text!r}") from None
+
+
+def _sim_delay(text: str) -> tuple[float, float]:
+    """``LOW-HIGH`` seconds, e.g. ``0.05-0.5``."""
+    try:
+        low, high = text.split("-")
+        return float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW-HIGH seconds, got {text!r}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -209,9 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     with_config("run", "run the daemon in the foreground").set_defaults(fn=cmd_run)
-    with_config("check-config", "validate and print the effective config").set_defaults(
-        fn=cmd_check_config
+    p = with_config("check-config", "validate and print the effective config")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="also check key, signature and clock against the exchange (one listing call"
+        " per target); exit 1 if that fails",
     )
+    p.set_defaults(fn=cmd_check_config)
     p = with_config("trigger", "ask the running daemon to kill now")
     p.add_argument("--reason", default="operator", help="why (logged with the kill)")
     p.set_defaults(fn=cmd_trigger)
@@ -224,11 +319,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", type=int, default=300, help="open orders to seed (default 300)")
     p.add_argument("--fill-ratio", type=float, default=0.02, help="share that fill instead")
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("sim", help="run the simulated exchange alone")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--fill-ratio", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
+    p = sub.add_parser(
+        "sim",
+        help="run the simulated exchange alone",
+        description="Run the simulated exchange (the venue's endpoints, strict rate limits, "
+        "admin API under /_sim/) until interrupted. Credentials: KILLSWITCH_API_KEY and "
+        "KILLSWITCH_API_SECRET, else the demo pair.",
+    )
+    p.add_argument("--port", type=int, required=True, help="port to listen on (0: any free)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    for name, default in (
+        ("cancel-all", "10/60"),
+        ("status", "20/60"),
+        ("open-orders", "20/60"),
+        ("closed-orders", "20/60"),
+    ):
+        p.add_argument(
+            f"--{name}-limit",
+            type=_sim_limit,
+            default=_sim_limit(default),
+            metavar="N/S",
+            help=f"{name} requests per seconds, strict sliding window (default {default})",
+        )
+    p.add_argument(
+        "--fill-ratio",
+        type=float,
+        default=0.0,
+        help="share of cancelled orders that end EXECUTED instead (default 0)",
+    )
+    p.add_argument(
+        "--partial-fill-ratio",
+        type=float,
+        default=0.0,
+        help="share of cancelled orders that end PARTIALLY_EXECUTED (default 0)",
+    )
+    p.add_argument(
+        "--expire-ratio",
+        type=float,
+        default=0.0,
+        help="share of cancelled orders that end EXPIRED, a status the closed listing "
+        "does not show (default 0)",
+    )
+    p.add_argument(
+        "--cancel-delay",
+        type=_sim_delay,
+        default=(0.02, 0.3),
+        metavar="LOW-HIGH",
+        help="seconds an order stays CANCELLATION_RAISED, drawn uniformly (default 0.02-0.3)",
+    )
+    p.add_argument(
+        "--clock-offset-ms",
+        type=int,
+        default=0,
+        help="the venue's clock minus the real one; epochs more than 60 s off get 401 (default 0)",
+    )
+    p.add_argument(
+        "--no-require-content-type",
+        dest="require_content_type",
+        action="store_false",
+        help="serve signed requests that lack Content-Type: application/json (default: 400)",
+    )
+    p.add_argument(
+        "--no-retry-after",
+        dest="retry_after",
+        action="store_false",
+        help="answer a request over a limit 429 without Retry-After (default: with it)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed for ids and outcomes")
     p.set_defaults(fn=cmd_sim)
     return parser
 

@@ -27,6 +27,8 @@ __all__ = [
     "ControlConfig",
     "DaemonConfig",
     "ExchangeConfig",
+    "FlatConfig",
+    "GuardConfig",
     "HeaderNames",
     "HeartbeatTrigger",
     "LogConfig",
@@ -43,7 +45,20 @@ __all__ = [
     "reloadable",
 ]
 
-DEFAULT_TERMINAL = ("CANCELLED", "EXECUTED", "EXPIRED", "DISCARDED", "FAILED", "REJECTED")
+DEFAULT_TERMINAL = (
+    "CANCELLED",
+    "EXECUTED",
+    "PARTIALLY_EXECUTED",
+    "EXPIRED",
+    "DISCARDED",
+    "FAILED",
+    "REJECTED",
+)
+
+MAX_LOOKBACK_DAYS = 365.0
+"""``flat.lookback_days`` at most: each 7-day window costs at least one listing call."""
+MAX_CLOCK_SYNC_INTERVAL = 3600.0
+"""``exchange.clock_sync_interval`` at most: the sync also keeps the pools warm."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +76,12 @@ class ExchangeConfig:
     api_secret_env: str = "KILLSWITCH_API_SECRET"  # noqa: S105 - the name of a variable, not a secret
     cancel_all_path: str = "/trade/api/v2/futures/cancel_all"
     order_status_path: str = "/trade/api/v2/futures/order"
+    open_orders_path: str = "/trade/api/v2/futures/orders/open"
+    closed_orders_path: str = "/trade/api/v2/futures/orders/closed"
+    time_path: str = "/trade/api/v2/time"
+    clock_sync_interval: float = 60.0
     request_timeout: float = 5.0
     dry_run: bool = False
-    keepalive_interval: float = 10.0
     headers: HeaderNames = field(default_factory=HeaderNames)
 
 
@@ -97,6 +115,22 @@ class ConfirmConfig:
     unknown_after: int = 3
     terminal_statuses: frozenset[str] = frozenset(DEFAULT_TERMINAL)
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
+
+
+@dataclass(frozen=True)
+class FlatConfig:
+    """The flat proof's listings: one sliding window per listing endpoint."""
+
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
+    lookback_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """While tripped, list the targets every ``interval`` s and sweep what is open."""
+
+    enabled: bool = True
+    interval: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +192,8 @@ class Config:
     state: StateConfig
     log: LogConfig
     daemon: DaemonConfig
+    flat: FlatConfig = field(default_factory=FlatConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     source: Path | None = None
 
 
@@ -225,9 +261,14 @@ def _exchange(t: Table) -> ExchangeConfig:
         api_secret_env=t.string("api_secret_env", d.api_secret_env),
         cancel_all_path=_url_path(t, "cancel_all_path", d.cancel_all_path),
         order_status_path=_url_path(t, "order_status_path", d.order_status_path),
+        open_orders_path=_url_path(t, "open_orders_path", d.open_orders_path),
+        closed_orders_path=_url_path(t, "closed_orders_path", d.closed_orders_path),
+        time_path=_url_path(t, "time_path", d.time_path),
+        clock_sync_interval=_at_most(
+            t, "clock_sync_interval", d.clock_sync_interval, MAX_CLOCK_SYNC_INTERVAL
+        ),
         request_timeout=t.number("request_timeout", d.request_timeout, positive=True),
         dry_run=t.boolean("dry_run", d.dry_run),
-        keepalive_interval=t.number("keepalive_interval", d.keepalive_interval, positive=True),
         headers=headers,
     )
 
@@ -300,6 +341,33 @@ def _confirm(t: Table) -> ConfirmConfig:
     return config
 
 
+def _at_most(t: Table, name: str, default: float, maximum: float) -> float:
+    value = t.number(name, default, positive=True)
+    if value > maximum:
+        raise ConfigError(t.key(name), f"must be at most {maximum:g}, got {show(value)}")
+    return value
+
+
+def _flat(t: Table) -> FlatConfig:
+    d = FlatConfig()
+    config = FlatConfig(
+        rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
+        lookback_days=_at_most(t, "lookback_days", d.lookback_days, MAX_LOOKBACK_DAYS),
+    )
+    t.finish()
+    return config
+
+
+def _guard(t: Table) -> GuardConfig:
+    d = GuardConfig()
+    config = GuardConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        interval=t.number("interval", d.interval, minimum=1.0),
+    )
+    t.finish()
+    return config
+
+
 def _triggers(t: Table, base: Path | None) -> Triggers:
     s = t.table("signal")
     signal = SignalTrigger(enabled=s.boolean("enabled", True))
@@ -334,6 +402,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
     cancel_all = _cancel_all(root.table("cancel_all"))
     targets = _targets(root)
     confirm = _confirm(root.table("confirm"))
+    flat = _flat(root.table("flat"))
+    guard = _guard(root.table("guard"))
     triggers = _triggers(root.table("triggers"), base)
 
     c = root.table("control")
@@ -366,6 +436,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         state=state,
         log=log,
         daemon=daemon,
+        flat=flat,
+        guard=guard,
     )
 
 
@@ -434,8 +506,8 @@ def as_dict(value: object) -> Any:
 def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
     """What a SIGHUP may change in a running daemon.
 
-    Thresholds, timeouts, targets, confirmation settings and logging apply at
-    once.  The exchange connection and credentials, the rate limits (their send
+    Thresholds, timeouts, targets, confirmation, flat-proof and guard settings
+    and logging apply at once.  The exchange connection and credentials, the rate limits (their send
     logs are live), the socket and state paths, the PnL path and turning the PnL
     watcher on need a restart: those keep their running values, and their
     dotted names are returned so the operator is told.
@@ -445,6 +517,7 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "exchange": new.exchange != current.exchange,
         "cancel_all": new.cancel_all != current.cancel_all,
         "confirm.rate_limit": new.confirm.rate_limit != current.confirm.rate_limit,
+        "flat.rate_limit": new.flat.rate_limit != current.flat.rate_limit,
         "control": new.control != current.control,
         "state": new.state != current.state,
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
@@ -460,6 +533,7 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         exchange=current.exchange,
         cancel_all=current.cancel_all,
         confirm=replace(new.confirm, rate_limit=current.confirm.rate_limit),
+        flat=replace(new.flat, rate_limit=current.flat.rate_limit),
         triggers=replace(new.triggers, pnl=pnl),
         control=current.control,
         state=current.state,

@@ -25,7 +25,7 @@ from killswitch.config import Config, ConfigError, RateLimit, load_config, reloa
 from killswitch.control import ControlServer
 from killswitch.credentials import Credentials
 from killswitch.damping import Damper
-from killswitch.exchange import ExchangeClient
+from killswitch.exchange import CLOSED_ORDERS, OPEN_ORDERS, ExchangeClient
 from killswitch.heartbeat import DeadManSwitch
 from killswitch.kill import KillRunner
 from killswitch.log import configure_logging, get_logger, install_loop_handler, redactor
@@ -42,6 +42,22 @@ __all__ = ["Daemon"]
 
 CANCEL_ALL = "cancel_all"
 ORDER_STATUS = "order_status"
+
+
+class _StatusStrings:
+    """The client as the confirmer still sees it: order_status as a status string.
+
+    A stop-gap until the kill engine takes :class:`~killswitch.exchange.VenueOrder`.
+    """
+
+    def __init__(self, client: ExchangeClient) -> None:
+        self._client = client
+
+    async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
+        return await self._client.cancel_all(exchange, symbol)
+
+    async def order_status(self, order_id: str) -> str:
+        return (await self._client.order_status(order_id)).status
 
 
 class _Stop(Exception):
@@ -122,14 +138,18 @@ class Daemon:
         self.exchange = ExchangeClient(
             cfg.exchange,
             make_signer(cfg.exchange, self.credentials),
-            cancel_limiter=self.cancel_limiter,
-            status_limiter=self.status_limiter,
+            limiters={
+                CANCEL_ALL: self.cancel_limiter,
+                ORDER_STATUS: self.status_limiter,
+                OPEN_ORDERS: self._limiter(OPEN_ORDERS, cfg.flat.rate_limit),
+                CLOSED_ORDERS: self._limiter(CLOSED_ORDERS, cfg.flat.rate_limit),
+            },
             clock=self.clock,
             status_pool_size=cfg.confirm.max_concurrency,
         )
         self.runner = KillRunner(
             cfg,
-            self.exchange,
+            _StatusStrings(self.exchange),
             self.store,
             self.clock,
             on_outcome=self._count_request,
@@ -340,6 +360,8 @@ class Daemon:
                     "switch": tg.create_task(self.switch.run(), name="switch"),
                     "heartbeat": tg.create_task(self.deadman.run(), name="heartbeat"),
                 }
+                # Clock re-sync every exchange.clock_sync_interval; keeps the pools warm.
+                tg.create_task(self.exchange.run_background(), name="exchange")
                 if self.config.triggers.pnl.enabled:
                     self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
                 tg.create_task(

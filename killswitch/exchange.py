@@ -1,115 +1,100 @@
-"""The exchange client: one signed, rate-limited request per call (contract §2, §3).
+"""The exchange client: the venue's endpoints, signed and rate limited (contract §2, §3).
 
-Two HTTP sessions, each with its own connection pool: a small one reserved for
-``cancel_all`` and a larger one for order-status polling, so a burst of status
-requests can never make the emergency request wait for a pool slot (aiohttp's
-``ClientTimeout.connect`` includes that wait).  Both pools are warmed at start
-with an unsigned ``HEAD {base_url}/`` and re-warmed every
-``exchange.keepalive_interval`` seconds, so the first ``cancel_all`` pays no
-TCP/TLS handshake.  aiohttp does not retry a POST on a stale keep-alive
-connection; this client retries ``cancel_all`` once, at once, when the failure
-came before any answer on a connection reused from the pool.
+Every signed request carries ``Content-Type: application/json`` and is signed
+with the local wall clock corrected by the offset to the venue's server time
+(:meth:`ExchangeClient.sync_clock`, measured at start, every
+``exchange.clock_sync_interval`` and at once after a 401).  A 401 gets one
+re-sync and one immediate retry, through the limiter; if it persists the call
+raises :class:`~killswitch.errors.Unauthorized`.  A 429 defers that endpoint's
+limiter (``Retry-After`` or its own next free slot, plus a doubling backoff),
+so a caller simply retries.  The server-time call, made on both connection
+pools, is also what keeps them warm: nothing else is ever requested from the
+venue's host.
 
-Retry-until-acknowledged and polling policies belong to the kill engine and the
-confirmer, not here.  Every request goes through its limiter, retries included;
-dry run sends nothing and takes no slot.
+Retry-until-acknowledged, polling and flat-proof policies belong to the kill
+engine and the confirmer, not here.  Every signed request goes through its
+limiter, retries included; dry run sends nothing and takes no slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
-import sys
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from types import SimpleNamespace
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import quote
 
-import aiohttp
-from yarl import URL
-
 from killswitch.clock import Clock
-from killswitch.config import ExchangeConfig
+from killswitch.config import ExchangeConfig, Target
 from killswitch.errors import (
     BadResponse,
-    ConnectionFailed,
     ExchangeError,
     OrderNotFound,
     RateLimited,
     RejectedRequest,
-    RequestTimeout,
     ServerError,
+    Unauthorized,
 )
 from killswitch.log import get_logger
+from killswitch.orders import LISTING_LIMIT, OrderPage, VenueOrder, parse_order, parse_page
 from killswitch.ratelimit import SlidingWindowLimiter
+from killswitch.selftest import SelfTest, TargetCheck, run_self_test
 from killswitch.signing import Signer
+from killswitch.transport import (
+    CANCEL_POOL,
+    MAX_RETRY_AFTER,
+    MESSAGE_CHARS,
+    STATUS_POOL,
+    Answer,
+    Transport,
+)
+from killswitch.venue_clock import ClockSample, VenueClock, server_time_ms
 
-__all__ = ["DRY_RUN_STATUS", "MAX_RETRY_AFTER", "ExchangeClient"]
+__all__ = [
+    "CANCEL_ALL",
+    "CLOSED_ORDERS",
+    "DRY_RUN_STATUS",
+    "ENDPOINTS",
+    "LISTING_LIMIT",
+    "MAX_RETRY_AFTER",
+    "MESSAGE_CHARS",
+    "OPEN_ORDERS",
+    "ORDER_STATUS",
+    "TIME",
+    "ClockSample",
+    "ExchangeClient",
+    "OrderPage",
+    "SelfTest",
+    "TargetCheck",
+    "VenueOrder",
+]
 
 CANCEL_ALL: Final = "cancel_all"
 ORDER_STATUS: Final = "order_status"
-WARM: Final = "warm"
-CANCEL_POOL: Final = "cancel"
-STATUS_POOL: Final = "status"
-
-MAX_RETRY_AFTER: Final = 300.0
-"""A server's ``Retry-After`` is honoured up to this many seconds."""
+OPEN_ORDERS: Final = "open_orders"
+CLOSED_ORDERS: Final = "closed_orders"
+TIME: Final = "time"
+ENDPOINTS: Final = (CANCEL_ALL, ORDER_STATUS, OPEN_ORDERS, CLOSED_ORDERS)
+"""The rate-limited endpoints, each with its own limiter (``time`` is not limited)."""
 
 DRY_RUN_STATUS: Final = "DRY_RUN"
 """What :meth:`ExchangeClient.order_status` answers in dry run (never a real status)."""
 
-_CLOSE_TIMEOUT: Final = 5.0
-_USER_AGENT: Final = "killswitch/0.1"
+SYNC_RETRY: Final = 5.0
+"""Seconds before a failed clock sync is tried again; doubled per further failure,
+up to ``clock_sync_interval``."""
 
-# Closed TLS transports leak on CPython before 3.12.8 / 3.13.1; aiohttp warns
-# (DeprecationWarning) when asked to clean them up on a fixed interpreter.
-_NEEDS_CLEANUP_CLOSED: Final = sys.version_info < (3, 12, 8) or (
-    (3, 13, 0) <= sys.version_info < (3, 13, 1)
-)
-
-# Exceptions that, raised before any answer on a reused connection, mean the
-# server had already closed it while it sat idle in the pool.
-_STALE: Final = (
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientOSError,
-    aiohttp.ClientConnectionResetError,
-)
-
-
-@dataclass
-class _Probe:
-    """Filled in by the trace hooks: did this request get a pooled connection?"""
-
-    reused: bool = False
-
-
-async def _on_reuse(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object) -> None:
-    if isinstance(ctx.trace_request_ctx, _Probe):
-        ctx.trace_request_ctx.reused = True
-
-
-async def _on_create(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object) -> None:
-    if isinstance(ctx.trace_request_ctx, _Probe):
-        ctx.trace_request_ctx.reused = False
-
-
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    body: bytes
-    retry_after: str | None
+_NOT_FOUND: Final = frozenset({400, 404, 422})  # "unknown order id" on the status endpoint
 
 
 class ExchangeClient:
-    """Signed ``cancel_all`` and order-status requests over two warm pools.
+    """Signed requests to the venue over two warm pools, on four limiters.
 
-    ``requests_sent[endpoint][outcome]`` counts requests that left the daemon:
-    endpoints ``cancel_all``, ``order_status`` and ``warm``; outcomes ``ok``,
-    ``stale_connection`` (retried) or an :class:`ExchangeError` ``kind``
-    (``warm``: ``ok`` / ``failed``).
+    ``limiters`` maps each of :data:`ENDPOINTS` to its sliding window (the daemon
+    builds them with persisted send times).  ``requests_sent[endpoint][outcome]``
+    counts requests that left the daemon: outcome ``ok``, ``stale_connection``
+    (retried at once) or an :class:`ExchangeError` kind.
     """
 
     def __init__(
@@ -117,32 +102,37 @@ class ExchangeClient:
         config: ExchangeConfig,
         signer: Signer,
         *,
-        cancel_limiter: SlidingWindowLimiter,
-        status_limiter: SlidingWindowLimiter,
+        limiters: Mapping[str, SlidingWindowLimiter],
         clock: Clock,
         log: Any = None,
         status_pool_size: int = 64,
         cancel_pool_size: int = 8,
         cancel_warm_connections: int = 2,
     ) -> None:
-        if status_pool_size < 1 or cancel_pool_size < 1:
-            raise ValueError("pool sizes must be at least 1")
+        missing = [e for e in ENDPOINTS if e not in limiters]
+        if missing:
+            raise ValueError(f"no limiter for {', '.join(missing)}")
         self._config = config
         self._signer = signer
-        self._cancel_limiter = cancel_limiter
-        self._status_limiter = status_limiter
+        self.limiters: dict[str, SlidingWindowLimiter] = {e: limiters[e] for e in ENDPOINTS}
         self._clock = clock
         self._log = get_logger(component="exchange") if log is None else log
-        self._status_pool_size = status_pool_size
-        self._cancel_pool_size = cancel_pool_size
-        self._cancel_warm = max(1, min(cancel_warm_connections, cancel_pool_size))
-        base = URL(config.base_url)
-        self._base = str(base).rstrip("/")
-        self._prefix = base.raw_path.rstrip("/")
-        self._cancel_session: aiohttp.ClientSession | None = None
-        self._status_session: aiohttp.ClientSession | None = None
-        self._warm_task: asyncio.Task[None] | None = None
-        self._in_flight = {CANCEL_POOL: 0, STATUS_POOL: 0}
+        self._transport = Transport(
+            config,
+            clock,
+            self._log,
+            status_pool_size=status_pool_size,
+            cancel_pool_size=cancel_pool_size,
+            on_attempt=self._count,
+        )
+        self._cancel_warm = cancel_warm_connections
+        self._prefix = self._transport.prefix
+        self._started = False
+        self._venue_clock = VenueClock(clock, self._log, self._measure)
+        self._last_call: dict[str, Any] | None = None
+        self._self_test: SelfTest | None = None
+        self._self_test_mono: float | None = None
+        self._targets: tuple[Target, ...] | None = None
         self.requests_sent: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -154,162 +144,313 @@ class ExchangeClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _session(self, limit: int) -> aiohttp.ClientSession:
-        # aiohttp rounds timeouts above ceil_threshold up to whole seconds.
-        no_rounding = self._config.request_timeout + 1.0
-        connector = aiohttp.TCPConnector(
-            limit=limit,
-            limit_per_host=0,
-            keepalive_timeout=max(15.0, self._config.keepalive_interval + 5.0),
-            enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED and self._base.startswith("https:"),
-            timeout_ceil_threshold=no_rounding,
-        )
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_reuseconn.append(_on_reuse)
-        trace.on_connection_create_end.append(_on_create)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=self._config.request_timeout, ceil_threshold=no_rounding
-            ),
-            headers={"User-Agent": _USER_AGENT},
-            trace_configs=[trace],
-        )
-        # aiohttp silently re-sends an idempotent request (our status GET) when a kept-alive
-        # connection drops; that second request would bypass the limiter and could break the
-        # exchange's window.  Every retry here goes through the limiter instead.  There is no
-        # public switch: aiohttp's own test client sets this attribute the same way.
-        session._retry_connection = False
-        return session
-
     async def start(self) -> None:
-        """Open both pools, warm them, and start re-warming in the background."""
-        if self._cancel_session is not None:
+        """Open both pools and make the first clock sync (which warms them); never fails
+        on the venue's account: a failed sync is logged and retried by run_background()."""
+        if self._started:
             raise RuntimeError("ExchangeClient.start() called twice")
+        self._started = True
         if self._config.dry_run:
-            self._log.info("exchange.dry_run_mode", base_url=self._base)
+            self._log.info("exchange.dry_run_mode", base_url=self._transport.base)
             return
-        self._cancel_session = self._session(self._cancel_pool_size)
-        self._status_session = self._session(self._status_pool_size)
-        await self.warm()
-        self._warm_task = asyncio.create_task(self._rewarm(), name="exchange.rewarm")
+        self._transport.open()
+        await self._sync_logged()
 
     async def close(self) -> None:
-        """Stop re-warming and close both sessions (bounded)."""
-        task, self._warm_task = self._warm_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task}, timeout=_CLOSE_TIMEOUT)
-        sessions = [s for s in (self._cancel_session, self._status_session) if s is not None]
-        self._cancel_session = self._status_session = None
-        for session in sessions:
-            try:
-                await asyncio.wait_for(session.close(), _CLOSE_TIMEOUT)
-            except TimeoutError:
-                self._log.warning("exchange.close_timeout")
-        if task is not None and task.done() and not task.cancelled():
-            task.result()  # a crash of the re-warm loop is not swallowed
+        """Close both sessions (bounded)."""
+        await self._transport.close()
 
-    async def warm(self) -> None:
-        """Make sure each pool holds open connections; never raises.
+    async def run_background(self) -> None:
+        """Re-sync the clock every ``clock_sync_interval`` (this keeps both pools warm) and
+        re-run the self-test while it fails.  Runs until cancelled; never raises ExchangeError.
 
-        A pool with requests in flight is skipped: its connections are in use,
-        and a HEAD would only queue behind them for a slot.
+        A failed sync is retried after ``SYNC_RETRY`` s, doubling with each further
+        failure up to the interval.
         """
-        warmers: list[Awaitable[None]] = []
-        if self._cancel_session is not None and not self._in_flight[CANCEL_POOL]:
-            session = self._cancel_session
-            warmers += [self._warm_one(session, CANCEL_POOL) for _ in range(self._cancel_warm)]
-        if self._status_session is not None and not self._in_flight[STATUS_POOL]:
-            warmers.append(self._warm_one(self._status_session, STATUS_POOL))
-        await asyncio.gather(*warmers)
-
-    async def _warm_one(self, session: aiohttp.ClientSession, pool: str) -> None:
-        try:
-            async with session.head(self._base + "/", allow_redirects=False) as resp:
-                await resp.read()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # any failure to warm is logged, never fatal
-            self._count(WARM, "failed")
-            self._log.warning(
-                "exchange.warm_failed", pool=pool, error=type(exc).__name__, detail=str(exc)
-            )
-        else:
-            self._count(WARM, "ok")
-
-    async def _rewarm(self) -> None:
+        interval = self._config.clock_sync_interval
         while True:
-            await self._clock.sleep(self._config.keepalive_interval)
-            await self.warm()
+            failures = min(self._venue_clock.failures, 32)
+            retry = SYNC_RETRY * 2.0 ** (failures - 1) if failures else interval
+            await self._clock.sleep(min(interval, retry))
+            await self._sync_logged()
+            failing = self._self_test is not None and not self._self_test.ok
+            due = (
+                self._self_test_mono is None
+                or self._clock.monotonic() - self._self_test_mono >= interval
+            )
+            if self._targets is not None and failing and due:
+                await self.self_test(self._targets)
+
+    # ------------------------------------------------------------------ clock
+
+    def venue_now_ms(self) -> int:
+        """The venue's time as this host best knows it: wall clock plus the measured offset."""
+        return self._venue_clock.now_ms()
+
+    async def sync_clock(self) -> ClockSample:
+        """Measure the offset to the venue's server time on both pools; logs ``clock.synced``.
+
+        Unsigned and not rate limited.  Each idle pool gets a call (the cancel pool one per
+        connection worth keeping warm); the sample with the shortest round trip is used.
+        Raises :class:`ExchangeError` when no call succeeded (the offset is kept).
+        """
+        if self._config.dry_run:
+            path = self._prefix + self._config.time_path
+            self._log.info("exchange.dry_run", method="GET", path=path, body=None)
+            sample = ClockSample.measured(self.venue_now_ms(), self._clock.time(), 0.0)
+            self._venue_clock.adopt(sample)
+            return sample
+        return await self._venue_clock.sync()
+
+    async def _sync_logged(self) -> None:
+        try:
+            await self.sync_clock()
+        except ExchangeError as error:
+            self._venue_clock.log_failure(error)
+
+    async def _measure(self) -> list[ClockSample | BaseException]:
+        path = self._prefix + self._config.time_path
+        pools = [p for p in (CANCEL_POOL, STATUS_POOL) if not self._transport.busy(p)]
+        calls = []
+        for pool in pools or [STATUS_POOL]:
+            wanted = self._cancel_warm if pool == CANCEL_POOL else 1
+            n = self._transport.warm_connections(pool, wanted)
+            calls += [self._time_call(path, pool) for _ in range(n)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    async def _time_call(self, path: str, pool: str) -> ClockSample:
+        wall, started = self._clock.time(), self._clock.monotonic()
+        answer = await self._transport.request(TIME, "GET", path, pool, limiter=None, headers=dict)
+        rtt = self._clock.monotonic() - started
+        if not 200 <= answer.status < 300:
+            raise self._fail(TIME, self._status_error(TIME, answer))
+        try:
+            server_ms = server_time_ms(self._document(TIME, answer))
+        except ValueError as exc:
+            raise self._fail(TIME, BadResponse(TIME, str(exc))) from None
+        self._count(TIME, "ok")
+        return ClockSample.measured(server_ms, wall, rtt)
 
     # ------------------------------------------------------------------ endpoints
 
     async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
         """Cancel every open order on ``exchange`` (or one ``symbol``); the ids sent for
-        cancellation.  One request, plus one immediate retry on a stale connection."""
+        cancellation.  A 200 with an empty or missing ``orders_ids`` means none was open."""
         body: dict[str, str] = {"exchange": exchange}
         if symbol is not None:
             body["symbol"] = symbol
         path = self._prefix + self._config.cancel_all_path
-        if self._config.dry_run:
-            self._log.info("exchange.dry_run", method="POST", path=path, body=body)
+        if self._dry_run("POST", path, body):
             return []
-        payload = json.dumps(body).encode()
-        answer = await self._send(
-            CANCEL_ALL,
-            "POST",
-            path,
-            self._cancel_limiter,
-            CANCEL_POOL,
-            data=payload,
-            retry_stale=True,
+        answer = await self._signed(
+            CANCEL_ALL, "POST", path, CANCEL_POOL, data=json.dumps(body).encode()
         )
-        data = self._json_data(CANCEL_ALL, answer)
+        document = self._document(CANCEL_ALL, answer)
+        data = document.get("data")
+        if data is None:
+            data = {k: v for k, v in document.items() if k != "data"}
+        if not isinstance(data, dict):
+            raise self._fail(CANCEL_ALL, BadResponse(CANCEL_ALL, "data is not an object"))
         ids = data.get("orders_ids")
-        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        if ids is None:
+            # Empty or missing orders_ids is "nothing was open" (VENUE.md) -- but only in
+            # an answer that says nothing else: {"data": {"ids": [...]}} is a shape we do
+            # not know, an unknown outcome for the listing to resolve, never "none".
+            if any(k != "orders_ids" for k in data):
+                raise self._fail(CANCEL_ALL, BadResponse(CANCEL_ALL, "data has no orders_ids"))
+            ids = []
+        if not isinstance(ids, list) or not all(
+            (isinstance(i, str) and i) or (isinstance(i, int) and not isinstance(i, bool))
+            for i in ids
+        ):
             raise self._fail(
                 CANCEL_ALL, BadResponse(CANCEL_ALL, "data.orders_ids is not a list of ids")
             )
-        self._count(CANCEL_ALL, "ok")
-        return list(ids)
+        self._succeeded(CANCEL_ALL, answer)
+        return [str(i) for i in ids]
 
-    async def order_status(self, order_id: str) -> str:
-        """The exchange's status string for ``order_id``; 404 is :class:`OrderNotFound`."""
+    async def order_status(self, order_id: str) -> VenueOrder:
+        """The order as the venue knows it; 404, 400 or 422 is :class:`OrderNotFound`."""
         if not order_id:
             raise ValueError("order_id must not be empty")
         path = f"{self._prefix}{self._config.order_status_path}?order_id={quote(order_id, safe='')}"
-        if self._config.dry_run:
-            self._log.info("exchange.dry_run", method="GET", path=path, body=None)
-            return DRY_RUN_STATUS
-        answer = await self._send(
-            ORDER_STATUS,
-            "GET",
-            path,
-            self._status_limiter,
-            STATUS_POOL,
-        )
-        data = self._json_data(ORDER_STATUS, answer)
+        if self._dry_run("GET", path, None):
+            return VenueOrder(order_id, "", "", DRY_RUN_STATUS, 0, None, None, None, {})
+        answer = await self._signed(ORDER_STATUS, "GET", path, STATUS_POOL)
+        data = self._data(ORDER_STATUS, answer)
         order = data.get("order", data)
-        if not isinstance(order, dict):
-            raise self._fail(ORDER_STATUS, BadResponse(ORDER_STATUS, "data.order is not an object"))
-        status = order.get("status")
-        if not isinstance(status, str) or not status:
-            raise self._fail(ORDER_STATUS, BadResponse(ORDER_STATUS, "no status string"))
-        if "order_id" in order and str(order["order_id"]) != order_id:
+        if isinstance(order, dict) and "order_id" not in order:
+            order = {**order, "order_id": order_id}  # the answer is about the id asked for
+        try:
+            parsed = parse_order(order, need_created_at=False)
+        except ValueError as exc:
+            raise self._fail(ORDER_STATUS, BadResponse(ORDER_STATUS, str(exc))) from None
+        if parsed.order_id != order_id:
             raise self._fail(
                 ORDER_STATUS, BadResponse(ORDER_STATUS, "answer is about another order_id")
             )
-        self._count(ORDER_STATUS, "ok")
-        return status
+        self._succeeded(ORDER_STATUS, answer)
+        return parsed
+
+    async def open_orders(
+        self,
+        exchange: str,
+        symbol: str | None = None,
+        *,
+        limit: int = LISTING_LIMIT,
+        from_time: int | None = None,
+        to_time: int | None = None,
+    ) -> OrderPage:
+        """One page of the open-orders listing, newest first (venue clock, ms, inclusive)."""
+        body = self._listing_body(exchange, symbol, limit, from_time, to_time, None)
+        return await self._listing(OPEN_ORDERS, self._config.open_orders_path, body)
+
+    async def closed_orders(
+        self,
+        exchange: str,
+        symbol: str | None = None,
+        *,
+        limit: int = LISTING_LIMIT,
+        from_time: int | None = None,
+        to_time: int | None = None,
+        status: str | None = None,
+    ) -> OrderPage:
+        """One page of the closed-orders listing (EXECUTED, PARTIALLY_EXECUTED, CANCELLED)."""
+        body = self._listing_body(exchange, symbol, limit, from_time, to_time, status)
+        return await self._listing(CLOSED_ORDERS, self._config.closed_orders_path, body)
+
+    @staticmethod
+    def _listing_body(
+        exchange: str,
+        symbol: str | None,
+        limit: int,
+        from_time: int | None,
+        to_time: int | None,
+        status: str | None,
+    ) -> dict[str, Any]:
+        if not 1 <= limit <= LISTING_LIMIT:
+            raise ValueError(f"limit must be 1 to {LISTING_LIMIT}, got {limit}")
+        if from_time is not None and to_time is not None and from_time > to_time:
+            raise ValueError("from_time is after to_time")
+        body: dict[str, Any] = {"exchange": exchange}
+        optional = {"symbol": symbol, "from_time": from_time, "to_time": to_time, "status": status}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        body["limit"] = limit
+        return body
+
+    async def _listing(self, endpoint: str, config_path: str, body: dict[str, Any]) -> OrderPage:
+        path = self._prefix + config_path
+        if self._dry_run("POST", path, body):
+            return OrderPage((), None)
+        answer = await self._signed(
+            endpoint, "POST", path, STATUS_POOL, data=json.dumps(body).encode()
+        )
+        data = self._data(endpoint, answer)
+        try:
+            page = parse_page(data)
+        except ValueError as exc:
+            raise self._fail(endpoint, BadResponse(endpoint, str(exc))) from None
+        self._succeeded(endpoint, answer)
+        return page
+
+    # ------------------------------------------------------------------ self-test and health
+
+    async def self_test(self, targets: Iterable[Target]) -> SelfTest:
+        """One signed ``open_orders(limit=1)`` per target; the result is kept for health()
+        and re-run by run_background() while it fails.  Never raises ExchangeError
+        (see :mod:`killswitch.selftest` for what it logs)."""
+        self._targets = tuple(targets)
+
+        async def list_one(exchange: str) -> OrderPage:
+            return await self.open_orders(exchange, limit=1)
+
+        result = await run_self_test(list_one, self._targets, self._clock.time(), self._log)
+        self._self_test, self._self_test_mono = result, self._clock.monotonic()
+        return result
+
+    def health(self) -> dict[str, Any]:
+        """For ``GET /status`` ``exchange``: the clock, the last signed call, the self-test."""
+        sample = self._venue_clock.sample
+        return {
+            "offset_ms": None if sample is None else sample.offset_ms,
+            "rtt_ms": None if sample is None else sample.rtt_ms,
+            "synced_at": None if sample is None else round(sample.at, 3),
+            "sync_failures": self._venue_clock.failures,
+            "last_call": None if self._last_call is None else dict(self._last_call),
+            "self_test": None if self._self_test is None else self._self_test.as_dict(),
+            "dry_run": self._config.dry_run,
+        }
 
     # ------------------------------------------------------------------ plumbing
 
-    def _session_for(self, pool: str) -> aiohttp.ClientSession:
-        session = self._cancel_session if pool == CANCEL_POOL else self._status_session
-        if session is None:
-            raise RuntimeError("ExchangeClient is not started")
-        return session
+    def _dry_run(self, method: str, path: str, body: Any) -> bool:
+        if self._config.dry_run:
+            self._log.info("exchange.dry_run", method=method, path=path, body=body)
+        return self._config.dry_run
+
+    def _headers(self, method: str, path: str) -> dict[str, str]:
+        headers = self._signer.headers(method, path, self.venue_now_ms())
+        headers["Content-Type"] = "application/json"
+        return headers
+
+    async def _signed(
+        self, endpoint: str, method: str, path: str, pool: str, *, data: bytes | None = None
+    ) -> Answer:
+        """A signed request with its answer mapped to an error; one re-sync + retry on 401.
+
+        POSTs are retried once at once on a stale pooled connection (a listing is as safe
+        to repeat as cancel_all); GETs are not (see the transport).
+        """
+        limiter = self.limiters[endpoint]
+        try:
+            for attempt in (1, 2):
+                signed_at = self._clock.monotonic()
+                answer = await self._transport.request(
+                    endpoint,
+                    method,
+                    path,
+                    pool,
+                    limiter=limiter,
+                    headers=lambda: self._headers(method, path),
+                    data=data,
+                    retry_stale=method == "POST",
+                )
+                if answer.status == 429:
+                    retry_after = answer.retry_after_seconds(self._clock.time())
+                    limiter.rate_limited(retry_after, sent_at=answer.sent_at)
+                else:
+                    limiter.answered(sent_at=answer.sent_at)
+                if answer.status == 401 and attempt == 1:
+                    self._count(endpoint, "unauthorized")
+                    self._log.warning(
+                        "exchange.unauthorized_resync",
+                        endpoint=endpoint,
+                        message=answer.message(),
+                    )
+                    await self._venue_clock.resync_after(signed_at)
+                    continue
+                if not 200 <= answer.status < 300:
+                    raise self._fail(endpoint, self._status_error(endpoint, answer))
+                return answer
+        except ExchangeError as error:
+            self._record_call(endpoint, False, error.status, error.message)
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _succeeded(self, endpoint: str, answer: Answer) -> None:
+        self._count(endpoint, "ok")
+        self._record_call(endpoint, True, answer.status, None)
+
+    def _record_call(
+        self, endpoint: str, ok: bool, http_status: int | None, message: str | None
+    ) -> None:
+        self._last_call = {
+            "endpoint": endpoint,
+            "ok": ok,
+            "http_status": http_status,
+            "message": message,
+            "at": round(self._clock.time(), 3),
+        }
 
     def _count(self, endpoint: str, outcome: str) -> None:
         by_outcome = self.requests_sent.setdefault(endpoint, {})
@@ -319,120 +460,36 @@ class ExchangeClient:
         self._count(endpoint, error.kind)
         return error
 
-    async def _send(
-        self,
-        endpoint: str,
-        method: str,
-        path: str,
-        limiter: SlidingWindowLimiter,
-        pool: str,
-        *,
-        data: bytes | None = None,
-        retry_stale: bool = False,
-    ) -> _Answer:
-        """Send one request (plus, if allowed, one retry on a stale connection)."""
-        session = self._session_for(pool)
-        url = URL(self._base + path, encoded=True)
-        attempts = 2 if retry_stale else 1
-        for attempt in range(1, attempts + 1):
-            await limiter.acquire()
-            headers = self._signer.headers(method, path, int(self._clock.time() * 1000))
-            if data is not None:
-                headers["Content-Type"] = "application/json"
-            probe = _Probe()
-            started = self._clock.monotonic()
-            self._in_flight[pool] += 1
-            try:
-                resp = await session.request(
-                    method,
-                    url,
-                    data=data,
-                    headers=headers,
-                    allow_redirects=False,
-                    trace_request_ctx=probe,
-                )
-            except _STALE as exc:
-                if (
-                    attempt < attempts
-                    and probe.reused
-                    and not isinstance(exc, aiohttp.ClientConnectorError)
-                ):
-                    self._count(endpoint, "stale_connection")
-                    self._log.warning(
-                        "exchange.stale_connection", endpoint=endpoint, error=type(exc).__name__
-                    )
-                    continue
-                raise self._fail(endpoint, self._transport_error(endpoint, exc)) from None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise self._fail(endpoint, self._transport_error(endpoint, exc)) from None
-            else:
-                try:
-                    async with resp:
-                        body = await resp.read()
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    raise self._fail(endpoint, self._transport_error(endpoint, exc)) from None
-            finally:
-                self._in_flight[pool] -= 1
-            answer = _Answer(resp.status, body, resp.headers.get("Retry-After"))
-            self._log.debug(
-                "exchange.response",
-                endpoint=endpoint,
-                status=answer.status,
-                elapsed_ms=round((self._clock.monotonic() - started) * 1000, 1),
-                reused_connection=probe.reused,
-            )
-            self._check_status(endpoint, answer, limiter)
-            return answer
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _transport_error(self, endpoint: str, exc: BaseException) -> ExchangeError:
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if isinstance(exc, TimeoutError):
-            return RequestTimeout(endpoint, f"no answer within {self._config.request_timeout:g} s")
-        if isinstance(exc, aiohttp.ClientResponseError):
-            return BadResponse(endpoint, f"malformed HTTP answer ({detail})")
-        return ConnectionFailed(endpoint, detail)
-
-    def _check_status(self, endpoint: str, answer: _Answer, limiter: SlidingWindowLimiter) -> None:
-        status = answer.status
-        if 200 <= status < 300:
-            return
+    def _status_error(self, endpoint: str, answer: Answer) -> ExchangeError:
+        status, message = answer.status, answer.message()
         if status == 429:
-            retry_after = self._retry_after(answer.retry_after)
-            if retry_after is not None:
-                limiter.defer_until(self._clock.monotonic() + retry_after)
-            raise self._fail(endpoint, RateLimited(endpoint, retry_after))
+            retry_after = answer.retry_after_seconds(self._clock.time())
+            return RateLimited(endpoint, retry_after, message=message)
         if status >= 500:
-            raise self._fail(endpoint, ServerError(endpoint, f"HTTP {status}", status=status))
-        if status == 404 and endpoint == ORDER_STATUS:
-            raise self._fail(
-                endpoint, OrderNotFound(endpoint, "HTTP 404: unknown order_id", status=status)
+            return ServerError(endpoint, f"HTTP {status}", status=status, message=message)
+        if status == 401:
+            return Unauthorized(
+                endpoint, "HTTP 401 after a clock re-sync", status=status, message=message
             )
-        raise self._fail(endpoint, RejectedRequest(endpoint, f"HTTP {status}", status=status))
+        if status in _NOT_FOUND and endpoint == ORDER_STATUS:
+            return OrderNotFound(
+                endpoint, f"HTTP {status}: unknown order_id", status=status, message=message
+            )
+        if 300 <= status < 400 or status < 200:
+            return BadResponse(endpoint, f"HTTP {status}", status=status, message=message)
+        return RejectedRequest(endpoint, f"HTTP {status}", status=status, message=message)
 
-    def _retry_after(self, value: str | None) -> float | None:
-        """``Retry-After`` as seconds from now (delta-seconds or HTTP-date), capped."""
-        if value is None:
-            return None
-        text = value.strip()
+    def _document(self, endpoint: str, answer: Answer) -> dict[str, Any]:
         try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                seconds = parsedate_to_datetime(text).timestamp() - self._clock.time()
-            except (TypeError, ValueError, IndexError, OverflowError):
-                return None
-            seconds = max(0.0, seconds)
-        if not math.isfinite(seconds) or seconds < 0:
-            return None
-        return min(seconds, MAX_RETRY_AFTER)
-
-    def _json_data(self, endpoint: str, answer: _Answer) -> dict[str, Any]:
-        try:
-            document = json.loads(answer.body)
+            document = json.loads(answer.body, parse_float=Decimal)
         except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
             raise self._fail(endpoint, BadResponse(endpoint, "body is not JSON")) from None
-        data = document.get("data") if isinstance(document, dict) else None
+        if not isinstance(document, dict):
+            raise self._fail(endpoint, BadResponse(endpoint, "body is not a JSON object"))
+        return document
+
+    def _data(self, endpoint: str, answer: Answer) -> dict[str, Any]:
+        data = self._document(endpoint, answer).get("data")
         if not isinstance(data, dict):
             raise self._fail(endpoint, BadResponse(endpoint, "body has no 'data' object"))
         return data

@@ -6,6 +6,13 @@ times; a request may go when fewer than ``requests`` were sent in the last
 ``per_seconds + margin`` seconds.  A full burst is allowed at once.  Waiters are
 served first come, first served.  (aiolimiter's leaky bucket lets ~19 through
 in the first 60 s of a 10/60 s limit, which a strict exchange answers with 429.)
+
+A ``429`` (the trading process shares the API key, so the venue's window may be
+fuller than ours) is reported with :meth:`SlidingWindowLimiter.rate_limited`:
+the next send waits for ``Retry-After`` or this limiter's own next free slot,
+whichever is later, plus a backoff that starts at 1 s and doubles with each
+further consecutive ``429``, up to ``per_seconds`` (contract §3).  Any other
+answer (:meth:`SlidingWindowLimiter.answered`) starts the backoff again.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from collections.abc import Callable, Iterable
 
 from killswitch.clock import Clock, sleep_or_wake
 
-__all__ = ["SlidingWindowLimiter"]
+__all__ = ["BACKOFF_START", "SlidingWindowLimiter"]
+
+BACKOFF_START = 1.0
+"""Seconds added after the first 429 in a row; doubled for each further one."""
 
 
 class SlidingWindowLimiter:
@@ -43,6 +53,7 @@ class SlidingWindowLimiter:
             raise ValueError("requests >= 1, per_seconds > 0 and margin >= 0 are required")
         self.name = name
         self.requests = requests
+        self.per_seconds = per_seconds
         self.window = per_seconds + margin
         self._clock = clock
         # A send cannot lie in the future: a restored time later than now (a clock from
@@ -57,6 +68,8 @@ class SlidingWindowLimiter:
         self.on_send = on_send
         self.on_wait = on_wait
         self.waits = 0
+        self.consecutive_429 = 0
+        self._last_429_at = -float("inf")
 
     def _ready_at(self) -> float:
         """The earliest monotonic time the next request may be sent."""
@@ -91,6 +104,38 @@ class SlidingWindowLimiter:
         self._not_before = monotonic
         if later:
             self._wake.set()
+
+    def rate_limited(
+        self, retry_after: float | None = None, *, sent_at: float | None = None
+    ) -> float:
+        """A request of this endpoint was answered 429; returns the seconds the next send waits.
+
+        The next send waits until ``retry_after`` seconds from now (when the server
+        said) or this limiter's own next free slot, whichever is later, plus a backoff
+        of 1 s doubled for each further consecutive 429, capped at ``per_seconds``.
+        ``sent_at`` (what :meth:`acquire` returned for that request) keeps a burst of
+        requests that were already in flight from counting as several 429s in a row:
+        only a request sent after the previous 429 was seen doubles the backoff.
+        """
+        now = self._clock.monotonic()
+        if sent_at is None or sent_at >= self._last_429_at or self.consecutive_429 == 0:
+            self.consecutive_429 += 1
+        self._last_429_at = now
+        doublings = min(self.consecutive_429 - 1, 32)
+        backoff = min(self.per_seconds, BACKOFF_START * 2.0**doublings)
+        own_slot = self._sent[0] + self.window if len(self._sent) >= self.requests else now
+        free_at = max(own_slot, now + max(0.0, retry_after or 0.0))
+        self.defer_until(free_at + backoff)
+        return max(0.0, self._ready_at() - now)
+
+    def answered(self, *, sent_at: float | None = None) -> None:
+        """A request of this endpoint got an answer other than 429: reset the backoff.
+
+        An answer to a request sent before the last 429 was seen says nothing new and
+        is ignored.
+        """
+        if sent_at is None or sent_at >= self._last_429_at:
+            self.consecutive_429 = 0
 
     async def acquire(self) -> float:
         """Wait for a slot, record the send and return its monotonic time."""

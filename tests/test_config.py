@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from killswitch.config import ConfigError, load_config, parse_config, reloadable
+from killswitch.config import (
+    ConfigError,
+    FlatConfig,
+    GuardConfig,
+    RateLimit,
+    load_config,
+    parse_config,
+    reloadable,
+)
 from killswitch.credentials import Secret, load_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +50,42 @@ def test_example_config_covers_every_contract_key() -> None:
     assert cfg.triggers.pnl.threshold == -5000.0
     assert cfg.control.socket == Path("/run/killswitch/control.sock")
     assert cfg.daemon.shutdown_grace == 10
+    defaults = parse_config({"targets": [{"exchange": "EXCHANGE_2"}]}, base=ROOT / "config")
+    assert replace(cfg, source=None) == defaults  # the example documents every default
+
+
+def test_issue_9_keys_and_defaults() -> None:
+    """Listings, server time, clock sync, [flat] and [guard] default to contract v2's values."""
+    cfg = parse_config(MINIMAL)
+    assert cfg.exchange.open_orders_path == "/trade/api/v2/futures/orders/open"
+    assert cfg.exchange.closed_orders_path == "/trade/api/v2/futures/orders/closed"
+    assert cfg.exchange.time_path == "/trade/api/v2/time"
+    assert cfg.exchange.clock_sync_interval == 60
+    assert cfg.flat.rate_limit == RateLimit(20, 60.0, 0.5)
+    assert cfg.flat.lookback_days == 7
+    assert cfg.guard == GuardConfig(enabled=True, interval=15.0)
+    assert "PARTIALLY_EXECUTED" in cfg.confirm.terminal_statuses
+    assert not hasattr(cfg.exchange, "keepalive_interval")
+
+
+def test_issue_9_keys_are_read() -> None:
+    """Every issue-9 key given in the file reaches the config object."""
+    cfg = parse_config(
+        _with(
+            exchange={
+                "open_orders_path": "/o",
+                "closed_orders_path": "/c",
+                "time_path": "/t",
+                "clock_sync_interval": 30,
+            },
+            flat={"lookback_days": 21, "rate_limit": {"requests": 5, "per_seconds": 10}},
+            guard={"enabled": False, "interval": 2.5},
+        )
+    )
+    assert (cfg.exchange.open_orders_path, cfg.exchange.closed_orders_path) == ("/o", "/c")
+    assert (cfg.exchange.time_path, cfg.exchange.clock_sync_interval) == ("/t", 30.0)
+    assert cfg.flat == FlatConfig(rate_limit=RateLimit(5, 10.0, 0.5), lookback_days=21.0)
+    assert cfg.guard == GuardConfig(enabled=False, interval=2.5)
 
 
 def test_demo_config_loads() -> None:
@@ -65,6 +117,23 @@ def test_demo_config_loads() -> None:
         (_with(triggers={"heartbeat": {"timeout": True}}), "triggers.heartbeat.timeout"),
         (_with(triggers={"sms": {}}), "triggers.sms"),
         (_with(log={"level": "loud"}), "log.level"),
+        (_with(exchange={"open_orders_path": "orders/open"}), "exchange.open_orders_path"),
+        (_with(exchange={"closed_orders_path": ""}), "exchange.closed_orders_path"),
+        (_with(exchange={"time_path": 7}), "exchange.time_path"),
+        (_with(exchange={"clock_sync_interval": 0}), "exchange.clock_sync_interval"),
+        (_with(exchange={"clock_sync_interval": 86400}), "exchange.clock_sync_interval"),
+        (_with(exchange={"keepalive_interval": 10}), "exchange.keepalive_interval"),
+        (_with(flat={"lookback_days": 0}), "flat.lookback_days"),
+        (_with(flat={"lookback_days": 1000}), "flat.lookback_days"),
+        (_with(flat={"lookback_days": "7d"}), "flat.lookback_days"),
+        (_with(flat={"rate_limit": {"requests": 0}}), "flat.rate_limit.requests"),
+        (_with(flat={"rate_limit": {"window": 60}}), "flat.rate_limit.window"),
+        (_with(flat={"depth": 1}), "flat.depth"),
+        (_with(flat=[]), "flat"),
+        (_with(guard={"enabled": "yes"}), "guard.enabled"),
+        (_with(guard={"interval": 0.5}), "guard.interval"),
+        (_with(guard={"interval": float("nan")}), "guard.interval"),
+        (_with(guard={"every": 15}), "guard.every"),
         ({"targets": []}, "targets"),
         ({}, "targets"),
         ({"targets": [{"symbols": []}]}, "targets[0].exchange"),
@@ -78,6 +147,16 @@ def test_bad_values_name_their_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert info.value.key == key
+
+
+def test_bad_issue_9_value_exits_2_naming_its_key(tmp_path: Path) -> None:
+    """`check-config` on a bad [guard] value prints `config error: guard.interval: ...`, exit 2."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[[targets]]\nexchange = "E"\n[guard]\ninterval = 0\n')
+    result = _run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("config error: guard.interval: ")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_http_allowed_for_loopback_only() -> None:
@@ -173,6 +252,8 @@ def test_reload_applies_live_keys_and_names_the_rest() -> None:
             "exchange": {"base_url": "https://other.example"},
             "cancel_all": {"rate_limit": {"requests": 5}},
             "confirm": {"deadline": 30, "rate_limit": {"requests": 40}},
+            "flat": {"lookback_days": 14, "rate_limit": {"requests": 10}},
+            "guard": {"interval": 5},
             "triggers": {"heartbeat": {"timeout": 3.0}, "pnl": {"enabled": True}},
         }
     )
@@ -183,8 +264,136 @@ def test_reload_applies_live_keys_and_names_the_rest() -> None:
     assert applied.exchange == current.exchange
     assert applied.cancel_all == current.cancel_all
     assert applied.confirm.rate_limit == current.confirm.rate_limit
+    assert applied.flat.lookback_days == 14
+    assert applied.flat.rate_limit == current.flat.rate_limit
+    assert applied.guard.interval == 5
     assert applied.triggers.pnl.enabled is False
-    assert restart == ["cancel_all", "confirm.rate_limit", "exchange", "triggers.pnl.enabled"]
+    assert restart == [
+        "cancel_all",
+        "confirm.rate_limit",
+        "exchange",
+        "flat.rate_limit",
+        "triggers.pnl.enabled",
+    ]
+
+
+# --------------------------------------------------------------------------- check-config --online
+
+ONLINE_SECRET = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"  # RFC 8032 #1
+ONLINE_KEY = "online-check-api-key"
+
+
+class _Venue:
+    """Server time and a signature-checking open-orders listing, on loopback."""
+
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+        self.public = Ed25519PrivateKey.from_private_bytes(
+            bytes.fromhex(ONLINE_SECRET)
+        ).public_key()
+        self.paths: list[str] = []
+        app = web.Application()
+        app.router.add_get("/trade/api/v2/time", self.time, allow_head=False)
+        app.router.add_post("/trade/api/v2/futures/orders/open", self.open_orders)
+        self.app = app
+
+    async def time(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        return web.json_response({"serverTime": int(time.time() * 1000)})
+
+    async def open_orders(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        h = request.headers
+        message = f"POST{request.path}{h.get('X-AUTH-EPOCH', '')}".encode()
+        try:
+            self.public.verify(bytes.fromhex(h.get("X-AUTH-SIGNATURE", "")), message)
+            good = h.get("X-AUTH-APIKEY") == self.api_key
+        except (InvalidSignature, ValueError):
+            good = False
+        if not good:
+            return web.json_response({"message": "Invalid API key or signature"}, status=401)
+        assert h["Content-Type"] == "application/json"
+        return web.json_response({"data": {"orders": [], "cursor": None}})
+
+
+async def _check_online(workdir: Path, api_key: str) -> tuple[int, str, str, list[str]]:
+    venue = _Venue(ONLINE_KEY)
+    server = TestServer(venue.app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        path = workdir / "online.toml"
+        path.write_text(
+            f'[exchange]\nbase_url = "http://127.0.0.1:{server.port}"\ndry_run = true\n'
+            '[[targets]]\nexchange = "EXCHANGE_2"\n'
+            f'[control]\nsocket = "{workdir}/c.sock"\n[state]\npath = "{workdir}/s.db"\n'
+        )
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "KILLSWITCH_API_KEY": api_key,
+            "KILLSWITCH_API_SECRET": ONLINE_SECRET,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "killswitch",
+            "check-config",
+            "--config",
+            str(path),
+            "--online",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await server.close()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode(), venue.paths
+
+
+async def test_check_config_online_passes_with_the_right_key(workdir: Path) -> None:
+    """--online syncs the clock, lists once per target, prints the result, exit 0, no secret."""
+    code, out, err, paths = await _check_online(workdir, ONLINE_KEY)
+
+    assert code == 0, err
+    online = json.loads(out)["online"]
+    assert online["ok"] is True
+    assert isinstance(online["clock"]["offset_ms"], int)
+    assert online["self_test"]["checks"] == [
+        {"exchange": "EXCHANGE_2", "ok": True, "http_status": None, "error": None, "message": None}
+    ]
+    assert paths.count("/trade/api/v2/futures/orders/open") == 1  # even with dry_run = true
+    assert ONLINE_KEY not in out + err
+    assert ONLINE_SECRET not in out + err
+    assert all(json.loads(line) for line in err.splitlines())  # stderr: JSON events only
+
+
+async def test_check_config_online_with_a_wrong_key_exits_1_with_the_venue_message(
+    workdir: Path,
+) -> None:
+    """A wrong key: 401 after a re-sync, exchange.rejected naming credentials/clock, exit 1."""
+    code, out, err, _ = await _check_online(workdir, "wrong-api-key")
+
+    assert code == 1
+    online = json.loads(out)["online"]
+    assert online["ok"] is False
+    (check,) = online["self_test"]["checks"]
+    assert (check["http_status"], check["error"]) == (401, "unauthorized")
+    assert check["message"] == "Invalid API key or signature"
+    events = [json.loads(line) for line in err.splitlines()]
+    (rejected,) = [e for e in events if e["event"] == "exchange.rejected"]
+    assert "credentials or clock" in rejected["problem"]
+    assert "wrong-api-key" not in out + err
+    assert ONLINE_SECRET not in out + err
+
+
+def test_check_config_online_without_credentials_is_a_config_error(tmp_path: Path) -> None:
+    """--online needs the credentials: without them it is a config error, exit 2."""
+    path = tmp_path / "c.toml"
+    path.write_text('[[targets]]\nexchange = "E"\n')
+    result = _run_cli("check-config", "--config", str(path), "--online", env={"PATH": "/bin"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("config error: exchange.api_")
 
 
 def _pnl_config(tmp_path: Path, pnl_path: str) -> Path:

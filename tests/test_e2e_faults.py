@@ -64,7 +64,7 @@ def _check_against_truth(summary: dict[str, Any], sim: SimExchange, orders: int)
     assert summary["filled"] == truth["orders"].get("EXECUTED", 0)
     assert summary["cancelled"] + summary["filled"] == orders
     assert summary["unknown"] == summary["unconfirmed"] == summary["other"] == 0
-    assert truth["violations"] == {"cancel_all": 0, "order_status": 0}
+    assert sum(truth["violations"].values()) == 0
 
 
 def _arrivals(sim: SimExchange, endpoint: str) -> list[tuple[float, int | None]]:
@@ -218,7 +218,7 @@ async def test_ids_the_exchange_forgot_end_as_unknown(
     misses = [e for e in daemon.named("order.poll_failed") if e["error"] == "not_found"]
     assert {e["order_id"] for e in misses} == set(forgotten)
     assert all(e["http_status"] == 404 for e in misses)
-    assert sim.stats()["violations"] == {"cancel_all": 0, "order_status": 0}
+    assert sum(sim.stats()["violations"].values()) == 0
     row = table_row("404", "order_status", "unknown", elapsed, 0, "5 forgotten ids -> unknown 5")
     record_property("fault_row", row)
     print(row)

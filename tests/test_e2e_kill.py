@@ -23,7 +23,7 @@ def _check_against_truth(summary: dict[str, Any], sim: SimExchange, seeded: int)
     assert summary["filled"] == truth["orders"].get("EXECUTED", 0)
     assert summary["cancelled"] + summary["filled"] == seeded
     assert summary["unknown"] == summary["unconfirmed"] == summary["other"] == 0
-    assert truth["violations"] == {"cancel_all": 0, "order_status": 0}
+    assert sum(truth["violations"].values()) == 0
 
 
 async def test_sigusr1_kill_confirms_every_order(workdir: Path, sim_factory: SimFactory) -> None:

@@ -76,7 +76,7 @@ async def test_heartbeat_silence_fires_exactly_one_kill_after_timeout(
     assert len(daemon.named("kill.started")) == 1
     assert asyncio.get_running_loop().time() - last_answered > 3 * timeout
     assert done["cancelled"] == 10
-    assert sim.stats()["violations"] == {"cancel_all": 0, "order_status": 0}
+    assert sum(sim.stats()["violations"].values()) == 0
     assert await daemon.stop() == 0
 
 
@@ -159,7 +159,7 @@ async def test_cli_status_trigger_reset_heartbeat(workdir: Path, sim_factory: Si
     assert result.returncode == 0
     assert "ARMED" in result.stdout
     assert await daemon.stop() == 0
-    assert sim.stats()["violations"] == {"cancel_all": 0, "order_status": 0}
+    assert sum(sim.stats()["violations"].values()) == 0
 
 
 async def test_cli_without_daemon_says_so_and_exits_1(workdir: Path) -> None:

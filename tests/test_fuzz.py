@@ -45,6 +45,7 @@ from killswitch.config import ConfigError, ExchangeConfig, as_dict, load_config,
 from killswitch.confirm import VENUE_STATUSES
 from killswitch.credentials import Credentials, Secret
 from killswitch.errors import ExchangeError
+from killswitch.exchange import ENDPOINTS as EXCHANGE_ENDPOINTS
 from killswitch.exchange import ExchangeClient
 from killswitch.ratelimit import SlidingWindowLimiter
 from killswitch.signing import make_signer
@@ -72,7 +73,7 @@ class _JumpClock:
     """Real time, except that a short sleep jumps the clock instead of waiting.
 
     A fuzzed ``Retry-After`` (honoured up to 300 s) then never holds the suite up,
-    while the client's re-warm sleep (``keepalive_interval``, an hour here) really
+    while the client's clock-sync sleep (``clock_sync_interval``, an hour here) really
     sleeps rather than spinning.
     """
 
@@ -126,7 +127,7 @@ class _Rig:
         self.loop.run_until_complete(self._start())
 
     def _client(self, base_url: str) -> ExchangeClient:
-        config = ExchangeConfig(base_url=base_url, request_timeout=3.0, keepalive_interval=3600.0)
+        config = ExchangeConfig(base_url=base_url, request_timeout=3.0, clock_sync_interval=3600.0)
         credentials = Credentials(api_key=Secret("fuzz-api-key"), api_secret=Secret(SECRET))
 
         def limiter(name: str) -> SlidingWindowLimiter:
@@ -135,8 +136,7 @@ class _Rig:
         return ExchangeClient(
             config,
             make_signer(config, credentials),
-            cancel_limiter=limiter("cancel_all"),
-            status_limiter=limiter("order_status"),
+            limiters={name: limiter(name) for name in EXCHANGE_ENDPOINTS},
             clock=self.clock,
             log=_Quiet(),
             status_pool_size=2,
@@ -184,7 +184,7 @@ class _Rig:
             async with asyncio.timeout(30):
                 if endpoint == "cancel_all":
                     return await client.cancel_all("EXCHANGE_2")
-                return await client.order_status(ORDER_ID)
+                return (await client.order_status(ORDER_ID)).status
 
         return self.loop.run_until_complete(run())
 
@@ -526,7 +526,7 @@ SECTIONS: dict[str, st.SearchStrategy[Any]] = {
             "order_status_path": URL_PATHS,
             "request_timeout": NUMBERS,
             "dry_run": st.booleans(),
-            "keepalive_interval": NUMBERS,
+            "clock_sync_interval": NUMBERS,
             "headers": _table({"api_key": NAMES, "signature": NAMES, "epoch": NAMES}),
         }
     ),

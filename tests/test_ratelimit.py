@@ -339,3 +339,72 @@ async def test_rejects_nonsense_limits() -> None:
     for requests, per_seconds, margin in ((0, 60.0, 0.5), (10, 0.0, 0.5), (10, 60.0, -1.0)):
         with pytest.raises(ValueError, match="requests >= 1"):
             SlidingWindowLimiter("t", requests, per_seconds, clock, margin=margin)
+
+
+# --------------------------------------------------------------------------- 429 backoff
+
+
+async def test_429_without_retry_after_waits_for_own_slot_plus_doubling_backoff() -> None:
+    """Consecutive 429s hold the next send 1, 2, 4 ... s past the next free slot, capped."""
+    clock = FakeClock(start=START)
+    limiter = SlidingWindowLimiter("open_orders", 20, 8.0, clock, margin=0.0)
+    waits = []
+    for _ in range(5):
+        sent = await limiter.acquire()
+        waits.append(limiter.rate_limited(sent_at=sent))
+        await clock.advance(limiter.next_free_in())
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0]  # capped at per_seconds
+
+
+async def test_429_waits_for_the_later_of_retry_after_and_the_window() -> None:
+    """The wait is max(Retry-After, own next free slot) plus the backoff."""
+    clock = FakeClock(start=START)
+    limiter = SlidingWindowLimiter("cancel_all", 2, 60.0, clock, margin=0.5)
+    await limiter.acquire()
+    sent = await limiter.acquire()  # the window is now full until START + 60.5
+    assert limiter.rate_limited(5.0, sent_at=sent) == pytest.approx(61.5)
+    await clock.advance(61.5)
+    sent = await limiter.acquire()
+    assert limiter.rate_limited(30.0, sent_at=sent) == pytest.approx(32.0)  # Retry-After wins
+
+
+async def test_any_other_answer_resets_the_backoff() -> None:
+    """After a non-429 answer the next 429 backs off 1 s again."""
+    clock = FakeClock(start=START)
+    limiter = SlidingWindowLimiter("order_status", 20, 60.0, clock)
+    for expected in (1.0, 2.0):
+        sent = await limiter.acquire()
+        assert limiter.rate_limited(sent_at=sent) == expected
+        await clock.advance(expected)
+    limiter.answered(sent_at=await limiter.acquire())
+    sent = await limiter.acquire()
+    assert limiter.rate_limited(sent_at=sent) == 1.0
+
+
+async def test_a_burst_already_in_flight_counts_as_one_429() -> None:
+    """Requests sent before the first 429 was seen do not double the backoff again."""
+    clock = FakeClock(start=START)
+    limiter = SlidingWindowLimiter("order_status", 20, 60.0, clock)
+    sent = [await limiter.acquire() for _ in range(3)]
+    await clock.advance(0.1)
+    waits = [limiter.rate_limited(sent_at=t) for t in sent]
+    assert waits == pytest.approx([1.0, 1.0, 1.0])
+    limiter.answered(sent_at=sent[0])  # an old answer says nothing new
+    assert limiter.consecutive_429 == 1
+
+
+async def test_429_holds_a_waiting_acquire() -> None:
+    """A request already waiting for its turn is held until the backoff has passed."""
+    clock = FakeClock(start=START)
+    limiter = SlidingWindowLimiter("closed_orders", 20, 60.0, clock)
+    sent = await limiter.acquire()
+    waiter = asyncio.create_task(limiter.acquire())
+    await settle()
+    assert waiter.done()  # a slot was free
+    limiter.rate_limited(sent_at=sent)
+    nxt = asyncio.create_task(limiter.acquire())
+    await clock.advance(0.9)
+    assert not nxt.done()
+    await clock.advance(0.2)
+    assert nxt.done()
+    assert nxt.result() == pytest.approx(START + 1.0)

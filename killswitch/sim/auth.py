@@ -8,6 +8,7 @@ secret's UTF-8 bytes, hex.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -15,11 +16,19 @@ from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from killswitch.sim.config import SimConfig
 
 __all__ = ["sign", "sign_headers", "verify"]
+
+
+@functools.lru_cache(maxsize=8)
+def _public_key(secret_hex: str) -> Ed25519PublicKey:
+    return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(secret_hex)).public_key()
 
 
 def _message(method: str, path_with_query: str, epoch_ms: str) -> bytes:
@@ -52,11 +61,12 @@ def verify(
     raw_path_with_query: str,
     headers: Mapping[str, str],
     *,
-    now: float,
+    now_ms: int,
 ) -> str | None:
     """Why the request's auth is refused, or ``None`` when it is valid.
 
-    ``now`` is wall-clock seconds, for the epoch skew check.
+    ``now_ms`` is the venue's clock: an epoch more than ``max_epoch_skew``
+    seconds from it is refused, as the venue does.
     """
     key = headers.get(config.api_key_header)
     signature = headers.get(config.signature_header)
@@ -67,17 +77,20 @@ def verify(
         return "unknown api key"
     if not epoch.isdigit():
         return "epoch is not an integer of milliseconds"
-    if abs(now - int(epoch) / 1000) > config.max_epoch_skew:
-        return "epoch outside the allowed skew"
+    off_ms = int(epoch) - now_ms
+    if abs(off_ms) > config.max_epoch_skew * 1000:
+        return (
+            f"epoch is off the server clock by {off_ms} ms "
+            f"(at most {config.max_epoch_skew:g} s allowed)"
+        )
     message = _message(method, raw_path_with_query, epoch)
     try:
         given = bytes.fromhex(signature)
     except ValueError:
         return "signature is not hex"
     if config.signing == "ed25519":
-        public = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(config.api_secret)).public_key()
         try:
-            public.verify(given, message)
+            _public_key(config.api_secret).verify(given, message)
         except InvalidSignature:
             return "bad signature"
         return None

@@ -1,17 +1,70 @@
-"""The order book: open orders, cancellation, and lazily resolved statuses."""
+"""The order book: working orders, cancellation, and lazily resolved outcomes.
+
+An order sent for cancellation sits in ``CANCELLATION_RAISED`` for a random
+delay, then ends ``EXECUTED``, ``PARTIALLY_EXECUTED`` (terminal on futures,
+with ``0 < exec_quantity < quantity``), ``EXPIRED`` or ``CANCELLED``.  The outcome is drawn
+when the cancel arrives and shown once the (monotonic) clock passes it.
+"""
 
 from __future__ import annotations
 
 import random
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OPEN_STATUSES", "Order", "OrderBook"]
+from killswitch.sim.clock import VenueClock
+from killswitch.sim.config import check_behaviour
 
-OPEN_STATUSES = frozenset({"OPEN", "RAISED", "PARTIALLY_EXECUTED"})
+__all__ = [
+    "CLOSED_LISTED",
+    "DAY_MS",
+    "SEEDABLE",
+    "WORKING",
+    "Behaviour",
+    "Order",
+    "OrderBook",
+]
+
+DAY_MS = 86_400_000
+WORKING = frozenset({"RAISED", "OPEN", "CANCELLATION_RAISED", "EXPIRATION_RAISED"})
+SEEDABLE = frozenset({"RAISED", "OPEN"})
+CLOSED_LISTED = frozenset({"EXECUTED", "PARTIALLY_EXECUTED", "CANCELLED"})
+
+
+@dataclass(slots=True)
+class Behaviour:
+    """How cancels end; changed at run time by ``POST /_sim/behaviour``."""
+
+    fill_ratio: float
+    partial_fill_ratio: float
+    expire_ratio: float
+    cancel_delay: tuple[float, float]
+
+    def update(self, **changes: Any) -> None:
+        """Change the given fields, all or none (``ValueError`` names the bad one)."""
+        unknown = set(changes) - set(self.to_json())
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: not a behaviour field")
+        new = self.to_json() | {k: v for k, v in changes.items() if v is not None}
+        delay = tuple(new["cancel_delay"])
+        check_behaviour(
+            new["fill_ratio"], new["partial_fill_ratio"], new["expire_ratio"], (delay[0], delay[1])
+        )
+        self.fill_ratio = new["fill_ratio"]
+        self.partial_fill_ratio = new["partial_fill_ratio"]
+        self.expire_ratio = new["expire_ratio"]
+        self.cancel_delay = (delay[0], delay[1])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fill_ratio": self.fill_ratio,
+            "partial_fill_ratio": self.partial_fill_ratio,
+            "expire_ratio": self.expire_ratio,
+            "cancel_delay": list(self.cancel_delay),
+        }
 
 
 @dataclass(slots=True)
@@ -21,75 +74,161 @@ class Order:
     order_id: str
     exchange: str
     symbol: str
-    created_at: float  # wall-clock seconds
-    status: str = "OPEN"
+    side: str
+    quantity: int
+    price: str
+    created_at: int  # ms, venue clock
+    status: str = "RAISED"
+    cancelled_at: int | None = None  # ms, venue clock: when cancel_all reached it
     resolve_at: float | None = None  # monotonic time CANCELLATION_RAISED ends
-    final_status: str | None = None  # CANCELLED or EXECUTED, decided at cancel time
+    resolve_ms: int | None = None  # the same moment on the venue clock
+    final_status: str | None = None  # decided when the cancel arrives
+    final_exec: int = 0
+
+    def resolved(self, now: float) -> bool:
+        return self.resolve_at is not None and now >= self.resolve_at
 
     def status_at(self, now: float) -> str:
-        if self.resolve_at is not None and self.final_status is not None and now >= self.resolve_at:
+        if self.resolved(now) and self.final_status is not None:
             return self.final_status
         return self.status
 
     def to_json(self, now: float) -> dict[str, Any]:
+        """The venue's order object; numbers are JSON strings, times integer ms."""
+        done = self.resolved(now)
+        executed = self.final_exec if done else 0
+        if done and self.resolve_ms is not None:
+            updated = self.resolve_ms
+        else:
+            updated = self.cancelled_at if self.cancelled_at is not None else self.created_at
         return {
             "order_id": self.order_id,
-            "status": self.status_at(now),
-            "symbol": self.symbol,
             "exchange": self.exchange,
-            "created_time": int(self.created_at * 1000),
+            "symbol": self.symbol,
+            "side": self.side,
+            "status": self.status_at(now),
+            "order_type": "LIMIT",
+            "quantity": str(self.quantity),
+            "exec_quantity": str(executed),
+            "price": self.price,
+            "avg_execution_price": self.price if executed else "0",
+            "created_at": self.created_at,
+            "updated_at": updated,
         }
 
 
 class OrderBook:
-    """Orders by id; ``clock`` is monotonic, ``wall`` is epoch seconds."""
+    """Orders by id; ``clock`` is monotonic, ``venue`` stamps times in ms."""
 
     def __init__(
         self,
         *,
-        cancel_delay: tuple[float, float],
-        fill_ratio: float,
+        behaviour: Behaviour,
         rng: random.Random,
         clock: Callable[[], float],
-        wall: Callable[[], float],
+        venue: VenueClock,
     ) -> None:
-        self._cancel_delay = cancel_delay
-        self._fill_ratio = fill_ratio
+        self.behaviour = behaviour
         self._rng = rng
         self._clock = clock
-        self._wall = wall
+        self._venue = venue
         self.orders: dict[str, Order] = {}
         self.exchanges: set[str] = set()
+        self._used_ms: set[int] = set()
 
-    def seed(self, exchange: str, orders: dict[str, int], status: str = "OPEN") -> list[str]:
-        """Create ``count`` orders per symbol with ``status``; return their ids."""
-        if status not in OPEN_STATUSES:
-            raise ValueError(f"status: seeded orders must be open, got {status!r}")
+    def _stamp(self, ms: int) -> int:
+        """``ms`` or the nearest earlier millisecond no other order was created at."""
+        while ms in self._used_ms:
+            ms -= 1
+        self._used_ms.add(ms)
+        return ms
+
+    def _new(self, exchange: str, symbol: str, created_at: int, status: str) -> Order:
+        rng = self._rng
+        order_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        order = Order(
+            order_id,
+            exchange,
+            symbol,
+            side=rng.choice(("BUY", "SELL")),
+            quantity=rng.randint(2, 500),
+            price=f"{rng.randint(10_000, 9_999_999) / 100:.2f}",
+            created_at=self._stamp(created_at),
+            status=status,
+        )
+        self.orders[order_id] = order
+        return order
+
+    def seed(
+        self, exchange: str, orders: dict[str, int], status: str = "RAISED", age_days: float = 0.0
+    ) -> list[str]:
+        """Create ``count`` working orders per symbol, ``age_days`` old; return their ids.
+
+        Every order gets its own ``created_at``: the batch ends ``age_days``
+        before now, one millisecond apart, the last id the newest.
+        """
+        if status not in SEEDABLE:
+            raise ValueError(f"status: seeded orders are {sorted(SEEDABLE)}, got {status!r}")
+        if age_days < 0:
+            raise ValueError("age_days: expected days >= 0")
         self.exchanges.add(exchange)
+        newest = self._venue.now_ms() - round(age_days * DAY_MS)
+        total = sum(orders.values())
         ids: list[str] = []
         for symbol, count in orders.items():
             for _ in range(count):
-                order_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-                self.orders[order_id] = Order(order_id, exchange, symbol, self._wall(), status)
-                ids.append(order_id)
+                created = newest - (total - 1 - len(ids))
+                ids.append(self._new(exchange, symbol, created, status).order_id)
         return ids
 
-    def cancel_all(self, exchange: str, symbol: str | None) -> list[str]:
-        """Move every open order in scope to CANCELLATION_RAISED; return their ids."""
-        now = self._clock()
-        low, high = self._cancel_delay
+    def place(self, exchange: str, symbol: str) -> str:
+        """One new ``RAISED`` order created now (the trader's); its id."""
+        self.exchanges.add(exchange)
+        return self._new(exchange, symbol, self._venue.now_ms(), "RAISED").order_id
+
+    def shift_times(self, delta_ms: int) -> None:
+        """Move every stamped time by ``delta_ms``: the venue's clock was always this far off."""
+        for order in self.orders.values():
+            order.created_at += delta_ms
+            if order.cancelled_at is not None:
+                order.cancelled_at += delta_ms
+            if order.resolve_ms is not None:
+                order.resolve_ms += delta_ms
+        self._used_ms = {ms + delta_ms for ms in self._used_ms}
+
+    def cancel_all(
+        self, exchange: str, symbol: str | None, spare: frozenset[str] = frozenset()
+    ) -> list[str]:
+        """Move every working order in scope to CANCELLATION_RAISED; return their ids.
+
+        Orders of a symbol in ``spare`` are left working (a refused symbol).
+        """
+        now, now_ms = self._clock(), self._venue.now_ms()
+        low, high = self.behaviour.cancel_delay
         ids: list[str] = []
         for order in self.orders.values():
             if order.exchange != exchange or (symbol is not None and order.symbol != symbol):
                 continue
-            if order.status_at(now) not in OPEN_STATUSES:
+            if order.symbol in spare or order.status_at(now) not in ("RAISED", "OPEN"):
                 continue
+            delay = self._rng.uniform(low, high)
             order.status = "CANCELLATION_RAISED"
-            order.resolve_at = now + self._rng.uniform(low, high)
-            filled = self._rng.random() < self._fill_ratio
-            order.final_status = "EXECUTED" if filled else "CANCELLED"
+            order.cancelled_at = now_ms
+            order.resolve_at = now + delay
+            order.resolve_ms = now_ms + round(delay * 1000)
+            order.final_status, order.final_exec = self._outcome(order.quantity)
             ids.append(order.order_id)
         return ids
+
+    def _outcome(self, quantity: int) -> tuple[str, int]:
+        draw, b = self._rng.random(), self.behaviour
+        if draw < b.fill_ratio:
+            return "EXECUTED", quantity
+        if draw < b.fill_ratio + b.partial_fill_ratio:
+            return "PARTIALLY_EXECUTED", self._rng.randint(1, quantity - 1)
+        if draw < b.fill_ratio + b.partial_fill_ratio + b.expire_ratio:
+            return "EXPIRED", 0
+        return "CANCELLED", 0
 
     def get(self, order_id: str) -> Order | None:
         return self.orders.get(order_id)
@@ -98,6 +237,28 @@ class OrderBook:
         """Drop orders as if never placed (status answers 404); the number dropped."""
         return sum(self.orders.pop(order_id, None) is not None for order_id in order_ids)
 
+    def with_status(self, now: float | None = None) -> Iterator[tuple[Order, str]]:
+        """Every order with its status at ``now`` (monotonic; default: the clock's now)."""
+        now = self._clock() if now is None else now
+        for order in self.orders.values():
+            yield order, order.status_at(now)
+
     def by_status(self) -> dict[str, int]:
-        now = self._clock()
-        return dict(Counter(order.status_at(now) for order in self.orders.values()))
+        return dict(Counter(status for _, status in self.with_status()))
+
+    def truth(self) -> dict[str, Any]:
+        """The book's own truth: flat (nothing working), ids still working, final counts."""
+        counts = Counter[str]()
+        working: list[str] = []
+        for order, status in self.with_status():
+            counts[status] += 1
+            if status in WORKING:
+                working.append(order.order_id)
+        return {
+            "flat": not working,
+            "open": working,
+            "cancelled": counts["CANCELLED"],
+            "executed": counts["EXECUTED"],
+            "partially_executed": counts["PARTIALLY_EXECUTED"],
+            "expired": counts["EXPIRED"],
+        }

@@ -12,7 +12,8 @@ __all__ = ["ReceivedRequest"]
 class ReceivedRequest:
     """One request as the exchange saw it.
 
-    ``endpoint`` is ``cancel_all``, ``order_status`` or ``other``; ``path`` is
+    ``endpoint`` is ``cancel_all``, ``order_status``, ``open_orders``,
+    ``closed_orders``, ``time`` or ``other``; ``path`` is
     the raw path with its query; ``monotonic`` and ``wall`` are the arrival
     times (``time.monotonic()`` and ``time.time()`` by default).  ``status``
     is the answer (``None`` until answered, and for a reset connection).

@@ -1,11 +1,13 @@
 """The simulated exchange: a strict, truthful aiohttp server on loopback.
 
-It serves the two endpoints of contract §2, counts every arrival against a
-strict sliding window per endpoint (contract §3) and records what it received,
-so tests and benchmarks can prove the daemon never broke a limit.  Faults are
-injected by count and clear by themselves; a faulted request never changes an
-order.  Admin endpoints under ``/_sim/`` (see :mod:`killswitch.sim.admin`) let
-other processes drive it.
+It serves the venue's endpoints (``VENUE.md``, contract §2): ``cancel_all``,
+order status, the open- and closed-order listings (each signed and counted
+against its own strict sliding window, contract §3) and the server time
+(unsigned, never counted).  It records what it received, so tests and
+benchmarks can prove the daemon never broke a limit.  Faults are injected by
+count and clear by themselves; only the ``lost_ack_*`` kinds let the request
+take effect.  Admin endpoints under ``/_sim/`` (:mod:`killswitch.sim.admin`)
+let other processes drive it.
 """
 
 from __future__ import annotations
@@ -16,31 +18,41 @@ import json
 import random
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 from aiohttp import web
 
 from killswitch.sim.admin import admin_routes
 from killswitch.sim.auth import verify
-from killswitch.sim.book import OrderBook
+from killswitch.sim.book import Behaviour, OrderBook
+from killswitch.sim.clock import VenueClock
 from killswitch.sim.config import ENDPOINTS, Endpoint, SimConfig
 from killswitch.sim.faults import Fault, FaultQueue
 from killswitch.sim.record import ReceivedRequest
+from killswitch.sim.stats import stats_of
+from killswitch.sim.trader import Trader
+from killswitch.sim.venue import Rejection, Venue, error
 from killswitch.sim.window import StrictWindow
 
 __all__ = ["SimExchange", "run_sim"]
 
-_METHODS: dict[Endpoint, str] = {"cancel_all": "POST", "order_status": "GET"}
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+_METHODS: dict[str, str] = {
+    "cancel_all": "POST",
+    "order_status": "GET",
+    "open_orders": "POST",
+    "closed_orders": "POST",
+    "time": "GET",
+}
+_FIELD_422 = {"cancel_all": "symbol", "order_status": "order_id", "time": "request"}
 
 
 class SimExchange:
-    """The exchange.  ``clock`` (monotonic) and ``wall`` (epoch seconds) are injectable."""
+    """The exchange.  ``clock`` (monotonic), ``wall`` (epoch seconds) and ``sleep`` are injectable.
+
+    ``clock`` drives the rate windows and the cancel delays, ``wall`` (plus
+    the admin clock offset) the venue's clock, ``sleep`` the trader.
+    """
 
     def __init__(
         self,
@@ -48,22 +60,34 @@ class SimExchange:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config if config is not None else SimConfig()
         self._clock = clock
         self._wall = wall
+        self.clock = VenueClock(wall, self.config.clock_offset_ms)
+        self.behaviour = Behaviour(
+            self.config.fill_ratio,
+            self.config.partial_fill_ratio,
+            self.config.expire_ratio,
+            self.config.cancel_delay,
+        )
         self.book = OrderBook(
-            cancel_delay=self.config.cancel_delay,
-            fill_ratio=self.config.fill_ratio,
+            behaviour=self.behaviour,
             rng=random.Random(self.config.seed),
             clock=clock,
-            wall=wall,
+            venue=self.clock,
         )
         self.book.exchanges.add(self.config.exchange)
+        self.trader = Trader(self.book, sleep)
+        self.venue = Venue(self.book, self.clock, self.trader)
         self.faults = FaultQueue()
-        self.windows = {e: StrictWindow(*self.config.limit(e)) for e in ENDPOINTS}
+        self.windows: dict[str, StrictWindow] = {
+            e: StrictWindow(*self.config.limit(e)) for e in ENDPOINTS
+        }
         self.requests: list[ReceivedRequest] = []
         self.cancel_all_arrivals: list[tuple[float, float]] = []  # (wall, monotonic)
+        self._paths = {self.config.path(e): e for e in (*ENDPOINTS, "time")}
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.app = web.Application()
@@ -91,65 +115,117 @@ class SimExchange:
         return f"http://{shown}:{bound}"
 
     async def stop(self) -> None:
-        """Release held requests, close every connection and stop listening."""
+        """Stop the trader, release held requests, close every connection, stop listening."""
         self._stopping.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        try:
+            await self.trader.stop()
+        finally:
+            runner, self._runner = self._runner, None
+            if runner is not None:
+                await runner.cleanup()
 
     def seed(
-        self, orders: dict[str, int], exchange: str | None = None, status: str = "OPEN"
+        self,
+        orders: dict[str, int],
+        exchange: str | None = None,
+        status: str = "RAISED",
+        *,
+        age_days: float = 0.0,
     ) -> list[str]:
-        """Add ``count`` open orders per symbol; return the new ids."""
-        return self.book.seed(exchange or self.config.exchange, orders, status)
+        """Add ``count`` working orders per symbol, ``age_days`` old; return the new ids."""
+        return self.book.seed(exchange or self.config.exchange, orders, status, age_days)
 
     def forget(self, order_ids: list[str]) -> int:
         """Forget orders: their status is answered 404 from now on; the number forgotten."""
         return self.book.forget(order_ids)
 
-    def inject(self, endpoint: str, kind: str, count: int = 1, delay: float | None = None) -> None:
-        """Answer the next ``count`` requests to ``endpoint`` with fault ``kind``."""
-        self.faults.inject(endpoint, kind, count, delay)
+    def inject(
+        self,
+        endpoint: str,
+        kind: str,
+        count: int = 1,
+        delay: float | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` requests to ``endpoint`` with fault ``kind``.
+
+        ``delay`` is the hold of ``slow``, ``timeout`` and ``lost_ack_timeout``;
+        ``message`` replaces the error body's message (``401``, ``422``, 5xx).
+        """
+        self.faults.inject(endpoint, kind, count, delay, message)
 
     def clear_faults(self) -> None:
         self.faults.clear()
+
+    def set_clock_offset(self, offset_ms: int) -> None:
+        """The venue's clock is the real wall clock plus ``offset_ms`` from now on.
+
+        Orders already on the book move with it (their ``created_at`` and
+        ``updated_at`` keep their age), as if the venue's clock had always
+        been this far off: moving it back never hides a fresh order in the
+        future, beyond a default listing's ``to_time``.
+        """
+        self.book.shift_times(offset_ms - self.clock.offset_ms)
+        self.clock.offset_ms = offset_ms
+
+    def reject(
+        self,
+        symbol: str,
+        status: int | None,
+        message: str | None = None,
+        *,
+        unscoped: str = "refuse",
+    ) -> None:
+        """Refuse ``cancel_all`` for ``symbol`` with ``status`` (a 4xx but 429); ``None`` lifts it.
+
+        ``unscoped``: ``refuse`` answers a ``cancel_all`` without a symbol the
+        same way; ``spare`` cancels the other symbols and leaves this one.
+        """
+        if not symbol:
+            raise ValueError("symbol: expected a non-empty string")
+        if status is None:
+            self.venue.rejections.pop(symbol, None)
+            return
+        if not 400 <= status <= 499 or status == 429:
+            raise ValueError("status: expected a 4xx other than 429, or null")
+        if unscoped not in ("refuse", "spare"):
+            raise ValueError('unscoped: expected "refuse" or "spare"')
+        text = message or f"symbol: {symbol} is not accepting cancellations"
+        mode: Literal["refuse", "spare"] = "refuse" if unscoped == "refuse" else "spare"
+        self.venue.rejections[symbol] = Rejection(status, text, mode)
+
+    async def start_trader(
+        self,
+        orders: dict[str, int],
+        interval: float = 1.0,
+        *,
+        exchange: str | None = None,
+        on_cancel_all: bool = False,
+    ) -> None:
+        """Place ``orders[symbol]`` orders per symbol, one each every ``interval`` s.
+
+        With ``on_cancel_all`` the first ones go in right after the next
+        ``cancel_all`` is served.  Replaces a running trader.
+        """
+        await self.trader.start(
+            orders, interval, exchange or self.config.exchange, on_cancel_all=on_cancel_all
+        )
+
+    async def stop_trader(self) -> None:
+        await self.trader.stop()
 
     def violations(self, endpoint: Endpoint) -> int:
         return self.windows[endpoint].violations
 
     def stats(self) -> dict[str, Any]:
-        """Requests, violations and answers per endpoint, orders by status, arrivals."""
-        counted = Counter(r.endpoint for r in self.requests)
-        answers: dict[str, Counter[str]] = {e: Counter() for e in (*ENDPOINTS, "other")}
-        for r in self.requests:
-            answers[r.endpoint][str(r.status) if r.status is not None else "none"] += 1
-        return {
-            "requests": {e: counted[e] for e in (*ENDPOINTS, "other")},
-            "violations": {e: w.violations for e, w in self.windows.items()},
-            "peak_in_window": {e: w.peak for e, w in self.windows.items()},
-            "limits": {
-                e: {"requests": w.requests, "per_seconds": w.per_seconds}
-                for e, w in self.windows.items()
-            },
-            "answers": {e: dict(c) for e, c in answers.items()},
-            "orders": self.book.by_status(),
-            "cancel_all_arrivals": [
-                {"wall": wall, "monotonic": mono} for wall, mono in self.cancel_all_arrivals
-            ],
-            "faults_pending": self.faults.pending(),
-        }
+        """What the exchange saw and its own truth (see :func:`killswitch.sim.stats.stats_of`)."""
+        return stats_of(self)
 
     # -- the exchange ---------------------------------------------------------
 
-    def _endpoint_of(self, path: str) -> Endpoint | None:
-        for endpoint in ENDPOINTS:
-            if path == self.config.path(endpoint):
-                return endpoint
-        return None
-
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         now, wall = self._clock(), self._wall()
-        endpoint = self._endpoint_of(request.path)
+        endpoint = self._paths.get(request.path)
         record = ReceivedRequest(endpoint or "other", request.method, request.raw_path, now, wall)
         self.requests.append(record)
         response = await self._handle(request, record, endpoint, now)
@@ -158,22 +234,24 @@ class SimExchange:
         return response if response is not None else web.Response()
 
     async def _handle(
-        self, request: web.Request, record: ReceivedRequest, endpoint: Endpoint | None, now: float
+        self, request: web.Request, record: ReceivedRequest, endpoint: str | None, now: float
     ) -> web.StreamResponse | None:
         """The answer to one request; ``None`` when the connection was reset."""
         if endpoint is None:
-            return _error(404, "not_found", "no such endpoint")
-        admission = self.windows[endpoint].arrive(now)
-        record.in_window = admission.in_window
-        if endpoint == "cancel_all":
-            self.cancel_all_arrivals.append((record.wall, now))
-        if admission.violation:
-            record.violation = True
-            response = _error(429, "rate_limited", "rate limit exceeded")
-            response.headers["Retry-After"] = str(admission.retry_after)
-            return response
+            return error(404, "not_found", "no such endpoint")
+        if endpoint in self.windows:
+            admission = self.windows[endpoint].arrive(now)
+            record.in_window = admission.in_window
+            if endpoint == "cancel_all":
+                self.cancel_all_arrivals.append((record.wall, now))
+            if admission.violation:
+                record.violation = True
+                response = error(429, "rate_limited", "rate limit exceeded")
+                if self.config.retry_after_on_violation:
+                    response.headers["Retry-After"] = str(admission.retry_after)
+                return response
         if request.method != _METHODS[endpoint]:
-            response = _error(405, "method_not_allowed", "method not allowed")
+            response = error(405, "method_not_allowed", "method not allowed")
             response.headers["Allow"] = _METHODS[endpoint]
             return response
         fault = self.faults.take(endpoint)
@@ -185,26 +263,43 @@ class SimExchange:
                 return await self._faulted(request, endpoint, fault)
         return await self._serve(request, endpoint)
 
-    async def _serve(self, request: web.Request, endpoint: Endpoint) -> web.Response:
+    async def _serve(self, request: web.Request, endpoint: str) -> web.Response:
+        if endpoint == "time":
+            return self.venue.server_time()
+        if self.config.require_content_type and request.content_type != "application/json":
+            return error(400, "bad_request", "Content-Type: application/json is required")
         refused = verify(
-            self.config, request.method, request.raw_path, request.headers, now=self._wall()
+            self.config,
+            request.method,
+            request.raw_path,
+            request.headers,
+            now_ms=self.clock.now_ms(),
         )
         if refused is not None:
-            return _error(401, "unauthorized", refused)
+            return error(401, "unauthorized", refused)
+        now = self._clock()
         if endpoint == "cancel_all":
-            return await self._cancel_all(request)
-        return self._order_status(request)
+            return await self.venue.cancel_all(request)
+        if endpoint == "order_status":
+            return self.venue.order_status(request, now)
+        return await self.venue.listing(request, now, closed=endpoint == "closed_orders")
 
     async def _faulted(
-        self, request: web.Request, endpoint: Endpoint, fault: Fault
+        self, request: web.Request, endpoint: str, fault: Fault
     ) -> web.StreamResponse | None:
         kind = fault.kind
         if kind in ("500", "502", "503"):
-            return _error(int(kind), "injected", f"injected {kind}")
-        if kind == "429":
-            response = _error(429, "rate_limited", "injected 429")
-            response.headers["Retry-After"] = "1"
+            return error(int(kind), "injected", fault.message or f"injected {kind}")
+        if kind in ("429", "429_bare"):
+            response = error(429, "rate_limited", fault.message or "too many requests")
+            if kind == "429":
+                response.headers["Retry-After"] = "1"
             return response
+        if kind == "401":
+            return error(401, "unauthorized", fault.message or "invalid api key or signature")
+        if kind == "422":
+            field = _FIELD_422.get(endpoint, "limit")
+            return error(422, "invalid_field", fault.message or f"{field}: invalid")
         if kind == "malformed":
             return web.Response(text="{not json", content_type="application/json")
         if kind == "shape":
@@ -213,41 +308,25 @@ class SimExchange:
             if request.transport is not None:
                 request.transport.abort()
             return None
-        # "timeout": hold past any sane client timeout.  A status read is then
+        hold = fault.delay if fault.delay is not None else self.config.slow_seconds
+        if kind in ("lost_ack_502", "lost_ack_timeout"):
+            # The request takes effect (the cancel happens); only the answer is lost.
+            await self._serve(request, endpoint)
+            if kind == "lost_ack_502":
+                return error(502, "bad_gateway", fault.message or "bad gateway")
+            await self._hold(hold)
+            return error(504, "timeout", "gateway timeout")
+        # "timeout": hold past any sane client timeout.  A read is then
         # answered normally; a cancel_all is answered 504 without cancelling.
-        await self._hold(fault.delay if fault.delay is not None else self.config.slow_seconds)
-        if endpoint == "order_status":
+        await self._hold(hold)
+        if endpoint != "cancel_all":
             return await self._serve(request, endpoint)
-        return _error(504, "timeout", "injected timeout")
+        return error(504, "timeout", "injected timeout")
 
     async def _hold(self, seconds: float) -> None:
         """Sleep ``seconds`` (real time), cut short when the server stops."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    async def _cancel_all(self, request: web.Request) -> web.Response:
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "bad_request", "body is not JSON")
-        if not isinstance(body, dict):
-            return _error(400, "bad_request", "body must be a JSON object")
-        exchange, symbol = body.get("exchange"), body.get("symbol")
-        if not isinstance(exchange, str) or exchange not in self.book.exchanges:
-            return _error(400, "bad_request", "unknown exchange")
-        if symbol is not None and not isinstance(symbol, str):
-            return _error(400, "bad_request", "symbol must be a string")
-        ids = self.book.cancel_all(exchange, symbol)
-        return web.json_response({"data": {"orders_ids": ids}})
-
-    def _order_status(self, request: web.Request) -> web.Response:
-        order_id = request.query.get("order_id")
-        if not order_id:
-            return _error(400, "bad_request", "order_id is required")
-        order = self.book.get(order_id)
-        if order is None:
-            return _error(404, "not_found", "unknown order_id")
-        return web.json_response({"data": {"order": order.to_json(self._clock())}})
 
 
 async def run_sim(config: SimConfig, host: str, port: int) -> None:
