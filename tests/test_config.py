@@ -326,6 +326,7 @@ async def _check_online(workdir: Path, api_key: str) -> tuple[int, str, str, lis
             f'[exchange]\nbase_url = "http://127.0.0.1:{server.port}"\ndry_run = true\n'
             '[[targets]]\nexchange = "EXCHANGE_2"\n'
             f'[control]\nsocket = "{workdir}/c.sock"\n[state]\npath = "{workdir}/s.db"\n'
+            f'[triggers.pnl]\npath = "{workdir}/pnl.json"\n'  # check-config wants its directory
         )
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -390,7 +391,7 @@ async def test_check_config_online_with_a_wrong_key_exits_1_with_the_venue_messa
 def test_check_config_online_without_credentials_is_a_config_error(tmp_path: Path) -> None:
     """--online needs the credentials: without them it is a config error, exit 2."""
     path = tmp_path / "c.toml"
-    path.write_text('[[targets]]\nexchange = "E"\n')
+    path.write_text(f'[[targets]]\nexchange = "E"\n[triggers.pnl]\npath = "{tmp_path}/pnl.json"\n')
     result = _run_cli("check-config", "--config", str(path), "--online", env={"PATH": "/bin"})
     assert result.returncode == 2
     assert result.stderr.startswith("config error: exchange.api_")
