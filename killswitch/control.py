@@ -145,7 +145,7 @@ class ControlServer:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self._busy: set[object] = set()  # protocols with a request being handled
-        self._served: set[object] = set()  # protocols that reached a handler (until checked)
+        self._unserved: set[object] = set()  # connected, no request handled yet (until due)
         self._fresh: list[Any] = []  # protocols made in this loop turn, not yet connected
         self.max_connections = MAX_CONNECTIONS
         self.damper = Damper()
@@ -161,7 +161,7 @@ class ControlServer:
         """Mark the connection busy while its request is handled: it is not evicted."""
         protocol = request.protocol
         self._busy.add(protocol)
-        self._served.add(protocol)
+        self._unserved.discard(protocol)
         try:
             return await handler(request)
         finally:
@@ -169,9 +169,9 @@ class ControlServer:
 
     def _first_request_due(self, handler: Any) -> None:
         """HEADER_TIMEOUT after connecting: no complete request yet is a slowloris."""
-        if handler in self._served:
-            self._served.discard(handler)
+        if handler not in self._unserved:
             return
+        self._unserved.discard(handler)
         if handler.transport is not None and handler not in self._busy:
             handler.force_close()
             self.damper.warning(self._log, "control.slow_client", timeout=HEADER_TIMEOUT)
@@ -211,6 +211,7 @@ class ControlServer:
             )
         handler = server()
         self._fresh.append(handler)
+        self._unserved.add(handler)
         loop.call_later(HEADER_TIMEOUT, self._first_request_due, handler)
         return handler
 

@@ -326,10 +326,11 @@ class PnlWatcher:
     async def _read_now(self, *, only_changes: bool = False) -> bool:
         """One read in the reader thread, awaited at most ``read_timeout``; False if hung.
 
-        A read already in flight is joined rather than queued behind.
+        A read already in flight (one that hung) is joined rather than queued
+        behind; once it returns, the file is read again, since it began earlier.
         """
-        future = self._busy if self._busy is not None and not self._busy.done() else None
-        future = future or self._submit()
+        joined = self._busy is not None and not self._busy.done()
+        future = self._busy if joined else self._submit()
         assert future is not None
         try:
             reading = await asyncio.wait_for(
@@ -338,6 +339,8 @@ class PnlWatcher:
         except TimeoutError:
             return False
         self._apply(reading, only_changes=only_changes)
+        if joined:
+            return await self._read_now(only_changes=only_changes)
         return True
 
     async def _read_loop(self) -> None:
