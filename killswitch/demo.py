@@ -104,7 +104,6 @@ async def run_demo(orders: int = 300, fill_ratio: float = 0.02) -> int:
             fill_ratio=fill_ratio,
             cancel_delay=(0.05, 0.8),
             status_limit=DEMO_STATUS_LIMIT,
-            require_content_type=False,  # until the client sends Content-Type on GET (issue 9)
         )
     )
     base_url = await sim.start()

@@ -402,16 +402,22 @@ class ExchangeClient:
         to repeat as cancel_all); GETs are not (see the transport).
         """
         limiter = self.limiters[endpoint]
+        signed_with = self._venue_clock.generation
+
+        def headers() -> dict[str, str]:
+            nonlocal signed_with
+            signed_with = self._venue_clock.generation  # after the limiter's wait, at sending
+            return self._headers(method, path)
+
         try:
             for attempt in (1, 2):
-                signed_at = self._clock.monotonic()
                 answer = await self._transport.request(
                     endpoint,
                     method,
                     path,
                     pool,
                     limiter=limiter,
-                    headers=lambda: self._headers(method, path),
+                    headers=headers,
                     data=data,
                     retry_stale=method == "POST",
                 )
@@ -427,7 +433,8 @@ class ExchangeClient:
                         endpoint=endpoint,
                         message=answer.message(),
                     )
-                    await self._venue_clock.resync_after(signed_at)
+                    # A burst of 401s signed with the same offset costs one re-sync.
+                    await self._venue_clock.resync_after(signed_with)
                     continue
                 if not 200 <= answer.status < 300:
                     raise self._fail(endpoint, self._status_error(endpoint, answer))

@@ -67,16 +67,20 @@ def _decimal(value: Any) -> Decimal | None:
     return None
 
 
+_MAX_MS: Final = 2**63 - 1
+
+
 def _ms(value: Any) -> int | None:
-    """A time in integer ms: an int, an integral Decimal or a string of digits."""
+    """A time in integer ms (0 to 2**63 - 1): an int, an integral Decimal or a string of
+    digits.  Anything else, however large, is not a time."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
-        return int(value) if value >= 0 else None
+    if isinstance(value, Decimal) and value.is_finite() and 0 <= value <= _MAX_MS:
+        return int(value) if value == value.to_integral_value() else None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= _MAX_MS:
+        return value
     return None
 
 

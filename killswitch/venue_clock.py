@@ -63,7 +63,7 @@ class VenueClock:
         self._lock = asyncio.Lock()
         self.offset_ms = 0
         self.sample: ClockSample | None = None
-        self.synced_mono: float | None = None  # monotonic time of the last good measurement
+        self.generation = 0  # counts good measurements (which offset a request was signed with)
         self.failures = 0  # consecutive failed measurements
 
     def now_ms(self) -> int:
@@ -73,7 +73,8 @@ class VenueClock:
     def adopt(self, sample: ClockSample) -> None:
         """Use ``sample`` as the current measurement (without logging it)."""
         self.offset_ms = sample.offset_ms
-        self.sample, self.synced_mono = sample, self._clock.monotonic()
+        self.sample = sample
+        self.generation += 1
         self.failures = 0
 
     async def sync(self) -> ClockSample:
@@ -82,11 +83,11 @@ class VenueClock:
         async with self._lock:
             return await self._sync()
 
-    async def resync_after(self, signed_at: float) -> None:
-        """After a 401: re-measure, unless a measurement finished after ``signed_at``
-        (monotonic), so a burst of 401s costs one measurement.  Never raises ExchangeError."""
+    async def resync_after(self, generation: int) -> None:
+        """After a 401 on a request signed at ``generation``: re-measure, unless a newer
+        measurement exists already (a burst of 401s costs one).  Never raises ExchangeError."""
         async with self._lock:
-            if self.synced_mono is not None and self.synced_mono > signed_at:
+            if self.generation != generation:
                 return
             try:
                 await self._sync()

@@ -74,7 +74,7 @@ async def test_secrets_never_in_output_or_state_under_faults(workdir: Path) -> N
         await sim.stop()
 
     stats = sim.stats()
-    assert stats["faults_pending"] == {"cancel_all": [], "order_status": []}
+    assert not any(stats["faults_pending"].values())
     assert done["cancelled"] + done["filled"] == 30
     assert stats["answers"]["cancel_all"].get("401", 0) == 0  # the key pair really was used
     assert daemon.named("cancel_all.failed")

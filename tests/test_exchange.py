@@ -1056,3 +1056,20 @@ async def test_order_status_quotes_the_id_and_signs_it_unquoted(
     headers = exchange.status_headers[0]
     assert headers["Content-Type"] == "application/json"
     verify(headers, f"GET{STATUS_PATH}?order_id=a/b c+d{epoch}")
+
+
+async def test_a_burst_of_401s_costs_one_resync(clock: FakeClock) -> None:
+    """Three polls in flight all answered 401: one re-sync, then each retries once."""
+    with aioresponses() as m:
+        m.get(TIME_URL, payload={"serverTime": WALL_MS}, repeat=True)
+        for order_id in ("a", "b", "c"):
+            m.get(status_url(order_id), status=401, payload={"message": "epoch"})
+            m.get(status_url(order_id), payload={"data": {"order_id": order_id, "status": "OPEN"}})
+        async with build(clock, cancel_warm_connections=1) as client:
+            at_start = len(calls(m, "GET", TIME_URL))
+            got = await asyncio.gather(*(client.order_status(i) for i in "abc"))
+            resyncs = len(calls(m, "GET", TIME_URL)) - at_start
+
+    assert [o.status for o in got] == ["OPEN"] * 3
+    assert resyncs <= 2  # one measurement (one call per idle pool)
+    assert client.requests_sent["order_status"] == {"unauthorized": 3, "ok": 3}

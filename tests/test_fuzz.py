@@ -47,6 +47,7 @@ from killswitch.credentials import Credentials, Secret
 from killswitch.errors import ExchangeError
 from killswitch.exchange import ENDPOINTS as EXCHANGE_ENDPOINTS
 from killswitch.exchange import ExchangeClient
+from killswitch.orders import OrderPage
 from killswitch.ratelimit import SlidingWindowLimiter
 from killswitch.signing import make_signer
 
@@ -54,7 +55,7 @@ CASES: Counter[str] = Counter()  # examples run, by property
 OUTCOMES: Counter[str] = Counter()  # exchange calls, by endpoint and outcome
 ORDER_ID = "01936be4-2571-7a3f-97fa-a29a2b85d717"
 SECRET = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
-ENDPOINTS = ("cancel_all", "order_status")
+ENDPOINTS = ("cancel_all", "order_status", "open_orders")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -184,6 +185,8 @@ class _Rig:
             async with asyncio.timeout(30):
                 if endpoint == "cancel_all":
                     return await client.cancel_all("EXCHANGE_2")
+                if endpoint == "open_orders":
+                    return await client.open_orders("EXCHANGE_2")
                 return (await client.order_status(ORDER_ID)).status
 
         return self.loop.run_until_complete(run())
@@ -278,6 +281,30 @@ def order_status_bodies(draw: st.DrawFn) -> tuple[bytes, str | None]:
     return draw(st.binary(max_size=200)), None
 
 
+@st.composite
+def listing_bodies(draw: st.DrawFn) -> tuple[bytes, None]:
+    """A body for an open-orders page: documented, nearly so, or anything."""
+    kind = draw(st.sampled_from(["valid", "near", "json", "bytes"]))
+    if kind in ("valid", "near"):
+        times = st.one_of(st.integers(), st.text(max_size=20), st.floats(), st.none())
+        order = st.fixed_dictionaries(
+            {"order_id": st.text(max_size=8) | st.integers(), "status": STATUS_STRINGS},
+            optional={
+                "created_at": st.integers(0, 2**64) if kind == "valid" else times,
+                "quantity": st.text(max_size=10) | st.floats() | st.integers(),
+                "exec_quantity": JSON_VALUES,
+                "updated_at": times,
+            },
+        )
+        orders = st.lists(order if kind == "valid" else order | JSON_VALUES, max_size=4)
+        cursor = times if kind == "near" else st.integers(0, 2**64) | st.none()
+        document = {"data": {"orders": draw(orders), "cursor": draw(cursor)}}
+        return _dumps(document), None
+    if kind == "json":
+        return _dumps(draw(JSON_VALUES)), None
+    return draw(st.binary(max_size=200)), None
+
+
 PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
 RETRY_AFTER = st.one_of(
     st.sampled_from(
@@ -332,6 +359,10 @@ def _check_answer(endpoint: str, call: Callable[[], object], expected: object) -
     if endpoint == "cancel_all":
         assert isinstance(result, list)
         assert all(isinstance(i, str) and i for i in result)
+    elif endpoint == "open_orders":
+        assert isinstance(result, OrderPage)
+        assert all(o.order_id and o.status for o in result.orders)
+        assert (result.cursor is None) == (not result.orders)
     else:
         assert isinstance(result, str)
         assert result
@@ -356,6 +387,8 @@ def test_exchange_answers_give_a_result_or_an_exchange_error(
         body, expected = NESTED, None
     elif endpoint == "cancel_all":
         body, expected = data.draw(cancel_all_bodies(), label="body")
+    elif endpoint == "open_orders":
+        body, expected = data.draw(listing_bodies(), label="body")
     else:
         body, expected = data.draw(order_status_bodies(), label="body")
     rig.reply = _Reply(status=status, headers=headers, body=body)
@@ -418,7 +451,11 @@ def raw_answers(draw: st.DrawFn, endpoint: str) -> bytes:
     """Arbitrary bytes, or an HTTP answer with a fuzzed status line, headers and body."""
     if draw(st.booleans()):
         return draw(st.binary(max_size=300))
-    bodies = cancel_all_bodies() if endpoint == "cancel_all" else order_status_bodies()
+    bodies = {
+        "cancel_all": cancel_all_bodies(),
+        "order_status": order_status_bodies(),
+        "open_orders": listing_bodies(),
+    }[endpoint]
     body = draw(bodies)[0]
     head = [draw(STATUS_LINES), *draw(st.lists(HEADER_LINES, max_size=5))]
     if draw(st.booleans()):
@@ -524,6 +561,9 @@ SECTIONS: dict[str, st.SearchStrategy[Any]] = {
             "api_secret_env": NAMES,
             "cancel_all_path": URL_PATHS,
             "order_status_path": URL_PATHS,
+            "open_orders_path": URL_PATHS,
+            "closed_orders_path": URL_PATHS,
+            "time_path": URL_PATHS,
             "request_timeout": NUMBERS,
             "dry_run": st.booleans(),
             "clock_sync_interval": NUMBERS,
@@ -568,6 +608,8 @@ SECTIONS: dict[str, st.SearchStrategy[Any]] = {
         }
     ),
     "daemon": _table({"shutdown_grace": NUMBERS}),
+    "flat": _table({"rate_limit": RATE_LIMIT, "lookback_days": NUMBERS}),
+    "guard": _table({"enabled": st.booleans(), "interval": NUMBERS}),
 }
 VALID_BASE: dict[str, Any] = {
     "exchange": {"base_url": "http://127.0.0.1:9"},

@@ -3,7 +3,8 @@
 Errors answer 400 ``{"error": "bad_request", "message": ...}`` naming the field.
 
 - ``POST /_sim/seed`` ``{"orders": {"BTCUSDT": 100}, "exchange"?: str,
-  "status"?: "RAISED" (default) | "OPEN", "age_days"?: float}`` → ``{"order_ids": [...]}``
+  "status"?: "RAISED" (default) | "OPEN", "age_days"?: float, "same_ms"?: bool}``
+  → ``{"order_ids": [...]}`` (each order its own ``created_at`` ms unless ``same_ms``)
 - ``GET /_sim/stats`` → :func:`killswitch.sim.stats.stats_of`
 - ``POST /_sim/faults`` ``{"endpoint", "kind", "count"?: 1, "delay"?: seconds,
   "message"?: str}`` → ``{"faults_pending": {...}}``; endpoints ``cancel_all``,
@@ -105,7 +106,11 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         age = body.get("age_days", 0.0)
         if not _is_number(age):
             raise _BadRequest("age_days: expected a number of days")
-        return {"order_ids": sim.seed(orders, exchange, status, age_days=float(age))}
+        same_ms = body.get("same_ms", False)
+        if not isinstance(same_ms, bool):
+            raise _BadRequest("same_ms: expected true or false")
+        ids = sim.seed(orders, exchange, status, age_days=float(age), same_ms=same_ms)
+        return {"order_ids": ids}
 
     def faults(body: dict[str, Any]) -> dict[str, Any]:
         endpoint, kind = body.get("endpoint"), body.get("kind")

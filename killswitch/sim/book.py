@@ -2,8 +2,9 @@
 
 An order sent for cancellation sits in ``CANCELLATION_RAISED`` for a random
 delay, then ends ``EXECUTED``, ``PARTIALLY_EXECUTED`` (terminal on futures,
-with ``0 < exec_quantity < quantity``), ``EXPIRED`` or ``CANCELLED``.  The outcome is drawn
-when the cancel arrives and shown once the (monotonic) clock passes it.
+with ``0 < exec_quantity < quantity``), ``EXPIRED`` or ``CANCELLED``.  The
+outcome is drawn when the cancel arrives and shown once the (monotonic)
+clock passes it.
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ class OrderBook:
         self._used_ms.add(ms)
         return ms
 
-    def _new(self, exchange: str, symbol: str, created_at: int, status: str) -> Order:
+    def _new(
+        self, exchange: str, symbol: str, created_at: int, status: str, *, stamp: bool = True
+    ) -> Order:
         rng = self._rng
         order_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         order = Order(
@@ -153,19 +156,27 @@ class OrderBook:
             side=rng.choice(("BUY", "SELL")),
             quantity=rng.randint(2, 500),
             price=f"{rng.randint(10_000, 9_999_999) / 100:.2f}",
-            created_at=self._stamp(created_at),
+            created_at=self._stamp(created_at) if stamp else created_at,
             status=status,
         )
         self.orders[order_id] = order
         return order
 
     def seed(
-        self, exchange: str, orders: dict[str, int], status: str = "RAISED", age_days: float = 0.0
+        self,
+        exchange: str,
+        orders: dict[str, int],
+        status: str = "RAISED",
+        age_days: float = 0.0,
+        *,
+        same_ms: bool = False,
     ) -> list[str]:
         """Create ``count`` working orders per symbol, ``age_days`` old; return their ids.
 
         Every order gets its own ``created_at``: the batch ends ``age_days``
-        before now, one millisecond apart, the last id the newest.
+        before now, one millisecond apart, the last id the newest.  With
+        ``same_ms`` the whole batch shares one millisecond instead (more than
+        a page of them can never be paged past: inclusive ``to_time``).
         """
         if status not in SEEDABLE:
             raise ValueError(f"status: seeded orders are {sorted(SEEDABLE)}, got {status!r}")
@@ -173,12 +184,17 @@ class OrderBook:
             raise ValueError("age_days: expected days >= 0")
         self.exchanges.add(exchange)
         newest = self._venue.now_ms() - round(age_days * DAY_MS)
+        if same_ms:
+            newest = self._stamp(newest)
         total = sum(orders.values())
         ids: list[str] = []
         for symbol, count in orders.items():
             for _ in range(count):
-                created = newest - (total - 1 - len(ids))
-                ids.append(self._new(exchange, symbol, created, status).order_id)
+                if same_ms:
+                    order = self._new(exchange, symbol, newest, status, stamp=False)
+                else:
+                    order = self._new(exchange, symbol, newest - (total - 1 - len(ids)), status)
+                ids.append(order.order_id)
         return ids
 
     def place(self, exchange: str, symbol: str) -> str:

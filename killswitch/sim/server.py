@@ -131,9 +131,15 @@ class SimExchange:
         status: str = "RAISED",
         *,
         age_days: float = 0.0,
+        same_ms: bool = False,
     ) -> list[str]:
-        """Add ``count`` working orders per symbol, ``age_days`` old; return the new ids."""
-        return self.book.seed(exchange or self.config.exchange, orders, status, age_days)
+        """Add ``count`` working orders per symbol, ``age_days`` old; return the new ids.
+
+        Each gets its own ``created_at`` millisecond unless ``same_ms``.
+        """
+        return self.book.seed(
+            exchange or self.config.exchange, orders, status, age_days, same_ms=same_ms
+        )
 
     def forget(self, order_ids: list[str]) -> int:
         """Forget orders: their status is answered 404 from now on; the number forgotten."""

@@ -29,6 +29,8 @@ class _Plan:
 
 
 class Trader:
+    """Places orders on ``book`` in the background; ``placed`` lists every id, in order."""
+
     def __init__(self, book: OrderBook, sleep: Callable[[float], Awaitable[None]]) -> None:
         self._book = book
         self._sleep = sleep

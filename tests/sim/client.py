@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -90,3 +91,12 @@ async def admin(session: aiohttp.ClientSession, url: str, route: str, body: Any 
 
 def ids_of(body: Any) -> list[str]:
     return [o["order_id"] for o in body["data"]["orders"]]
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` every 10 ms (a held request has no event to await); fail after 10 s."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")

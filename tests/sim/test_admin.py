@@ -97,6 +97,7 @@ async def test_admin_endpoints_seed_fault_clear_forget_and_report(
             ("faults", {"endpoint": "x", "kind": "500"}),
             ("seed", {"orders": {"BTCUSDT": 1}, "status": "CANCELLED"}),
             ("seed", {"orders": {"BTCUSDT": 1}, "age_days": "old"}),
+            ("seed", {"orders": {"BTCUSDT": 1}, "same_ms": "yes"}),
             ("clock", {"offset_ms": 1.5}),
             ("forget", {"order_ids": "all"}),
         )
@@ -114,7 +115,7 @@ async def test_admin_endpoints_seed_fault_clear_forget_and_report(
     assert sum(stats["requests"].values()) == 1
     assert stats["orders"] == {"CANCELLATION_RAISED": 2}
     assert [(r["endpoint"], r["status"]) for r in record] == [("cancel_all", 200)]
-    assert bad == [400] * 5
+    assert bad == [400] * 6
 
 
 async def test_seed_over_http_takes_status_and_age(

@@ -20,6 +20,7 @@ from tests.sim.client import (
     call,
     cancel_all,
     status_of,
+    until,
 )
 
 
@@ -149,10 +150,7 @@ async def test_lost_ack_timeout_cancels_holds_past_the_client_and_answers_504_la
         ):
             pass
     cancelled_while_held = sim.stats()["orders"]
-    for _ in range(100):  # the held answer goes out once the delay has passed
-        if sim.requests[0].status is not None:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: sim.requests[0].status is not None, "the held answer goes out")
 
     assert cancelled_while_held == {"CANCELLATION_RAISED": 2}
     assert sim.requests[0].status == 504
@@ -183,10 +181,7 @@ async def test_stop_releases_a_held_lost_ack_at_once(
     sim.inject("cancel_all", "lost_ack_timeout")
 
     pending = asyncio.ensure_future(cancel_all(session, sim, url))
-    for _ in range(100):
-        if sim.stats()["orders"] == {"CANCELLATION_RAISED": 1}:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: sim.stats()["orders"] == {"CANCELLATION_RAISED": 1}, "the cancel")
     await asyncio.wait_for(sim.stop(), timeout=3)
 
     assert (await asyncio.wait_for(pending, timeout=1))[0] == 504
@@ -211,10 +206,7 @@ async def test_timeout_fault_holds_past_the_client_timeout_then_clears(
             timeout=aiohttp.ClientTimeout(total=0.05),
         ):
             pass
-    for _ in range(100):  # the server answers once slow_seconds have passed
-        if sim.requests[0].status is not None:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: sim.requests[0].status is not None, "the answer after the hold")
     held_answer = sim.requests[0].status
     orders_after_hold = sim.stats()["orders"]
     status, _, _ = await cancel_all(session, sim, url)
@@ -321,10 +313,7 @@ async def test_stop_releases_a_held_request_quickly(
             return resp.status
 
     pending = asyncio.ensure_future(send())
-    for _ in range(100):
-        if sim.requests:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(sim.requests), "the request's arrival")
     await asyncio.wait_for(sim.stop(), timeout=3)
 
     assert await asyncio.wait_for(pending, timeout=1) == 504

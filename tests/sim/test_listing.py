@@ -233,3 +233,20 @@ async def test_expired_orders_are_terminal_but_not_in_the_closed_listing(
     assert (open_now, closed, status) == ([], [], "EXPIRED")
     assert sim.stats()["expired"] == 3
     assert sim.stats()["open"] == []
+
+
+async def test_more_than_a_page_in_one_millisecond_cannot_be_paged_past(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    """60 orders seeded in one ms: to_time=cursor shows the same 50 again; the other 10 hide."""
+    sim, url = await make_sim()
+    crowded = sim.seed({"BTCUSDT": 60}, same_ms=True)
+
+    first = (await listing(session, sim, url))[1]
+    again = (await listing(session, sim, url, to_time=first["data"]["cursor"]))[1]
+    created = {sim.book.orders[i].created_at for i in crowded}
+
+    assert len(created) == 1
+    assert first["data"]["cursor"] == created.pop()
+    assert ids_of(again) == ids_of(first)
+    assert len(set(ids_of(first))) == 50
