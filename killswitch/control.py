@@ -11,13 +11,14 @@ them are busy.  A connection that has not sent a complete request within
 ``HEADER_TIMEOUT`` seconds of connecting is dropped (slowloris), a kept-alive
 one after ``IDLE_TIMEOUT`` seconds without a request; a request body that
 does not arrive within ``BODY_TIMEOUT`` is unreadable.
-asyncio accepts up to ``BACKLOG`` connections in one loop turn and closes
-refused ones a turn later, so during a flood the control socket may briefly
-hold ``max_connections + 2 * BACKLOG`` descriptors.  The soft RLIMIT_NOFILE is raised
-to the hard limit at start, and ``FD_RESERVE`` descriptors beyond that burst
-are kept out of the control socket's reach for the exchange client's pools,
-the state store, the inotify watch and the reader thread.  Malformed HTTP and handler
-errors are one damped ``control.error`` event, never a traceback.
+asyncio accepts up to ``BACKLOG`` connections in one loop turn, and an
+evicted one is closed one or two turns later, so during a flood the control
+socket may briefly hold ``max_connections + 3 * BACKLOG`` descriptors.  The
+soft RLIMIT_NOFILE is raised to the hard limit at start, and ``FD_RESERVE``
+descriptors beyond those bursts are kept out of the control socket's reach
+for the exchange client's pools, the state store, the inotify watch and the
+reader thread.  Malformed HTTP and handler errors are one damped
+``control.error`` event, never a traceback.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ __all__ = [
 MAX_REASON = 500
 MAX_BODY = 64 * 1024
 MAX_CONNECTIONS = 64  # control connections held open at once
-FD_RESERVE = 160  # exchange pools 64 + 8, store 3, inotify, PnL reader, loop, stdio ... + margin
-BACKLOG = 128  # asyncio accepts up to this many connections in one loop turn
+FD_RESERVE = 160  # exchange pools 64 + 8, store 3, inotify, loop, stdio, notify ... + margin
+BACKLOG = 64  # asyncio accepts up to this many connections in one loop turn
 LISTEN_QUEUE = 1024  # connects the kernel queues: a client waits instead of failing with EAGAIN
 HEADER_TIMEOUT = 5.0  # seconds from connecting to a complete first request
 IDLE_TIMEOUT = 30.0  # seconds a kept-alive connection may wait for its next request
@@ -79,7 +80,7 @@ def connection_cap(soft_limit: int) -> int:
     """Control connections allowed under ``soft_limit`` descriptors, ``FD_RESERVE`` kept back."""
     if soft_limit == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(4, min(MAX_CONNECTIONS, soft_limit - FD_RESERVE - 2 * BACKLOG))
+    return max(4, min(MAX_CONNECTIONS, soft_limit - FD_RESERVE - 3 * BACKLOG))
 
 
 class _Refused(asyncio.Protocol):
