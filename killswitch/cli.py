@@ -199,6 +199,9 @@ def format_status(s: dict[str, Any]) -> str:
         )
     else:
         rows.append(("last kill", "none"))
+    store = s.get("store")
+    if store and not store.get("ok"):
+        rows.append(("store", f"NOT OK: {store.get('problem')}"))
     for name, lim in (s.get("rate_limit") or {}).items():
         rows.append(
             (

@@ -1,28 +1,33 @@
 """The daemon's lifecycle: wire the parts, serve, stop in order.
 
 ``serve()`` is the async core (tests await it directly); ``killswitch run``
-wraps it.  Start-up: state restored → limiters seeded from persisted send
-times → exchange connections warm → control socket listening → signal
-handlers → ``daemon.ready`` (and ``READY=1`` to systemd).  Stop: refuse new
-triggers, let a running kill confirm for ``daemon.shutdown_grace`` seconds,
-cancel the rest with a message, flush the store, exit 0.  An exception in any
-watcher is never swallowed: it is logged as ``daemon.crashed`` and ends the
-daemon with status 1, so systemd restarts it and the unfinished kill resumes.
+wraps it.  Start-up, each step registered on one exit stack before it opens:
+signals routed to the loop (the ones recorded since the package's first line
+are replayed) → control socket path claimed → state restored → PnL watch →
+exchange sessions → watchers running, and SIGUSR1s received so far fire →
+control socket listening → ``daemon.ready`` (and ``READY=1`` to systemd), and a
+SIGHUP received so far reloads.  Stop: refuse new triggers, let a running kill
+confirm for ``daemon.shutdown_grace`` seconds, cancel the rest with a message,
+then release everything in reverse order (a failing step is logged and the
+others still run), exit 0.  An exception in any watcher is never swallowed: it
+is logged as ``daemon.crashed`` and ends the daemon with status 1, so systemd
+restarts it and the unfinished kill resumes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
-import structlog
-
-from killswitch import __version__
+from killswitch import __version__, signals
 from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
-from killswitch.control import ControlServer
+from killswitch.control import ControlServer, SocketInUse
 from killswitch.credentials import Credentials
 from killswitch.damping import Damper
 from killswitch.exchange import CLOSED_ORDERS, OPEN_ORDERS, ExchangeClient
@@ -36,6 +41,7 @@ from killswitch.ratelimit import SlidingWindowLimiter
 from killswitch.service import Service
 from killswitch.signing import make_signer
 from killswitch.store import StateStore
+from killswitch.store_watch import StoreWatch
 from killswitch.switch import KillSwitch, State
 
 __all__ = ["Daemon"]
@@ -78,25 +84,30 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier.from_env()
         self.prom = Metrics()
-        self.store = StateStore(config.state.path, on_error=self._store_failed)
+        self.store = StateStore(config.state.path)
+        self.store_watch = StoreWatch(
+            self.store, self.prom, self.clock, on_change=self._store_changed
+        )
         self._log = get_logger()
         self._stop = asyncio.Event()
         self._started = self.clock.monotonic()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.damper = Damper()  # repeated warnings (ratelimit.wait) a few a minute
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._accepting = False  # the switch runs and the exchange client can send
+        self._ready = False
+        self._deferred_triggers = 0  # SIGUSR1s received before _accepting
+        self._reload_wanted = False  # a SIGHUP received before daemon.ready
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
         redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
 
     # ------------------------------------------------------------------ wiring
 
-    def _store_failed(self, exc: BaseException) -> None:
-        # Runs on the store's writer thread: hand the event to the loop.
-        def log() -> None:
-            self._log.critical("store.write_failed", error=type(exc).__name__, detail=str(exc))
-
-        try:
-            self._loop.call_soon_threadsafe(log)
-        except RuntimeError:  # the loop is closed: last resort, log from here
-            log()
+    def _store_changed(self) -> None:
+        if self._ready:  # before that, daemon.ready sends the first STATUS=
+            self.service.send_status()
 
     def _limiter(self, endpoint: str, limit: RateLimit) -> SlidingWindowLimiter:
         now_wall, now_mono = self.clock.time(), self.clock.monotonic()
@@ -157,6 +168,7 @@ class Daemon:
         )
         self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
         self.service = Service(self.notifier, self.switch, self.clock)
+        self.service.store_health = self.store.health
         hb = cfg.triggers.heartbeat
         self.deadman = DeadManSwitch(
             hb.timeout,
@@ -186,6 +198,10 @@ class Daemon:
                 ORDER_STATUS: self.status_limiter.available,
             },
         )
+
+    def _latch(self) -> tuple[bool, str | None]:
+        """The latch as the switch holds it now (written to a store that works again)."""
+        return self.switch.state is not State.ARMED, self.switch.current_kill_id
 
     def _count_request(self, endpoint: str, outcome: str) -> None:
         self.prom.requests.labels(endpoint, outcome).inc()
@@ -223,6 +239,8 @@ class Daemon:
 
     def reset(self) -> tuple[bool, dict[str, Any]]:
         ok = self.switch.reset()
+        if ok:
+            self.store.acknowledge()  # the operator has seen a store problem it recovered from
         return ok, self.status()
 
     def status(self) -> dict[str, Any]:
@@ -241,6 +259,7 @@ class Daemon:
             "pnl_age": self.pnl.age(),
             "pnl_threshold": self.pnl.threshold,
             "last_kill": self.switch.last_kill,
+            "store": self.store.health(),
             "rate_limit": {
                 name: {
                     "available": lim.available(),
@@ -268,16 +287,43 @@ class Daemon:
     # ------------------------------------------------------------------ reload
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file; the latch, heartbeat clock and state stay."""
-        self.service.notify("RELOADING=1", self.notifier.reloading())
+        """Re-read the config file now; the latch, heartbeat clock and state stay."""
+        self.service.reloading()
         try:
             if self.config.source is None:
                 raise ConfigError("config", "no file to reload from")
             new = load_config(self.config.source)
-        except ConfigError as exc:
+        except Exception as exc:  # any failure keeps the old config
+            self._reload_failed(exc)
+        else:
+            self._apply(new)
+
+    async def _reload_task(self) -> None:
+        """SIGHUP: :meth:`reload` off the signal handler, the file read in a thread."""
+        while True:
+            self._reload_again = False
+            self.service.reloading()
+            try:
+                if self.config.source is None:
+                    raise ConfigError("config", "no file to reload from")
+                new = await asyncio.to_thread(load_config, self.config.source)
+            except Exception as exc:  # any failure keeps the old config
+                self._reload_failed(exc)
+            else:
+                self._apply(new)
+            if not self._reload_again:
+                return
+
+    def _reload_failed(self, exc: Exception) -> None:
+        if isinstance(exc, ConfigError):
             self._log.error("config.reload_failed", key=exc.key, problem=exc.problem)
-            self.service.notify("READY=1", self.notifier.ready())
-            return
+        else:
+            self._log.error(
+                "config.reload_failed", key="config", problem=f"{type(exc).__name__}: {exc}"
+            )
+        self.service.ready()
+
+    def _apply(self, new: Config) -> None:
         previous = self.config
         self.config, ignored = reloadable(previous, new)
         triggers = self.config.triggers
@@ -288,60 +334,164 @@ class Daemon:
         if self.config.log != previous.log:
             configure_logging(self.config.log.level, self.config.log.format)
         self._log.info("config.reloaded", needs_restart=ignored)
-        self.service.notify("READY=1", self.notifier.ready())
+        self.service.ready()
         self.service.send_status(force=True)
 
-    # ------------------------------------------------------------------ serve
+    def _schedule_reload(self) -> None:
+        running = self._reloading
+        if running is not None and not running.done():
+            self._reload_again = True  # one more pass once the running one ends
+            return
+        assert self._tg is not None
+        self._reloading = self._tg.create_task(self._reload_task(), name="reload")
 
-    async def serve(self) -> int:
-        """Run until SIGTERM/SIGINT; 0 on a clean stop."""
-        loop = self._loop = asyncio.get_running_loop()
-        install_loop_handler(loop)
-        # Before touching the state store: is another daemon already running here?
-        ControlServer(self.config.control.socket, self).claim()
-        self.store.open()
-        tripped, _ = self.store.latch()
-        unfinished = self.store.unfinished_kill()
-        last = self.store.last_kill()
-        self._build()
-        self.switch.restore(tripped, last, unfinished)
-        self.service.tripped_at = None if last is None else last.completed_at
-        self.store.set_clean(False)
-        if self.config.triggers.pnl.enabled:
-            self.pnl_watcher.open()
-        await self.exchange.start()
-        try:
-            await self.control.start()
-        except BaseException:
-            await self.exchange.close()
-            raise
-        handlers = {
-            signal.SIGUSR1: self._on_sigusr1,
-            signal.SIGTERM: lambda: self._on_stop("SIGTERM"),
-            signal.SIGINT: lambda: self._on_stop("SIGINT"),
-            signal.SIGHUP: self.reload,
-        }
-        for signum, handler in handlers.items():
-            loop.add_signal_handler(signum, handler)
-        try:
-            return await self._serve()
-        finally:
-            for signum in handlers:
-                loop.remove_signal_handler(signum)
-            await self.control.close()
-            await self.exchange.close()
-            await self.store.flush()
-            self.store.close()
+    # ------------------------------------------------------------------ signals
 
-    def _on_sigusr1(self) -> None:
-        self._fire("signal", "SIGUSR1")
+    def _on_signal(self, signum: int) -> None:
+        """Every signal, on the loop (the handler only recorded it): act, or keep it for later."""
+        name = signal.Signals(signum).name
+        if signum == signal.SIGUSR1:
+            action = "fires" if self._accepting else "fires once the exchange client can send"
+        elif signum == signal.SIGHUP:
+            action = "reloads" if self._ready else "reloads after daemon.ready"
+        else:
+            action = "stops"
+        if not self._ready:
+            self._log.info("signal.during_startup", signal=name, action=action)
+        if signum == signal.SIGUSR1:
+            if self._accepting:
+                self._fire("signal", name)
+            else:
+                self._deferred_triggers += 1
+        elif signum == signal.SIGHUP:
+            if self._ready:
+                self._schedule_reload()
+            else:
+                self._reload_wanted = True
+        else:
+            self._on_stop(name)
 
     def _on_stop(self, why: str) -> None:
         if not self._stop.is_set():
             self._log.info("daemon.stop_requested", signal=why)
         self._stop.set()
 
-    async def _serve(self) -> int:
+    # ------------------------------------------------------------------ serve
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT: 0 on a clean stop, 1 on a crash or a failed start.
+
+        One :class:`contextlib.AsyncExitStack` owns everything start-up opens
+        (signal routing, store, PnL watch, exchange sessions, control socket)
+        and releases it in reverse order, whatever failed; a release step that
+        fails is logged (``daemon.close_failed``) and the others still run.
+        """
+        loop = self._loop = asyncio.get_running_loop()
+        install_loop_handler(loop)  # asyncio's own errors as events, not stderr text
+        async with contextlib.AsyncExitStack() as stack:
+            # First, so no signal is lost or fatal from here on (start-up ones are replayed).
+            stack.enter_context(signals.routed_to(loop, self._on_signal))
+            try:
+                await self._start(stack)
+            except SocketInUse:
+                raise
+            except Exception as exc:
+                self._log.critical(
+                    "daemon.start_failed", error=type(exc).__name__, detail=str(exc), exc_info=exc
+                )
+                return 1
+            return await self._run(stack)
+        raise AssertionError("unreachable")  # mypy: the stack may swallow exceptions
+
+    def _release(
+        self, stack: contextlib.AsyncExitStack, step: str, close: Callable[[], Any]
+    ) -> None:
+        """Release with ``close`` when the stack unwinds; a failure is an event, not a skip."""
+
+        async def run() -> None:
+            try:
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self._log.error(
+                    "daemon.close_failed", step=step, error=type(exc).__name__, detail=str(exc)
+                )
+
+        stack.push_async_callback(run)
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        """Everything before the watchers run; each resource is registered for release
+        before it is opened, so a half-done open is released too."""
+        # Before touching the state store: is another daemon already running here?
+        ControlServer(self.config.control.socket, self).claim()
+        self._release(stack, "store", self._close_store)
+        problem = self.store_watch.open(asyncio.get_running_loop())
+        tripped, _ = self.store.latch()
+        unfinished = self.store.unfinished_kill()
+        last = self.store.last_kill()
+        self._build()
+        # Fail closed: a store that could not be used as found may have held a set latch.
+        self.switch.restore(tripped or problem is not None, last, unfinished)
+        if problem is not None:
+            self.store.set_latch(True)
+        self.service.tripped_at = None if last is None else last.completed_at
+        if self.config.triggers.pnl.enabled:
+            self._release(stack, "pnl watch", self.pnl_watcher.close)
+            self.pnl_watcher.open()
+        self._release(stack, "exchange", self.exchange.close)
+        self.exchange.open()  # can send from here; start() (the first clock sync) follows
+
+    async def _close_store(self) -> None:
+        try:
+            await self.store.flush()
+        finally:
+            self.store.close()
+
+    async def _run(self, stack: contextlib.AsyncExitStack) -> int:
+        crash: BaseExceptionGroup[Exception] | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._tasks = {
+                    "switch": tg.create_task(self.switch.run(), name="switch"),
+                    "heartbeat": tg.create_task(self.deadman.run(), name="heartbeat"),
+                }
+                if self.config.triggers.pnl.enabled:
+                    self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
+                tg.create_task(self.store_watch.run(self._latch), name="store")
+                # The switch runs and the exchange client can send: SIGUSR1s that came
+                # during start-up fire now (coalesced into one kill), before the first
+                # clock sync, the control socket and daemon.ready.
+                self._accepting = True
+                for _ in range(self._deferred_triggers):
+                    self._fire("signal", "SIGUSR1")
+                self._deferred_triggers = 0
+                # The first clock sync warms the pools; a kill already running does not wait.
+                await self.exchange.start()
+                # Clock re-sync every exchange.clock_sync_interval; keeps the pools warm.
+                tg.create_task(self.exchange.run_background(), name="exchange")
+                if not self._stop.is_set():
+                    self._release(stack, "control socket", self.control.close)
+                    await self.control.start()
+                    self._announce_ready(tg)
+                await self._stop.wait()
+                await self._shutdown()
+                raise _Stop
+        except* _Stop:
+            pass
+        except* Exception as group:
+            crash = group
+        finally:
+            self._tg = None
+        if crash is not None:
+            errors = [{"error": type(e).__name__, "detail": str(e)} for e in _leaves(crash)]
+            self._log.critical("daemon.crashed", errors=errors, exc_info=crash)
+            return 1
+        self._log.info("daemon.stopped")
+        return 0
+
+    def _announce_ready(self, tg: asyncio.TaskGroup) -> None:
         self._log.info(
             "daemon.ready",
             state=self.switch.state.value,
@@ -351,39 +501,18 @@ class Daemon:
             control_socket=str(self.config.control.socket),
             pnl_watch=self.config.triggers.pnl.enabled,
         )
-        self.service.notify("READY=1", self.notifier.ready())
+        self._ready = True
+        self.service.ready()
         self.service.send_status(force=True)
-        crash: BaseExceptionGroup[Exception] | None = None
-        try:
-            async with asyncio.TaskGroup() as tg:
-                self._tasks = {
-                    "switch": tg.create_task(self.switch.run(), name="switch"),
-                    "heartbeat": tg.create_task(self.deadman.run(), name="heartbeat"),
-                }
-                # Clock re-sync every exchange.clock_sync_interval; keeps the pools warm.
-                tg.create_task(self.exchange.run_background(), name="exchange")
-                if self.config.triggers.pnl.enabled:
-                    self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
-                tg.create_task(
-                    self.service.watchdog(lambda: self._tasks, self._stop.is_set),
-                    name="watchdog",
-                )
-                if self.notifier.enabled:
-                    tg.create_task(self.service.status_loop(), name="status")
-                await self._stop.wait()
-                await self._shutdown()
-                raise _Stop
-        except* _Stop:
-            pass
-        except* Exception as group:
-            crash = group
-        if crash is not None:
-            errors = [{"error": type(e).__name__, "detail": str(e)} for e in _leaves(crash)]
-            self._log.critical("daemon.crashed", errors=errors, exc_info=crash)
-            return 1
-        self.store.set_clean(True)
-        self._log.info("daemon.stopped")
-        return 0
+        tg.create_task(
+            self.service.watchdog(lambda: self._tasks, self._stop.is_set),
+            name="watchdog",
+        )
+        if self.notifier.enabled:
+            tg.create_task(self.service.status_loop(), name="status")
+        if self._reload_wanted:  # a SIGHUP during start-up: honoured now
+            self._reload_wanted = False
+            self._schedule_reload()
 
     async def _shutdown(self) -> None:
         self._log.info(
@@ -391,7 +520,7 @@ class Daemon:
             state=self.switch.state.value,
             grace=self.config.daemon.shutdown_grace,
         )
-        self.service.notify("STOPPING=1", self.notifier.stopping())
+        self.service.stopping()
         finished = await self.switch.drain(self.config.daemon.shutdown_grace)
         if not finished:
             progress = self.switch.progress()
@@ -404,7 +533,6 @@ class Daemon:
             )
         for name, task in self._tasks.items():
             task.cancel(f"daemon stopping ({name})")
-        structlog.contextvars.clear_contextvars()
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

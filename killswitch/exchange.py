@@ -128,6 +128,7 @@ class ExchangeClient:
         self._cancel_warm = cancel_warm_connections
         self._prefix = self._transport.prefix
         self._started = False
+        self._opened = False
         self._venue_clock = VenueClock(clock, self._log, self._measure)
         self._last_call: dict[str, Any] | None = None
         self._self_test: SelfTest | None = None
@@ -144,16 +145,29 @@ class ExchangeClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def open(self) -> None:
+        """Open both pools: from here on the client can send (no request is made).
+
+        :meth:`start` calls it; the daemon calls it first, so a trigger received
+        during start-up is sent without waiting for the first clock sync.
+        """
+        if self._opened:
+            return
+        self._opened = True
+        if not self._config.dry_run:
+            self._transport.open()
+
     async def start(self) -> None:
-        """Open both pools and make the first clock sync (which warms them); never fails
-        on the venue's account: a failed sync is logged and retried by run_background()."""
+        """:meth:`open` (if not yet) and make the first clock sync (which warms the pools);
+        never fails on the venue's account: a failed sync is logged and retried by
+        run_background()."""
         if self._started:
             raise RuntimeError("ExchangeClient.start() called twice")
         self._started = True
+        self.open()
         if self._config.dry_run:
             self._log.info("exchange.dry_run_mode", base_url=self._transport.base)
             return
-        self._transport.open()
         await self._sync_logged()
 
     async def close(self) -> None:

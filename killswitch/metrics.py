@@ -53,6 +53,17 @@ class Metrics:
         self.state = Gauge(
             "killswitch_state", "1 for the switch's current state", ["state"], registry=r
         )
+        self.store_ok = Gauge(
+            "killswitch_store_ok",
+            "1 while the state store persists and has no problem to report, else 0",
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "killswitch_store_failures",
+            "State store failures: unavailable or corrupt at open, writes lost",
+            ["kind"],
+            registry=r,
+        )
         self.ratelimit_available = Gauge(
             "killswitch_ratelimit_available",
             "Requests that could be sent now",

@@ -374,12 +374,13 @@ class PnlWatcher:
     def close(self) -> None:
         """Release the inotify descriptor and the reader thread; safe to call twice.
 
-        A read still hanging is left to the OS (the reader is a daemon thread).
+        The daemon's exit stack calls this whatever happened.  A read still
+        hanging is left to the OS (the reader is a daemon thread).
         """
         self._reader.close()
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
+        inotify, self._inotify = self._inotify, None
+        if inotify is not None:
+            inotify.close()
 
     def _open_inotify(self) -> bool:
         try:

@@ -1,9 +1,11 @@
 """What the daemon tells systemd: readiness, ``STATUS=`` lines and watchdog pings.
 
-``READY=1``/``RELOADING=1``/``STOPPING=1`` go out through :meth:`Service.notify`,
-which logs ``notify.failed`` when a datagram cannot be sent.  The ``STATUS=``
+``READY=1``/``RELOADING=1``/``STOPPING=1`` go out through :meth:`Service.ready`,
+:meth:`Service.reloading` and :meth:`Service.stopping`, which log
+``notify.failed`` when a datagram cannot be sent.  The ``STATUS=``
 line follows the switch (``ARMED``, ``KILLING 412/500 confirmed``, ``TRIPPED at
-<time> by <source>``) and is refreshed while a kill runs.  Watchdog pings stop
+<time> by <source>``), with the state store's problem if it has one
+(``TRIPPED; store corrupt: ...``), and is refreshed while a kill runs.  Watchdog pings stop
 as soon as a watcher task is no longer running, so systemd restarts the daemon.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from killswitch.clock import Clock
 from killswitch.log import get_logger
@@ -31,10 +34,22 @@ class Service:
         self.tripped_at: float | None = None  # wall-clock time the last kill completed
         self._killing = asyncio.Event()  # wakes the STATUS= progress loop
         self._status_sent: str | None = None
+        self.store_health: Callable[[], dict[str, Any]] | None = None  # GET /status "store"
         self._log = get_logger()
 
-    def notify(self, what: str, sent: bool) -> None:
-        """Log a ``READY=1``-style message that could not be delivered."""
+    def ready(self) -> None:
+        """``READY=1``: start-up, or a reload (applied or refused), is complete."""
+        self._sent("READY=1", self.notifier.ready())
+
+    def reloading(self) -> None:
+        """``RELOADING=1``: a reload begins."""
+        self._sent("RELOADING=1", self.notifier.reloading())
+
+    def stopping(self) -> None:
+        """``STOPPING=1``: a graceful stop begins."""
+        self._sent("STOPPING=1", self.notifier.stopping())
+
+    def _sent(self, what: str, sent: bool) -> None:
         if not sent:
             self.notify_failed(self.notifier.last_error, what)
 
@@ -57,6 +72,13 @@ class Service:
             self._status_sent = line
 
     def status_line(self) -> str:
+        line = self._state_line()
+        health = {"ok": True} if self.store_health is None else self.store_health()
+        if not health["ok"]:
+            line += f"; store {health['problem']}"
+        return line
+
+    def _state_line(self) -> str:
         state = self.switch.state
         if state is State.KILLING:
             progress = self.switch.progress()

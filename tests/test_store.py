@@ -82,7 +82,7 @@ async def test_flush_waits_for_queued_writes(tmp_path: Path) -> None:
         store.record_send("order_status", float(i))
     await store.flush()
     assert len(store.recent_sends("order_status", 0.0)) == 200
-    assert store.errors == []
+    assert store.write_failures == 0
     store.close()
 
 
@@ -110,7 +110,7 @@ async def test_a_failing_write_loses_nothing_else(tmp_path: Path) -> None:
     await store.flush()
     assert isinstance(duplicate.exception(), sqlite3.IntegrityError)
     assert store.recent_sends("cancel_all", 0.0) == [5.0]
-    assert len(store.errors) == 1
+    assert store.write_failures == 1
     store.close()
 
 
@@ -124,4 +124,130 @@ def test_first_poll_time_is_kept_for_resume(tmp_path: Path) -> None:
     kill = store.unfinished_kill()
     assert kill is not None
     assert kill.first_polled == {"a": 10.0}
+    store.close()
+
+
+def test_corrupt_file_is_moved_aside_and_replaced(tmp_path: Path) -> None:
+    """Garbage in the file: a corrupt problem, the file kept aside, a fresh working store."""
+    path = tmp_path / "state.db"
+    path.write_bytes(b"\x07" * 9000)
+    store = StateStore(path)
+    problem = store.open()
+    assert problem is not None
+    assert (problem.kind, problem.path) == ("corrupt", str(path))
+    assert "not a database" in problem.problem
+    assert problem.moved_to is not None
+    assert Path(problem.moved_to).read_bytes() == b"\x07" * 9000
+    assert store.persisting
+    assert store.health()["ok"] is False
+    store.set_latch(True)
+    assert store.latch() == (True, None)
+    store.close()
+
+
+def test_foreign_schema_is_corrupt(tmp_path: Path) -> None:
+    """A table of ours with other columns is a corrupt store, named by table and columns."""
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE orders (id INTEGER)")
+    db.commit()
+    db.close()
+    store = StateStore(path)
+    problem = store.open()
+    assert problem is not None
+    assert problem.kind == "corrupt"
+    assert problem.problem.startswith("wrong schema: table orders lacks")
+    store.close()
+
+
+def test_unreadable_latch_record_is_corrupt(tmp_path: Path) -> None:
+    """A latch record that is not the JSON the store writes is a corrupt store."""
+    path = tmp_path / "state.db"
+    _open(path).close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO meta (key, value) VALUES ('latch', 'garbage')")
+    db.commit()
+    db.close()
+    store = StateStore(path)
+    problem = store.open()
+    assert problem is not None
+    assert "unreadable latch record" in problem.problem
+    store.close()
+
+
+async def test_without_a_database_writes_are_dropped_and_the_latch_reads_tripped(
+    tmp_path: Path,
+) -> None:
+    """A path that cannot be opened: unavailable; nothing raises, the latch reads tripped."""
+    (tmp_path / "file").write_text("")
+    store = StateStore(tmp_path / "file" / "state.db")  # a directory that is a file
+    problem = store.open()
+    assert problem is not None
+    assert problem.kind == "unavailable"
+    assert problem.moved_to is None
+    assert not store.persisting
+    store.start_kill("k", "manual", "x", 1.0, [("EX", None)])
+    store.record_send("cancel_all", 5.0)
+    await store.flush()
+    assert store.latch() == (True, None)
+    assert store.unfinished_kill() is None
+    assert store.recent_sends("cancel_all", 0.0) == []
+    assert store.dropped == 2
+    assert store.health() == {
+        "ok": False,
+        "problem": problem.describe(),
+        "path": problem.path,
+        "persisting": False,
+    }
+    store.close()
+
+
+async def test_retry_opens_a_store_that_works_again(tmp_path: Path) -> None:
+    """Once the path can be opened, retry() gives a persisting store with no problem."""
+    (tmp_path / "state").write_text("")
+    store = StateStore(tmp_path / "state" / "state.db")
+    assert store.open() is not None
+    assert store.retry().result() is False
+    (tmp_path / "state").unlink()
+    (tmp_path / "state").mkdir()
+    assert store.retry().result() is True
+    assert store.persisting
+    assert store.health() == {"ok": True}
+    store.set_latch(True, "k9")
+    assert store.latch() == (True, "k9")
+    store.close()
+
+
+async def test_latch_marker_follows_the_latch(tmp_path: Path) -> None:
+    """<db>.tripped exists while the latch is set; either home alone reads tripped."""
+    path = tmp_path / "state.db"
+    marker = tmp_path / "state.db.tripped"
+    store = _open(path)
+    store.start_kill("k", "manual", "x", 1.0, [("EX", None)])
+    await store.flush()
+    assert marker.exists()
+    store.set_latch(False)
+    await store.flush()
+    assert not marker.exists()
+    assert store.latch() == (False, None)
+    marker.touch()  # the database lost the write, the marker did not
+    assert store.latch() == (True, None)
+    store.close()
+
+
+async def test_a_lost_write_is_reported_until_acknowledged(tmp_path: Path) -> None:
+    """A failed write keeps health() not ok, even after good writes, until acknowledge()."""
+    store = _open(tmp_path / "s.db")
+    seen: list[tuple[str, int]] = []
+    store.on_error = lambda exc, lost: seen.append((type(exc).__name__, lost))
+    store.start_kill("k", "manual", "x", 1.0, [("EX", None)])
+    store.start_kill("k", "manual", "again", 1.0, [("EX", None)])  # fails: same kill_id
+    await store.flush()
+    assert seen == [("IntegrityError", 1)]
+    store.record_send("cancel_all", 5.0)
+    await store.flush()
+    assert store.health()["ok"] is False
+    assert "write failed" in store.health()["problem"]
+    store.acknowledge()
+    assert store.health() == {"ok": True}
     store.close()
