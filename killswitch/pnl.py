@@ -377,6 +377,9 @@ class PnlWatcher:
         The daemon's exit stack calls this whatever happened.  A read still
         hanging is left to the OS (the reader is a daemon thread).
         """
+        self._release()
+
+    def _release(self) -> None:
         self._reader.close()
         inotify, self._inotify = self._inotify, None
         if inotify is not None:
@@ -422,7 +425,7 @@ class PnlWatcher:
                     self.backend = "poll"
                 await self._poll_loop()
         finally:
-            self.close()
+            self._release()
 
     async def _stale_loop(self) -> None:
         clock = self.monitor.clock
