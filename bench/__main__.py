@@ -17,7 +17,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import confirmation, deadman, hostile, idle, pnl_breach, signal_latency, storm
+from bench import (
+    confirmation,
+    deadman,
+    fleet,
+    hostile,
+    idle,
+    pnl_breach,
+    signal_latency,
+    storm,
+)
 from bench.harness import Settings, progress
 from bench.report import Figure, LoadMeter, machine, render_table
 
@@ -33,6 +42,7 @@ SCENARIOS: dict[str, Scenario] = {
     "storm": storm.run,
     "hostile": hostile.run,
     "contract": confirmation.run_contract_default,
+    "fleet": fleet.run,
 }
 SLOW_ONLY = ("contract",)
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")

@@ -10,12 +10,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from killswitch import __version__
 from killswitch.config import Config, ConfigError, as_dict, load_config, pnl_directory_problem
-from killswitch.control import ControlClient, DaemonUnavailable, SocketInUse
+from killswitch.control import ControlClient, DaemonUnavailable
 from killswitch.credentials import load_credentials
+from killswitch.fleet import add_fleet_commands
+
+if TYPE_CHECKING:
+    from killswitch.cluster import ClusterSettings
 
 __all__ = ["main"]
 
@@ -38,16 +42,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _config(args.config)
         credentials = load_credentials(config.exchange)
+        cluster = None if config.cluster is None else _cluster_settings(config)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     configure_logging(config.log.level, config.log.format)
-    try:
-        return asyncio.run(Daemon(config, credentials).serve())
-    except SocketInUse as exc:  # logging is configured: an event, not a text line
-        from killswitch.log import get_logger
+    return asyncio.run(Daemon(config, credentials, cluster=cluster).serve())
 
-        get_logger().critical("control.socket_in_use", problem=str(exc))
-        return EXIT_FAIL
+
+def _cluster_settings(config: Config) -> ClusterSettings | None:
+    from killswitch.cluster import resolve_cluster
+
+    return resolve_cluster(config.cluster)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -66,6 +71,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if args.online:
             return _fail(f"config error: {exc}", EXIT_CONFIG)
         effective["credentials"] = f"NOT USABLE: {exc}"
+    if config.cluster is not None:
+        try:
+            settings = _cluster_settings(config)
+            assert settings is not None
+            effective["cluster"]["desk"] = settings.desk  # as resolved here
+            effective["cluster"]["credentials"] = "found (values not shown)"
+        except ConfigError as exc:
+            effective["cluster"]["credentials"] = f"NOT USABLE: {exc}"
     if not args.online:
         print(json.dumps(effective, indent=2))
         return EXIT_OK
@@ -208,6 +221,13 @@ def format_status(s: dict[str, Any]) -> str:
                 f"budget {name}",
                 f"{lim['available']}/{lim['limit']} now, next in {lim['next_free_in']}s",
             )
+        )
+    cluster = s.get("cluster")
+    if cluster:
+        where = cluster.get("server") or ", ".join(cluster.get("servers") or [])
+        link = "connected to" if cluster.get("connected") else "NOT connected to"
+        rows.append(
+            ("cluster", f"desk {cluster.get('desk')} of {cluster.get('firm')}, {link} {where}")
         )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
@@ -390,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="random seed for ids and outcomes")
     p.set_defaults(fn=cmd_sim)
+    add_fleet_commands(sub)
     return parser
 
 

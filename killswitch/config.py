@@ -9,6 +9,7 @@ resolved separately by :mod:`killswitch.credentials`.
 from __future__ import annotations
 
 import ipaddress
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from killswitch.config_reader import ConfigError, Table, show
 
 __all__ = [
     "CancelAllConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "ConfirmConfig",
@@ -182,6 +184,22 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: firm-wide triggers over NATS (contract §11).  ``desk`` None: resolved at
+    start from ``$KILLSWITCH_DESK`` (the systemd template sets it to the instance name), else
+    the host name."""
+
+    servers: tuple[str, ...]
+    firm: str
+    credentials_env: str | None = None
+    desk: str | None = None
+    subject_prefix: str = "killswitch"
+    follow: frozenset[str] = frozenset({"firm", "desk"})
+    propagate: bool = False
+    max_age: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     exchange: ExchangeConfig
     cancel_all: CancelAllConfig
@@ -195,6 +213,7 @@ class Config:
     flat: FlatConfig = field(default_factory=FlatConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     source: Path | None = None
+    cluster: ClusterConfig | None = None
 
 
 def _is_loopback(host: str) -> bool:
@@ -393,6 +412,66 @@ def _triggers(t: Table, base: Path | None) -> Triggers:
     return Triggers(signal=signal, heartbeat=heartbeat, pnl=pnl)
 
 
+SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _token(t: Table, name: str, value: str, *, dotted: bool = False) -> str:
+    """A NATS subject token (or, ``dotted``, tokens joined by dots): no wildcards, no spaces."""
+    if not all(SUBJECT_TOKEN.fullmatch(part) for part in (value.split(".") if dotted else [value])):
+        raise ConfigError(
+            t.key(name),
+            f"expected letters, digits, '-' or '_'{' (dot-separated)' if dotted else ''}"
+            f", got {show(value)}",
+        )
+    return value
+
+
+def _cluster(root: Table) -> ClusterConfig | None:
+    if not root.has("cluster"):
+        return None
+    t = root.table("cluster")
+    d = ClusterConfig(servers=(), firm="")
+    servers = t.strings("servers")
+    if not servers:
+        raise ConfigError(t.key("servers"), "at least one nats:// or tls:// URL is required")
+    for url in servers:
+        try:
+            parts = urlsplit(url)
+            _ = parts.port
+        except ValueError as exc:
+            raise ConfigError(t.key("servers"), f"not a usable URL: {exc}") from None
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise ConfigError(t.key("servers"), f"expected nats:// or tls:// URLs, got {show(url)}")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError(
+                t.key("servers"), "must not carry credentials (use credentials_env) or a query"
+            )
+    if len({urlsplit(url).scheme for url in servers}) > 1:
+        raise ConfigError(t.key("servers"), "mixes nats:// and tls://: use tls:// for all")
+    if not t.has("firm"):
+        raise ConfigError(t.key("firm"), "is required")
+    firm = _token(t, "firm", t.string("firm", ""))
+    desk = _token(t, "desk", t.string("desk", "")) if t.has("desk") else None
+    follow = t.strings("follow") if t.has("follow") else tuple(d.follow)
+    for entry in follow:
+        if entry not in ("firm", "desk"):
+            raise ConfigError(t.key("follow"), f'expected "firm" and/or "desk", got {show(entry)}')
+    config = ClusterConfig(
+        servers=servers,
+        firm=firm,
+        credentials_env=t.string("credentials_env", "") if t.has("credentials_env") else None,
+        desk=desk,
+        subject_prefix=_token(
+            t, "subject_prefix", t.string("subject_prefix", d.subject_prefix), dotted=True
+        ),
+        follow=frozenset(follow),
+        propagate=t.boolean("propagate", d.propagate),
+        max_age=t.number("max_age", d.max_age, positive=True),
+    )
+    t.finish()
+    return config
+
+
 def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; relative paths resolve against ``base``."""
     root = Table(data, "")
@@ -423,6 +502,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
     dm = root.table("daemon")
     daemon = DaemonConfig(shutdown_grace=dm.number("shutdown_grace", 10.0, minimum=0.0))
     dm.finish()
+    cluster = _cluster(root)
     root.finish()
     if len(str(control.socket).encode()) > 107:
         raise ConfigError("control.socket", "path is longer than a UNIX socket allows (107 bytes)")
@@ -438,6 +518,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         daemon=daemon,
         flat=flat,
         guard=guard,
+        cluster=cluster,
     )
 
 
@@ -522,6 +603,7 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "state": new.state != current.state,
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
         "triggers.pnl.enabled": pnl_on,
+        "cluster": new.cluster != current.cluster,
     }
     pnl = replace(
         new.triggers.pnl,
@@ -537,5 +619,6 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         triggers=replace(new.triggers, pnl=pnl),
         control=current.control,
         state=current.state,
+        cluster=current.cluster,
     )
     return applied, sorted(key for key, changed in restart.items() if changed)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from killswitch.config import ConfigError, ExchangeConfig
 
-__all__ = ["Credentials", "Secret", "load_credentials"]
+__all__ = ["Credentials", "Secret", "load_credentials", "read_secret"]
 
 
 class Secret:
@@ -65,6 +65,11 @@ def _read(name: str, key: str, environ: Mapping[str, str]) -> Secret:
     if not value:
         raise ConfigError(key, f"{source} is empty")
     return Secret(value)
+
+
+def read_secret(name: str, key: str, environ: Mapping[str, str] | None = None) -> Secret:
+    """One secret read like the API secret (the NATS credentials of ``[cluster]``)."""
+    return _read(name, key, os.environ if environ is None else environ)
 
 
 def load_credentials(

@@ -21,8 +21,11 @@ import contextlib
 import inspect
 import os
 import signal
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from killswitch import __version__, signals
 from killswitch.clock import Clock, SystemClock
@@ -42,7 +45,10 @@ from killswitch.service import Service
 from killswitch.signing import make_signer
 from killswitch.store import StateStore
 from killswitch.store_watch import StoreWatch
-from killswitch.switch import KillSwitch, State
+from killswitch.switch import KillSwitch, State, TriggerOutcome
+
+if TYPE_CHECKING:
+    from killswitch.cluster import Cluster, ClusterSettings
 
 __all__ = ["Daemon"]
 
@@ -78,8 +84,13 @@ class Daemon:
         *,
         clock: Clock | None = None,
         notifier: Notifier | None = None,
+        cluster: ClusterSettings | None = None,
     ) -> None:
         self.config = config
+        self.cluster_settings = cluster
+        self.cluster: Cluster | None = None
+        self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._sent_kills: deque[str] = deque(maxlen=16)
         self.credentials = credentials
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier.from_env()
@@ -93,7 +104,6 @@ class Daemon:
         self._started = self.clock.monotonic()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.damper = Damper()  # repeated warnings (ratelimit.wait) a few a minute
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._accepting = False  # the switch runs and the exchange client can send
         self._ready = False
@@ -102,6 +112,9 @@ class Daemon:
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
         redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
+        if cluster is not None and cluster.credentials is not None:
+            # The JWT and the seed (a .creds file's frame lines are not secret).
+            redactor.register(t for t in cluster.credentials.reveal().split() if len(t) >= 40)
 
     # ------------------------------------------------------------------ wiring
 
@@ -123,7 +136,7 @@ class Daemon:
                 # Logged two loop turns later, once aiohttp's writer task has put the
                 # request on the wire (the event keeps the sweep's exchange and symbol).
                 loop = asyncio.get_running_loop()
-                loop.call_soon(loop.call_soon, log.info, "cancel_all.sent")
+                loop.call_soon(loop.call_soon, self._cancel_all_sent)
 
         def on_wait(seconds: float) -> None:
             self.prom.ratelimit_waits.labels(endpoint).inc()
@@ -141,6 +154,37 @@ class Daemon:
             on_send=on_send,
             on_wait=on_wait,
         )
+
+    def _cancel_all_sent(self) -> None:
+        self._log.info("cancel_all.sent")
+        # Runs in the sending sweep's context, which carries its kill_id.
+        kill_id = structlog.contextvars.get_contextvars().get("kill_id")
+        kill_id = kill_id or self.switch.current_kill_id
+        if kill_id is None:
+            return
+        if kill_id not in self._sent_kills:
+            self._sent_kills.append(kill_id)
+        for waiter in self._sent_waiters.pop(kill_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def cancel_sent(self, kill_id: str) -> asyncio.Future[None]:
+        """Resolves once a ``cancel_all`` of kill ``kill_id`` has left (the cluster's ack)."""
+        for known, waiters in list(self._sent_waiters.items()):  # drop the abandoned ones
+            if all(w.done() for w in waiters):
+                del self._sent_waiters[known]
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if kill_id in self._sent_kills:
+            waiter.set_result(None)
+        else:
+            self._sent_waiters.setdefault(kill_id, []).append(waiter)
+        return waiter
+
+    def cluster_trigger(self, reason: str, **detail: Any) -> tuple[TriggerOutcome, str | None]:
+        """A broadcast trigger from the cluster (source ``cluster``: explicit, like a signal)."""
+        outcome = self.switch.trigger("cluster", reason, **detail)
+        self.prom.triggers.labels("cluster", outcome.value).inc()
+        return outcome, self.switch.current_kill_id
 
     def _build(self) -> None:
         cfg = self.config
@@ -188,6 +232,12 @@ class Daemon:
         self.pnl_watcher = PnlWatcher(pnl.path, self.pnl)
         self.switch.on_reset(self.pnl.rearm)
         self.control = ControlServer(cfg.control.socket, self)
+        if self.cluster_settings is not None:
+            from killswitch.cluster import Cluster
+            from killswitch.log import add_tap
+
+            self.cluster = Cluster(self.cluster_settings, self, self.clock, self.prom.registry)
+            add_tap(self.cluster.tap)
         self.prom.watch(
             heartbeat_age=self.deadman.age,
             pnl=lambda: self.pnl.value,
@@ -214,6 +264,8 @@ class Daemon:
             for outcome in ("cancelled", "filled", "other", "unknown", "unconfirmed"):
                 self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
         self.service.state_changed(state)
+        if self.cluster is not None:
+            self.cluster.state_changed(state, why)
 
     def _fire(self, source: str, reason: str) -> None:
         enabled = {
@@ -276,6 +328,7 @@ class Daemon:
                 "heartbeat": self.config.triggers.heartbeat.enabled,
                 "pnl": self.config.triggers.pnl.enabled,
             },
+            **({} if self.cluster is None else {"cluster": self.cluster.status()}),
             "uptime": round(self.clock.monotonic() - self._started, 3),
             "pid": os.getpid(),
             "version": __version__,
@@ -386,15 +439,16 @@ class Daemon:
         and releases it in reverse order, whatever failed; a release step that
         fails is logged (``daemon.close_failed``) and the others still run.
         """
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         install_loop_handler(loop)  # asyncio's own errors as events, not stderr text
         async with contextlib.AsyncExitStack() as stack:
             # First, so no signal is lost or fatal from here on (start-up ones are replayed).
             stack.enter_context(signals.routed_to(loop, self._on_signal))
             try:
                 await self._start(stack)
-            except SocketInUse:
-                raise
+            except SocketInUse as exc:  # another daemon owns the socket: no traceback to show
+                self._log.critical("daemon.start_failed", error="SocketInUse", detail=str(exc))
+                return 1
             except Exception as exc:
                 self._log.critical(
                     "daemon.start_failed", error=type(exc).__name__, detail=str(exc), exc_info=exc
@@ -510,6 +564,8 @@ class Daemon:
         )
         if self.notifier.enabled:
             tg.create_task(self.service.status_loop(), name="status")
+        if self.cluster is not None:
+            tg.create_task(self.cluster.run(), name="cluster")
         if self._reload_wanted:  # a SIGHUP during start-up: honoured now
             self._reload_wanted = False
             self._schedule_reload()

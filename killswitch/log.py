@@ -18,7 +18,7 @@ import asyncio
 import logging
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TextIO, cast
 
@@ -27,7 +27,14 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 
 from killswitch.damping import Damper
 
-__all__ = ["Redactor", "configure_logging", "get_logger", "install_loop_handler", "redactor"]
+__all__ = [
+    "Redactor",
+    "add_tap",
+    "configure_logging",
+    "get_logger",
+    "install_loop_handler",
+    "redactor",
+]
 
 _SENSITIVE_NAMES = ("secret", "password", "api_key", "apikey", "signature", "authorization")
 REDACTED = "**redacted**"
@@ -83,6 +90,22 @@ def _foreign_event(logger: WrappedLogger, name: str, event: EventDict) -> EventD
     return event
 
 
+_taps: list[Callable[[str], None]] = []
+
+
+def add_tap(tap: Callable[[str], None]) -> Callable[[], None]:
+    """Also hand every rendered event line to ``tap`` (it must not block); returns the remover."""
+    _taps.append(tap)
+    return lambda: _taps.remove(tap)
+
+
+def _tap(logger: WrappedLogger, name: str, line: Any) -> Any:
+    # After the renderer: ``line`` is the text written to stdout (the cluster's events subject).
+    for tap in _taps:
+        tap(line)
+    return line
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Install the daemon's processor chain; safe to call again on reload.
 
@@ -110,6 +133,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             exceptions,
             redactor,
             renderer,
+            _tap,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(out),
@@ -130,6 +154,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
                 exceptions,
                 redactor,
                 renderer,
+                _tap,
             ],
         )
     )

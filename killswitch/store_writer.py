@@ -165,7 +165,14 @@ class StoreWriter:
                     stop = True
                     break
                 batch.append(item)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception as exc:  # a bug must not leave callers waiting forever
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
+                if self.on_error is not None:
+                    self.on_error(exc, len(batch))
             if stop:
                 break
         db, self._db = self._db, None

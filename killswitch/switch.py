@@ -4,7 +4,7 @@
 
 Triggers only record intent and wake :meth:`KillSwitch.run`, which owns the
 kill.  A trigger during a kill is coalesced into it; an explicit trigger
-(signal, manual) while tripped starts a new sweep; an automatic one (heartbeat,
+(signal, manual, cluster) while tripped starts a new sweep; an automatic one (heartbeat,
 PnL) while tripped is logged and changes nothing — the switch is already
 latched.  Every state change is a ``switch.state`` event.
 """
@@ -26,7 +26,8 @@ from killswitch.store import KillRecord, StateStore
 
 __all__ = ["EXPLICIT_SOURCES", "KillSwitch", "State", "TriggerOutcome"]
 
-EXPLICIT_SOURCES = frozenset({"signal", "manual"})
+# cluster: an operator pressed the firm-wide button (killswitch fleet trigger).
+EXPLICIT_SOURCES = frozenset({"signal", "manual", "cluster"})
 
 
 class State(enum.StrEnum):
@@ -117,8 +118,11 @@ class KillSwitch:
 
     # ------------------------------------------------------------------ triggers
 
-    def trigger(self, source: str, reason: str) -> TriggerOutcome:
-        """Record a trigger; the kill itself runs in :meth:`run`.  Never blocks."""
+    def trigger(self, source: str, reason: str, **detail: Any) -> TriggerOutcome:
+        """Record a trigger; the kill itself runs in :meth:`run`.  Never blocks.
+
+        ``detail`` goes on its ``trigger.fired`` event (the cluster's origin and trigger_id).
+        """
         if self._stopping:
             outcome = TriggerOutcome.STOPPING
         elif self.state is State.KILLING:
@@ -128,7 +132,7 @@ class KillSwitch:
         else:
             outcome = TriggerOutcome.STARTED
         if outcome is not TriggerOutcome.STARTED:
-            self._fired(source, reason, outcome)
+            self._fired(source, reason, outcome, **detail)
             return outcome
         # The fast path: decide, latch in memory and wake the kill.  The events, the
         # state callbacks and the durable record follow in announce(), which the kill
@@ -140,7 +144,7 @@ class KillSwitch:
         previous = self.state
 
         def announce() -> None:
-            self._fired(source, reason, outcome)
+            self._fired(source, reason, outcome, **detail)
             self._set_state(State.KILLING, f"{source}: {reason}", announced=previous)
             self.store.start_kill(kill_id, source, reason, started_at, sweeps)
 
@@ -153,7 +157,7 @@ class KillSwitch:
         self._wake.set()
         return outcome
 
-    def _fired(self, source: str, reason: str, outcome: TriggerOutcome) -> None:
+    def _fired(self, source: str, reason: str, outcome: TriggerOutcome, **detail: Any) -> None:
         if outcome is TriggerOutcome.LATCHED:  # changes nothing: a flapping source is damped
             self._damper.warning(
                 self._log,
@@ -163,6 +167,7 @@ class KillSwitch:
                 reason=reason,
                 coalesced=False,
                 outcome=outcome.value,
+                **detail,
             )
             return
         self._log.warning(
@@ -171,6 +176,7 @@ class KillSwitch:
             reason=reason,
             coalesced=outcome is TriggerOutcome.COALESCED,
             outcome=outcome.value,
+            **detail,
         )
 
     def reset(self) -> bool:

@@ -185,7 +185,8 @@ def test_run_with_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("config error: triggers.pnl.threshold: expected a number")
-    assert result.stdout == ""
+    # stdout holds only the JSON line the package writes once its signal handling is in place
+    assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["daemon.starting"]
 
 
 def test_unparsable_toml_exits_2(tmp_path: Path) -> None:

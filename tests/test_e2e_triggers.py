@@ -220,9 +220,10 @@ async def test_second_daemon_on_live_socket_is_refused(
     second = DaemonProcess(daemon.config)
     await second.start(wait_ready=False)
     assert await second.exited() == 1
-    refused = second.named("control.socket_in_use")
+    refused = second.named("daemon.start_failed")
     assert len(refused) == 1
-    assert "already listens" in refused[0]["problem"]
+    assert "already listens" in refused[0]["detail"]
+    assert second.stderr == b""  # an event, not a line of text
     code, _ = await ctl.request("GET", "/status")
     assert code == 200
     await daemon.kill()  # SIGKILL leaves a stale socket file behind

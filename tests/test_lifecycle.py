@@ -299,3 +299,34 @@ async def test_signals_reach_the_loop_in_order_and_handlers_are_put_back() -> No
         assert _early.installed()
     assert not _early.installed()
     assert {signum: signal.getsignal(signum) for signum in _early.SIGNALS} == before
+
+
+async def test_a_failed_reload_keeps_the_config_and_sends_ready_again(
+    daemon: Daemon, workdir: Path, logs: Logs
+) -> None:
+    """SIGHUP with a broken file: config.reload_failed, the old config, RELOADING=1 then READY=1."""
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(workdir / "notify.sock"))
+    receiver.setblocking(False)
+    daemon.notifier = Notifier(str(workdir / "notify.sock"))
+    old = daemon.config
+    task = asyncio.create_task(daemon.serve())
+    try:
+        await _ready(task, logs)
+        assert old.source is not None
+        old.source.write_text("[exchange\n")
+        daemon._on_signal(signal.SIGHUP)
+        async with asyncio.timeout(10):
+            while not any(e["event"] == "config.reload_failed" for e in logs):
+                await asyncio.sleep(0.01)
+        assert daemon.config is old
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(receiver.recv(4096).decode().split("\n", 1)[0])
+        reloading = messages.index("RELOADING=1")
+        assert "READY=1" in messages[reloading:]
+    finally:
+        daemon._on_stop("test")
+        assert await asyncio.wait_for(task, 15) == 0
+        receiver.close()

@@ -32,7 +32,15 @@ INSTALLED_BINARY = "/opt/killswitch/venv/bin/killswitch"
 # Keys that differ between the plain unit and the template: everything else
 # (the whole sandbox) must be identical.
 PER_INSTANCE_KEYS = frozenset(
-    {"Description", "ExecStart", "User", "RuntimeDirectory", "StateDirectory", "LoadCredential"}
+    {
+        "Description",
+        "ExecStart",
+        "User",
+        "RuntimeDirectory",
+        "StateDirectory",
+        "LoadCredential",
+        "Environment",  # KILLSWITCH_DESK=%i: the desk name for [cluster]
+    }
 )
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")

@@ -1,0 +1,680 @@
+"""Firm-wide triggers over NATS (contract §11): optional, and never in the way.
+
+Subjects (``P`` = ``subject_prefix``): ``P.<firm>.trigger`` (every desk),
+``P.<firm>.<desk>.trigger`` (this desk), ``P.<firm>.<desk>.events`` (every event
+this desk logs, the same JSON line as stdout) and ``P.<firm>.status``
+(request/reply: the ``GET /status`` body plus ``desk`` and ``host``).
+
+A trigger message ``{"id", "origin", "reason", "sent_at"}`` is the trigger
+source ``cluster``.  Every message is validated; garbage, a stale message
+(older than ``max_age``) or an id already seen is an event, never a crash and
+never a kill.  The reply ``{"desk", "host", "accepted", "kill_id"}`` is sent
+once the kill's first ``cancel_all`` has left (the daemon's ``cancel_sent``
+future), or at once with ``accepted: false`` and ``why``.
+
+NATS down, slow or unreachable changes nothing locally: the connection lives
+in one task of the daemon's task group that retries forever; events wait in a
+bounded buffer (the overflow is counted, never waited for); a local kill never
+waits for NATS.  nats-py is imported only when ``[cluster]`` is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import socket
+import threading
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from killswitch.clock import Clock
+from killswitch.config import SUBJECT_TOKEN, ClusterConfig, ConfigError
+from killswitch.credentials import Secret, read_secret
+from killswitch.log import get_logger
+from killswitch.switch import State, TriggerOutcome
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.msg import Msg
+
+__all__ = [
+    "Cluster",
+    "ClusterHost",
+    "ClusterSettings",
+    "InvalidMessage",
+    "Subjects",
+    "TriggerMessage",
+    "connect_options",
+    "encode_trigger",
+    "parse_trigger",
+    "resolve_cluster",
+]
+
+DESK_ENV = "KILLSWITCH_DESK"  # the systemd template unit sets it to the instance name (%i)
+MAX_MESSAGE = 16 * 1024  # a trigger message is a few hundred bytes
+MAX_ID, MAX_ORIGIN, MAX_REASON = 128, 200, 500
+EVENT_BUFFER = 10_000  # event lines held while NATS is slow or away; the rest are counted
+SEEN_LIMIT = 100_000  # trigger ids remembered at most (each for 2 x max_age + 60 s)
+RECONNECT_WAIT = 1.0  # nats-py's wait between attempts at one server
+RETRY_MAX = 30.0  # our own backoff cap if a whole connection attempt fails
+EVENTS_IN_FLIGHT = 64 * 1024  # event bytes handed to nats-py before waiting for the server
+FLUSH_TIMEOUT = 5  # seconds
+STATUS_DEFER = 1.0  # a status request waits at most this long for a starting kill's first send
+CONNECT_FAILED_EVERY = 60.0  # cluster.connect_failed at most once a minute (+ suppressed)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Subjects:
+    firm_trigger: str
+    desk_trigger: str
+    events: str
+    status: str
+
+    @classmethod
+    def of(cls, config: ClusterConfig, desk: str) -> Subjects:
+        base = f"{config.subject_prefix}.{config.firm}"
+        return cls(
+            f"{base}.trigger", f"{base}.{desk}.trigger", f"{base}.{desk}.events", f"{base}.status"
+        )
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """``[cluster]`` with what is resolved at start: the desk name, the host, the credentials."""
+
+    config: ClusterConfig
+    desk: str
+    host: str
+    credentials: Secret | None
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects.of(self.config, self.desk)
+
+    @property
+    def origin(self) -> str:
+        return f"{self.desk}@{self.host}"
+
+
+def _credential_kind(secret: Secret) -> str:
+    text = secret.reveal()
+    if "-----BEGIN NATS USER JWT-----" in text and "BEGIN USER NKEY SEED" in text:
+        return "creds"
+    if text.startswith("SU") and len(text) == 58 and text.isalnum():
+        return "seed"
+    raise ConfigError(
+        "cluster.credentials_env",
+        "expected the content of a NATS .creds file or a user nkey seed (SU...)",
+    )
+
+
+def resolve_cluster(
+    config: ClusterConfig | None, environ: Mapping[str, str] | None = None
+) -> ClusterSettings | None:
+    """The desk name (config, else ``$KILLSWITCH_DESK``, else the host name) and credentials."""
+    if config is None:
+        return None
+    env = os.environ if environ is None else environ
+    host = socket.gethostname()
+    desk = config.desk or env.get(DESK_ENV) or host.split(".", 1)[0]
+    if not SUBJECT_TOKEN.fullmatch(desk):
+        raise ConfigError(
+            "cluster.desk", f"{desk!r} is not a usable desk name: set cluster.desk ([A-Za-z0-9_-])"
+        )
+    credentials = None
+    if config.credentials_env is not None:
+        credentials = read_secret(config.credentials_env, "cluster.credentials_env", env)
+        _credential_kind(credentials)
+    return ClusterSettings(config=config, desk=desk, host=host, credentials=credentials)
+
+
+def connect_options(settings: ClusterSettings) -> dict[str, Any]:
+    """Keyword arguments for ``nats.connect`` carrying the credentials, if any."""
+    if settings.credentials is None:
+        return {}
+    if _credential_kind(settings.credentials) == "seed":
+        return {"nkeys_seed_str": settings.credentials.reveal()}
+    from nats.aio.client import RawCredentials
+
+    return {"user_credentials": RawCredentials(settings.credentials.reveal())}
+
+
+def wants_tls(config: ClusterConfig) -> bool:
+    return any(url.startswith("tls://") for url in config.servers)
+
+
+def is_tls(nc: NatsClient) -> bool:
+    """Whether the connection runs over TLS.
+
+    nats-py upgrades to TLS only when the server's INFO asks for it, so a tls://
+    URL alone does not guarantee it (a server or a man in the middle could say
+    no); and it has no public way to ask.  This reads its transport's stream
+    writer: should that internal change, the answer is False and a tls:// cluster
+    refuses to connect (local kills are unaffected), which the tests would show.
+    """
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    return writer is not None and writer.get_extra_info("ssl_object") is not None
+
+
+class InsecureConnection(ConnectionError):
+    """tls:// was configured and the connection is not encrypted."""
+
+
+def server_label(url: object) -> str | None:
+    """``scheme://host:port`` of a parsed URL, never its user information."""
+    scheme, host, port = (getattr(url, a, None) for a in ("scheme", "hostname", "port"))
+    return None if host is None else f"{scheme}://{host}:{port}"
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class InvalidMessage(ValueError):
+    """A trigger message that is not ``{"id", "origin", "reason", "sent_at"}``."""
+
+
+@dataclass(frozen=True)
+class TriggerMessage:
+    id: str
+    origin: str
+    reason: str
+    sent_at: int  # epoch ms, the sender's clock
+
+
+def _text(body: Mapping[str, Any], name: str, limit: int) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidMessage(f"{name}: expected a non-empty string")
+    if len(value) > limit:
+        raise InvalidMessage(f"{name}: longer than {limit} characters")
+    if not value.isprintable():
+        raise InvalidMessage(f"{name}: contains control characters")
+    return value
+
+
+def parse_trigger(data: bytes) -> TriggerMessage:
+    """Validate one trigger message; :class:`InvalidMessage` says what is wrong."""
+    if len(data) > MAX_MESSAGE:
+        raise InvalidMessage(f"larger than {MAX_MESSAGE} bytes")
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidMessage("not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidMessage("expected a JSON object")
+    sent_at = body.get("sent_at")
+    if isinstance(sent_at, bool) or not isinstance(sent_at, int | float):
+        raise InvalidMessage("sent_at: expected epoch milliseconds")
+    if not math.isfinite(sent_at) or not 0 < sent_at < 10**14:
+        raise InvalidMessage("sent_at: out of range")
+    return TriggerMessage(
+        id=_text(body, "id", MAX_ID),
+        origin=_text(body, "origin", MAX_ORIGIN),
+        reason=_text(body, "reason", MAX_REASON),
+        sent_at=int(sent_at),
+    )
+
+
+def encode_trigger(message: TriggerMessage) -> bytes:
+    return json.dumps(
+        {
+            "id": message.id,
+            "origin": message.origin,
+            "reason": message.reason,
+            "sent_at": message.sent_at,
+        }
+    ).encode()
+
+
+def new_trigger(origin: str, reason: str, now: float) -> TriggerMessage:
+    """A fresh trigger message sent at ``now`` (epoch seconds)."""
+    return TriggerMessage(uuid.uuid4().hex, origin, reason[:MAX_REASON], int(now * 1000))
+
+
+class SeenIds:
+    """Trigger ids already obeyed, each kept ``keep`` seconds (monotonic), at most ``limit``."""
+
+    def __init__(self, keep: float, clock: Clock, limit: int = SEEN_LIMIT) -> None:
+        self.keep = keep
+        self.clock = clock
+        self.limit = limit
+        self._ids: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+
+    def get(self, trigger_id: str) -> tuple[str | None] | None:
+        """``(kill_id,)`` if the id was seen, else None."""
+        self._expire()
+        found = self._ids.get(trigger_id)
+        return None if found is None else (found[1],)
+
+    def add(self, trigger_id: str, kill_id: str | None) -> None:
+        self._ids[trigger_id] = (self.clock.monotonic(), kill_id)
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def _expire(self) -> None:
+        horizon = self.clock.monotonic() - self.keep
+        while self._ids:
+            at = next(iter(self._ids.values()))[0]
+            if at >= horizon:
+                break
+            self._ids.popitem(last=False)
+
+
+# --------------------------------------------------------------------------- the daemon side
+
+
+class ClusterHost(Protocol):
+    """What the cluster needs from the daemon."""
+
+    def cluster_trigger(self, reason: str, **detail: Any) -> tuple[TriggerOutcome, str | None]: ...
+    def cancel_sent(self, kill_id: str) -> asyncio.Future[None]: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to answer a trigger message: at once (``reply``), or once ``kill_id`` has sent."""
+
+    reply: dict[str, Any]
+    wait_for: str | None = None
+
+
+class Cluster:
+    """The NATS side of one daemon: a task that connects, subscribes, obeys and publishes."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        host: ClusterHost,
+        clock: Clock,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        import nats  # noqa: F401 - paid during start-up, never on a trigger's path
+
+        self.settings = settings
+        self.config = settings.config
+        self.subjects = settings.subjects
+        self.host = host
+        self.clock = clock
+        self._log = get_logger()
+        self._seen = SeenIds(2 * self.config.max_age + 60.0, clock)
+        self._events: deque[str] = deque()
+        self._outbox: deque[bytes] = deque()  # our own broadcasts (propagate), sent first
+        self._dropped = 0
+        self._dropped_total = 0
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._nc: NatsClient | None = None
+        self._subscribed: list[str] = []
+        self._last_trigger: dict[str, Any] | None = None
+        self._starting: set[str] = set()  # kills a broadcast started, first cancel_all not yet sent
+        self._connect_failures = 0
+        self._connect_failed_logged = -math.inf
+        self._sessions = 0  # connections made since run() last looked
+        self._check_tls_failed = False  # a reconnection came back unencrypted
+        self._tls = wants_tls(self.config)
+        r = registry if registry is not None else CollectorRegistry()
+        self.m_connected = Gauge(
+            "killswitch_cluster_connected", "1 while connected to NATS", registry=r
+        )
+        self.m_messages = Counter(
+            "killswitch_cluster_messages",
+            "Cluster trigger messages by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.m_dropped = Counter(
+            "killswitch_cluster_events_dropped",
+            "Event lines not published because the buffer was full",
+            registry=r,
+        )
+
+    # ------------------------------------------------------------------ local side
+
+    def tap(self, line: str) -> None:
+        """Every rendered event line (the log's tap): buffer it, never wait."""
+        if not line.startswith("{"):
+            return  # log.format = "console": the events subject carries JSON only
+        if len(self._events) >= EVENT_BUFFER:
+            self._dropped += 1
+            return
+        self._events.append(line)
+        self._poke()
+
+    def _poke(self) -> None:
+        if threading.get_ident() == self._thread:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def state_changed(self, state: State, why: str) -> None:
+        """``propagate``: a local kill (not one a broadcast started) is broadcast firm-wide."""
+        if not self.config.propagate or state is not State.KILLING:
+            return
+        if why.split(":", 1)[0] == "cluster":
+            return  # never re-broadcast a broadcast: no storms
+        message = new_trigger(
+            self.settings.origin, f"propagated from {self.settings.desk}: {why}", self.clock.time()
+        )
+        self._outbox.append(encode_trigger(message))
+        self._seen.add(message.id, None)
+        self._log.warning(
+            "cluster.propagated",
+            trigger_id=message.id,
+            subject=self.subjects.firm_trigger,
+            connected=self.connected,
+        )
+        self._poke()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def status(self) -> dict[str, Any]:
+        nc = self._nc
+        return {
+            "connected": self.connected,
+            "desk": self.settings.desk,
+            "host": self.settings.host,
+            "firm": self.config.firm,
+            "servers": list(self.config.servers),
+            "server": server_label(nc.connected_url) if nc is not None and self.connected else None,
+            "subscriptions": list(self._subscribed),
+            "last_trigger": self._last_trigger,
+            "events_buffered": len(self._events),
+            "events_dropped": self._dropped_total + self._dropped,
+        }
+
+    # ------------------------------------------------------------------ triggers
+
+    def receive(self, data: bytes, scope: str) -> Decision:
+        """Validate and obey one trigger message; what to reply, and when."""
+        try:
+            message = parse_trigger(data)
+        except InvalidMessage as exc:
+            self.m_messages.labels("invalid").inc()
+            self._log.warning("cluster.trigger_invalid", scope=scope, problem=str(exc))
+            return self._refuse(f"invalid trigger message: {exc}")
+        age = self.clock.time() - message.sent_at / 1000
+        fields = {"trigger_id": message.id, "origin": message.origin, "scope": scope}
+        if abs(age) > self.config.max_age:
+            self.m_messages.labels("stale").inc()
+            self._log.warning(
+                "cluster.trigger_stale", **fields, age=round(age, 3), max_age=self.config.max_age
+            )
+            return self._refuse(
+                f"stale: sent {age:.1f} s ago, max_age {self.config.max_age:g} s",
+                trigger_id=message.id,
+            )
+        seen = self._seen.get(message.id)
+        if seen is not None:
+            self.m_messages.labels("duplicate").inc()
+            self._log.warning("cluster.trigger_duplicate", **fields)
+            return self._refuse(
+                "duplicate trigger id: already obeyed", kill_id=seen[0], trigger_id=message.id
+            )
+        outcome, kill_id = self.host.cluster_trigger(message.reason, **fields)
+        self._seen.add(message.id, kill_id)
+        self.m_messages.labels(outcome.value).inc()
+        self._last_trigger = {
+            **fields,
+            "reason": message.reason,
+            "sent_at": message.sent_at,
+            "received_at": round(self.clock.time(), 3),
+            "outcome": outcome.value,
+            "kill_id": kill_id,
+        }
+        if outcome in (TriggerOutcome.STARTED, TriggerOutcome.COALESCED) and kill_id is not None:
+            reply = self._reply(True, kill_id, outcome=outcome.value, trigger_id=message.id)
+            return Decision(reply, wait_for=kill_id)
+        return self._refuse(f"trigger {outcome.value}", kill_id=kill_id, trigger_id=message.id)
+
+    def _reply(self, accepted: bool, kill_id: str | None, **extra: Any) -> dict[str, Any]:
+        return {
+            "desk": self.settings.desk,
+            "host": self.settings.host,
+            "accepted": accepted,
+            "kill_id": kill_id,
+            **extra,
+        }
+
+    def _refuse(self, why: str, kill_id: str | None = None, **extra: Any) -> Decision:
+        return Decision(self._reply(False, kill_id, why=why, **extra))
+
+    async def _answer(self, msg: Msg, decision: Decision) -> None:
+        """Reply once the kill's first cancel_all is on the wire (bounded by max_age)."""
+        reply = decision.reply
+        if decision.wait_for is not None:
+            self._starting.add(decision.wait_for)
+            try:
+                async with asyncio.timeout(self.config.max_age):
+                    await self.host.cancel_sent(decision.wait_for)
+            except TimeoutError:
+                reply = {**reply, "on_wire": False, "why": "no cancel_all sent yet"}
+            finally:
+                self._starting.discard(decision.wait_for)
+        if msg.reply:
+            try:
+                await msg.respond(json.dumps(reply).encode())
+            except Exception as exc:  # a lost reply must not end the connection task
+                self._log.warning("cluster.reply_failed", error=type(exc).__name__)
+                return
+        self._log.info(
+            "cluster.acknowledged",
+            trigger_id=reply.get("trigger_id"),
+            accepted=reply["accepted"],
+            kill_id=reply["kill_id"],
+            why=reply.get("why"),
+            replied=bool(msg.reply),
+        )
+
+    # ------------------------------------------------------------------ the connection task
+
+    async def run(self) -> None:
+        """Connect, subscribe, publish; retry forever.  Never raises (but is cancellable)."""
+        backoff = RECONNECT_WAIT
+        while True:
+            if self._sessions:  # the last one got connected: start the backoff afresh
+                backoff, self._sessions = RECONNECT_WAIT, 0
+            try:
+                await self._session()
+            except Exception as exc:
+                self._log.error(
+                    "cluster.error",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:300],
+                    retry_in=backoff,
+                )
+            self.m_connected.set(0)
+            await self.clock.sleep(backoff)
+            backoff = min(RETRY_MAX, backoff * 2)
+
+    async def _session(self) -> None:
+        import nats
+
+        nc = await nats.connect(
+            servers=list(self.config.servers),
+            name=f"killswitch {self.settings.origin}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=RECONNECT_WAIT,
+            connect_timeout=2,
+            no_echo=True,  # our own broadcasts and events do not come back to us
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+            **connect_options(self.settings),
+        )
+        self._nc = nc
+        try:
+            self._check_tls(nc)
+            async with asyncio.TaskGroup() as answers:
+
+                async def obey_firm(msg: Msg) -> None:
+                    if self._secure(nc):
+                        answers.create_task(self._answer(msg, self.receive(msg.data, "firm")))
+
+                async def obey_desk(msg: Msg) -> None:
+                    if self._secure(nc):
+                        answers.create_task(self._answer(msg, self.receive(msg.data, "desk")))
+
+                subscriptions = []
+                if "firm" in self.config.follow:
+                    subscriptions.append(self.subjects.firm_trigger)
+                    await nc.subscribe(self.subjects.firm_trigger, cb=obey_firm)
+                if "desk" in self.config.follow:
+                    subscriptions.append(self.subjects.desk_trigger)
+                    await nc.subscribe(self.subjects.desk_trigger, cb=obey_desk)
+                await nc.subscribe(self.subjects.status, cb=self._on_status)
+                subscriptions.append(self.subjects.status)
+                await nc.flush(timeout=5)
+                self._subscribed = subscriptions
+                self._connected_event(reconnected=False)
+                await self._publish_forever(nc)
+        finally:
+            self._nc = None
+            self._subscribed = []
+            self.m_connected.set(0)
+            try:
+                async with asyncio.timeout(1.0):
+                    await nc.close()
+            except Exception as exc:
+                self._log.info("cluster.close_failed", error=type(exc).__name__)
+
+    async def _publish_forever(self, nc: NatsClient) -> None:
+        """Send our broadcasts, then the buffered event lines, while connected."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if nc.is_closed:
+                raise ConnectionError("the NATS connection closed")
+            if self._check_tls_failed:
+                self._check_tls_failed = False
+                self._check_tls(nc)
+            if not nc.is_connected:
+                continue  # reconnected_cb pokes us
+            while self._outbox and nc.is_connected:
+                await nc.publish(self.subjects.firm_trigger, self._outbox[0])
+                self._outbox.popleft()
+            while self._events and nc.is_connected:
+                if nc.pending_data_size > EVENTS_IN_FLIGHT:
+                    # Replies share nats-py's outgoing buffer: never let events pile up
+                    # in front of an acknowledgement.  Wait for the server to take them.
+                    try:
+                        await nc.flush(timeout=FLUSH_TIMEOUT)
+                    except Exception as exc:
+                        self._log.warning("cluster.slow", error=type(exc).__name__)
+                        break  # the buffer grows meanwhile; drops are counted
+                    continue
+                line = self._events[0].encode()
+                if len(line) <= nc.max_payload:  # a larger one would fail the connection
+                    await nc.publish(self.subjects.events, line)
+                else:
+                    self._dropped += 1
+                self._events.popleft()
+            if self._dropped and nc.is_connected:
+                dropped, self._dropped = self._dropped, 0
+                self._dropped_total += dropped
+                self.m_dropped.inc(dropped)
+                self._log.warning("cluster.events_dropped", count=dropped, buffer=EVENT_BUFFER)
+
+    async def _on_status(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        self.m_messages.labels("status").inc()
+        # fleet trigger asks for status right behind its trigger: a kill that trigger
+        # started sends its first cancel_all before this desk spends time on a status.
+        for kill_id in list(self._starting):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STATUS_DEFER):
+                    await self.host.cancel_sent(kill_id)
+        body = {
+            **self.host.status(),
+            "desk": self.settings.desk,
+            "host": self.settings.host,
+            "now_ms": int(self.clock.time() * 1000),
+        }
+        try:
+            await msg.respond(json.dumps(body, default=str).encode())
+        except Exception as exc:
+            self._log.warning("cluster.reply_failed", error=type(exc).__name__)
+
+    # ------------------------------------------------------------------ nats-py callbacks
+
+    def _connected_event(self, *, reconnected: bool) -> None:
+        nc = self._nc
+        self.m_connected.set(1)
+        self._sessions += 1
+        self._connect_failures = 0
+        self._connect_failed_logged = -math.inf
+        self._log.info(
+            "cluster.connected",
+            server=None if nc is None else server_label(nc.connected_url),
+            desk=self.settings.desk,
+            subscriptions=self._subscribed,
+            reconnected=reconnected,
+        )
+        self._poke()
+
+    async def _on_error(self, exc: Exception) -> None:
+        # nats-py reports every failed (re)connection attempt: damp the repeats.
+        self._connect_failures += 1
+        now = self.clock.monotonic()
+        if now - self._connect_failed_logged < CONNECT_FAILED_EVERY:
+            return
+        self._connect_failed_logged = now
+        self._log.warning(
+            "cluster.connect_failed" if not self.connected else "cluster.error",
+            error=type(exc).__name__,
+            detail=str(exc)[:300],
+            attempts=self._connect_failures,
+            servers=list(self.config.servers),
+        )
+
+    async def _on_disconnected(self) -> None:
+        if self._nc is None:
+            return
+        self.m_connected.set(0)
+        self._log.warning("cluster.disconnected", desk=self.settings.desk)
+
+    def _secure(self, nc: NatsClient) -> bool:
+        """False for a message that came over an unencrypted reconnection of a tls:// cluster."""
+        if self._tls and not is_tls(nc):
+            self._check_tls_failed = True
+            self._poke()
+            return False
+        return True
+
+    def _check_tls(self, nc: NatsClient) -> None:
+        if self._tls and not is_tls(nc):
+            self._log.critical(
+                "cluster.insecure",
+                server=server_label(nc.connected_url),
+                problem="tls:// configured, the connection is not encrypted: closing it",
+            )
+            raise InsecureConnection("the NATS connection is not encrypted")
+
+    async def _on_reconnected(self) -> None:
+        nc = self._nc
+        if nc is not None and self._tls and not is_tls(nc):
+            self._check_tls_failed = True
+            self._poke()  # the publisher ends the session; run() connects afresh
+            return
+        self._connected_event(reconnected=True)
+
+    async def _on_closed(self) -> None:
+        self.m_connected.set(0)
+        self._poke()  # the publisher sees the closed connection and the session ends
