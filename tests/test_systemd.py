@@ -180,7 +180,7 @@ def test_units_match_the_daemon_defaults() -> None:
         assert one(unit, "Type") == "notify"
         assert one(unit, "NotifyAccess") == "main"
         assert seconds(one(unit, "WatchdogSec")) > 0
-        assert one(unit, "ExecReload") == "/bin/kill -HUP $MAINPID"
+        assert one(unit, "ExecReload") == "/bin/sh -c 'kill -HUP $MAINPID'"
         assert one(unit, "ExecStart").startswith(
             f"{INSTALLED_BINARY} run --config /etc/killswitch/"
         )
