@@ -143,6 +143,14 @@ async def test_lost_acknowledgement(workdir: Path, sim_factory: SimFactory, kind
     truth = await _assert_flat_and_true(admin, done)
     assert truth["cancelled"] == 50
     assert done["cancelled"] == 50
+    # The retried cancel_all named none of them: the listings found every one.
+    found = {
+        i
+        for name in ("flat.recovered", "flat.leftover")
+        for e in daemon.named(name)
+        for i in e["order_ids"]
+    }
+    assert len(found) == 50
     assert await daemon.stop() == 0
 
 
