@@ -258,6 +258,9 @@ async def test_symbol_rejected_with_422_then_reset_force(
     status = await _status(workdir)
     assert status["state"] == "KILLING"
     assert status["stuck"]["why"] == message
+    # The trading process's heartbeat (its trigger is off here) reads the state.
+    code, beat = await ControlClient(workdir / "ctl.sock").request("POST", "/heartbeat")
+    assert (code, beat["state"]) == (200, "KILLING")
     assert status["stuck"]["next_retry_in"] > 0
     refused = await _cli("reset", "--config", str(config))
     assert refused.returncode == 1
