@@ -17,7 +17,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import confirmation, deadman, flat, fleet, idle, pnl_breach, signal_latency, storm
+from bench import (
+    confirmation,
+    deadman,
+    flat,
+    fleet,
+    hostile,
+    idle,
+    pnl_breach,
+    signal_latency,
+    storm,
+)
 from bench.harness import Settings, progress
 from bench.report import Figure, LoadMeter, machine, render_table
 
@@ -31,6 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     "naive": confirmation.run_naive,
     "idle": idle.run,
     "storm": storm.run,
+    "hostile": hostile.run,
     "contract": confirmation.run_contract_default,
     "flat": flat.run,
     "flat_poll": flat.run_polling,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from killswitch import __version__
-from killswitch.config import Config, ConfigError, as_dict, load_config
+from killswitch.config import Config, ConfigError, as_dict, load_config, pnl_directory_problem
 from killswitch.control import ControlClient, DaemonUnavailable
 from killswitch.credentials import load_credentials
 from killswitch.fleet import add_fleet_commands
@@ -60,6 +60,9 @@ def _cluster_settings(config: Config) -> ClusterSettings | None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = _config(args.config)
+        problem = pnl_directory_problem(config)
+        if problem is not None:
+            raise problem
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     effective = as_dict(config)

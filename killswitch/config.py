@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -42,6 +43,7 @@ __all__ = [
     "as_dict",
     "load_config",
     "parse_config",
+    "pnl_directory_problem",
     "reloadable",
 ]
 
@@ -228,7 +230,11 @@ def _path(table: Table, name: str, default: Path, base: Path | None) -> Path:
     text = table.string(name, str(default))
     if "\x00" in text:
         raise ConfigError(table.key(name), "must not contain a NUL character")
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except (RuntimeError, KeyError, OSError):  # no such user, or no home directory
+        head = text.split("/", 1)[0]
+        raise ConfigError(table.key(name), f"cannot expand {show(head)[1:-1]}") from None
     if not path.is_absolute() and base is not None:
         path = base / path
     return path
@@ -518,6 +524,32 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
     )
 
 
+def pnl_directory_problem(config: Config) -> ConfigError | None:
+    """A PnL watch whose directory does not exist or is not a directory, as an error.
+
+    ``load_config`` refuses a path whose directory is not a directory (a file,
+    say: a typo no restart fixes).  ``check-config`` also refuses a directory
+    that does not exist; ``run`` only warns about that one (``pnl.directory_missing``)
+    and polls until it appears, because it legitimately may: the kill switch
+    starts before the trading process whose ``StateDirectory=`` creates it.
+    """
+    pnl = config.triggers.pnl
+    if not pnl.enabled:
+        return None
+    directory = pnl.path.parent
+    try:
+        mode = directory.stat().st_mode
+    except FileNotFoundError:
+        return ConfigError("triggers.pnl.path", f"directory {str(directory)!r} does not exist")
+    except OSError as exc:
+        return ConfigError(
+            "triggers.pnl.path", f"directory {str(directory)!r} unusable: {exc.strerror}"
+        )
+    if not stat.S_ISDIR(mode):
+        return ConfigError("triggers.pnl.path", f"{str(directory)!r} is not a directory")
+    return None
+
+
 def load_config(path: Path) -> Config:
     """Read and validate the TOML file at ``path``."""
     try:
@@ -532,6 +564,9 @@ def load_config(path: Path) -> Config:
         # ValueError: an integer over Python's 4300-digit limit; RecursionError: deep nesting.
         raise ConfigError("config", f"{str(path)!r} is not valid TOML: {exc}") from None
     config = parse_config(data, base=path.resolve().parent)
+    problem = pnl_directory_problem(config)
+    if problem is not None and "does not exist" not in problem.problem:
+        raise problem
     return Config(
         **{f.name: getattr(config, f.name) for f in fields(config) if f.name != "source"},
         source=path.resolve(),

@@ -34,12 +34,13 @@ from killswitch.config import Config, ConfigError, RateLimit, load_config, reloa
 from killswitch.confirm import OUTCOME_FIELDS
 from killswitch.control import ControlServer, SocketInUse
 from killswitch.credentials import Credentials
+from killswitch.damping import Damper
 from killswitch.exchange import CANCEL_ALL, CLOSED_ORDERS, OPEN_ORDERS, ORDER_STATUS, ExchangeClient
 from killswitch.flat import VenueListings
 from killswitch.guard import Guard
 from killswitch.heartbeat import DeadManSwitch
 from killswitch.kill import KillRunner
-from killswitch.log import configure_logging, get_logger, redactor
+from killswitch.log import configure_logging, get_logger, install_loop_handler, redactor
 from killswitch.metrics import Metrics
 from killswitch.notify import Notifier
 from killswitch.pnl import PnlMonitor, PnlWatcher
@@ -87,6 +88,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._started = self.clock.monotonic()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.damper = Damper()  # repeated warnings (ratelimit.wait) a few a minute
         self._tg: asyncio.TaskGroup | None = None
         self._accepting = False  # the switch runs and the exchange client can send
         self._ready = False
@@ -123,7 +125,9 @@ class Daemon:
 
         def on_wait(seconds: float) -> None:
             self.prom.ratelimit_waits.labels(endpoint).inc()
-            log.warning("ratelimit.wait", endpoint=endpoint, seconds=round(seconds, 3))
+            self.damper.warning(
+                log, "ratelimit.wait", key=endpoint, endpoint=endpoint, seconds=round(seconds, 3)
+            )
 
         return SlidingWindowLimiter(
             endpoint,
@@ -233,6 +237,7 @@ class Daemon:
             pnl.stale_after,
             self.clock,
             lambda why, value: self._fire("pnl", why if value is None else f"{why}: pnl={value}"),
+            latched=lambda: self.switch.state is State.TRIPPED,
         )
         self.pnl_watcher = PnlWatcher(pnl.path, self.pnl)
         self.switch.on_reset(self.pnl.rearm)
@@ -512,6 +517,7 @@ class Daemon:
         fails is logged (``daemon.close_failed``) and the others still run.
         """
         loop = asyncio.get_running_loop()
+        install_loop_handler(loop)  # asyncio's own errors as events, not stderr text
         async with contextlib.AsyncExitStack() as stack:
             # First, so no signal is lost or fatal from here on (start-up ones are replayed).
             stack.enter_context(signals.routed_to(loop, self._on_signal))

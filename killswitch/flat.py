@@ -83,28 +83,25 @@ async def _pages(
     exchange: str,
     symbol: str | None,
     *,
-    windows: list[tuple[int, int]] | None,
+    windows: list[tuple[int, int]],
     max_pages: int,
 ) -> AsyncIterator[OrderPage]:
-    """Listing pages newest first: each window (or the default one) paged by cursor
-    while a page is full; ``to_time`` is inclusive, so a page may repeat the last
-    order of the one before (de-duplicate by id)."""
+    """Listing pages newest first: each window paged by cursor while a page is full;
+    ``to_time`` is inclusive, so a page may repeat the last order of the one before
+    (de-duplicate by id)."""
     pages = 0
-    for window in windows or [None]:  # type: ignore[list-item]
-        to_time = None if window is None else window[1]
+    for start, end in windows:
+        to_time = end
         while pages < max_pages:
-            if window is None:
-                page = await fetch(exchange, symbol, limit=PAGE, to_time=to_time)
-            else:
-                page = await fetch(
-                    exchange, symbol, limit=PAGE, from_time=window[0], to_time=to_time
-                )
+            page = await fetch(exchange, symbol, limit=PAGE, from_time=start, to_time=to_time)
             pages += 1
             yield page
             if len(page.orders) < PAGE or page.cursor is None:
                 break
             # Fifty orders in one ms would page forever: step past that ms.
-            to_time = page.cursor if to_time is None or page.cursor < to_time else to_time - 1
+            to_time = page.cursor if page.cursor < to_time else to_time - 1
+            if to_time < start:
+                break
         if pages >= max_pages:
             return
 

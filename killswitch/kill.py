@@ -629,8 +629,10 @@ class KillRunner:
         polls_now = 0 if self.status_gate is None else self.status_gate.available()
         polled: list[str] = []
         if math.ceil(len(wanted) / NEW_PER_PAGE) > pages_now and polls_now > 0:
+            # The pages that fit now cover the newest ids, less a page's worth of margin
+            # (ids no listing showed have no known age); the oldest go to status polls.
             oldest_first = sorted(wanted, key=lambda i: self._created.get(i, math.inf))
-            spill = len(wanted) - pages_now * NEW_PER_PAGE
+            spill = len(wanted) - max(0, pages_now - 1) * NEW_PER_PAGE
             polled = oldest_first[: min(spill, polls_now)]
             confirmer.release(polled)
         skip = set(polled)

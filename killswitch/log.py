@@ -3,19 +3,38 @@
 Events are names with typed fields (``kill.completed cancelled=412``).  A
 redaction processor scrubs every registered secret value from every field and
 drops fields whose name looks like a credential, so no event can leak one.
+
+Nothing else reaches stdout or stderr while ``log.format = "json"``: records of
+the standard library's ``logging`` (asyncio, aiohttp) go through
+``structlog.stdlib.ProcessorFormatter`` with the same processors and become
+``python.log`` events, warnings become ``python.warning`` events, and an
+uncaught exception (main thread, other threads, "exception ignored", the
+event loop's handler once :func:`install_loop_handler` ran) is an event too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable
-from typing import Any, TextIO
+from types import TracebackType
+from typing import Any, TextIO, cast
 
 import structlog
-from structlog.typing import EventDict, WrappedLogger
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-__all__ = ["Redactor", "add_tap", "configure_logging", "get_logger", "redactor"]
+from killswitch.damping import Damper
+
+__all__ = [
+    "Redactor",
+    "add_tap",
+    "configure_logging",
+    "get_logger",
+    "install_loop_handler",
+    "redactor",
+]
 
 _SENSITIVE_NAMES = ("secret", "password", "api_key", "apikey", "signature", "authorization")
 REDACTED = "**redacted**"
@@ -58,10 +77,16 @@ class Redactor:
 redactor = Redactor()
 
 
-def _rename_level(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
-    # structlog names "warn" differently depending on the call; keep the contract's names.
-    if event.get("level") == "warn":
-        event["level"] = "warning"
+_handler: logging.Handler | None = None  # the root handler configure_logging() installed
+
+
+def _foreign_event(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+    """A stdlib record: the contract's event name, the text as ``message``."""
+    record = event.get("_record")
+    origin = getattr(record, "name", "root")
+    event["message"] = event.get("event")
+    event["event"] = "python.warning" if origin == "py.warnings" else "python.log"
+    event["logger"] = origin
     return event
 
 
@@ -82,36 +107,125 @@ def _tap(logger: WrappedLogger, name: str, line: Any) -> Any:
 
 
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    """Install the daemon's processor chain; safe to call again on reload."""
+    """Install the daemon's processor chain; safe to call again on reload.
+
+    Also routes the standard library's logging, warnings and uncaught
+    exceptions into the same stream as events (see the module docstring).
+    """
+    global _handler
     out = sys.stdout if stream is None else stream
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    exceptions = structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            _rename_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            ),
+            exceptions,
             redactor,
             renderer,
             _tap,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    foreign: list[Processor] = [
+        structlog.stdlib.add_log_level,
+        _foreign_event,
+        timestamper,
+        structlog.processors.StackInfoRenderer(),
+    ]
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=foreign,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                exceptions,
+                redactor,
+                renderer,
+                _tap,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    _handler = handler
+    logging.captureWarnings(True)
+    sys.excepthook = _excepthook
+    sys.unraisablehook = _unraisablehook
+    threading.excepthook = _thread_excepthook
 
 
-def get_logger(**bound: Any) -> Any:
+def _excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    get_logger().critical(
+        "python.uncaught", error=kind.__name__, detail=str(value), exc_info=(kind, value, tb)
+    )
+
+
+def _unraisablehook(unraisable: Any) -> None:
+    exc = unraisable.exc_value
+    get_logger().error(
+        "python.unraisable",
+        message=unraisable.err_msg or "Exception ignored in",
+        object=repr(unraisable.object)[:200],
+        error=type(exc).__name__ if exc is not None else None,
+        detail=str(exc) if exc is not None else None,
+    )
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    get_logger().critical(
+        "python.thread_crashed",
+        thread=None if args.thread is None else args.thread.name,
+        error=args.exc_type.__name__,
+        detail=str(args.exc_value),
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+        if args.exc_value is not None
+        else None,
+    )
+
+
+def install_loop_handler(loop: asyncio.AbstractEventLoop, damper: Damper | None = None) -> None:
+    """The loop's exception handler logs ``loop.exception`` events, damped by message.
+
+    asyncio reports here what no task awaited ("Task exception was never
+    retrieved"), failing callbacks and out-of-file-descriptor accept errors;
+    the default handler would write a text traceback to stderr.
+    """
+    damp = damper if damper is not None else Damper()
+    log = get_logger()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "unhandled exception in the event loop")
+        exc = context.get("exception")
+        fields: dict[str, Any] = {"message": message}
+        if isinstance(exc, BaseException):
+            fields.update(error=type(exc).__name__, detail=str(exc), exc_info=exc)
+        for name in ("task", "future", "handle"):
+            if context.get(name) is not None:
+                fields[name] = repr(context[name])[:200]
+        damp.error(log, "loop.exception", key=message, **fields)
+
+    loop.set_exception_handler(handle)
+
+
+def get_logger(**bound: Any) -> FilteringBoundLogger:
     """A structlog logger; ``bound`` fields go on every event it emits."""
     logger = structlog.get_logger()
-    return logger.bind(**bound) if bound else logger
+    return cast(FilteringBoundLogger, logger.bind(**bound) if bound else logger)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from killswitch.clock import Clock, sleep_or_wake
+from killswitch.damping import Damper
 from killswitch.kill import KillPlan, KillRunner, plan_sweeps
 from killswitch.log import get_logger
 from killswitch.store import KillRecord, StateStore
@@ -80,6 +81,7 @@ class KillSwitch:
         self._idle.set()
         self._stopping = False
         self._resets: list[Callable[[], None]] = []
+        self._damper = Damper()  # for automatic triggers while latched only
         self._log = get_logger()
 
     # ------------------------------------------------------------------ state
@@ -170,6 +172,18 @@ class KillSwitch:
         return outcome
 
     def _fired(self, source: str, reason: str, outcome: TriggerOutcome, **detail: Any) -> None:
+        if outcome is TriggerOutcome.LATCHED:  # changes nothing: a flapping source is damped
+            self._damper.warning(
+                self._log,
+                "trigger.fired",
+                key=source,
+                source=source,
+                reason=reason,
+                coalesced=False,
+                outcome=outcome.value,
+                **detail,
+            )
+            return
         self._log.warning(
             "trigger.fired",
             source=source,

@@ -11,18 +11,30 @@ from pathlib import Path
 import pytest
 
 from killswitch.sim import SimConfig, SimExchange
-from tests.harness import DaemonProcess
+from tests.harness import DaemonProcess, check_json_output
 
 
 @pytest.fixture(autouse=True)
 def reap_daemons() -> Iterator[None]:
-    """A test that fails half-way must not leave its daemon processes running."""
+    """A test that fails half-way must not leave its daemon processes running.
+
+    Also: every line each daemon wrote on stdout and stderr was a JSON event
+    (contract §8), for daemons the test did not stop itself (``stop()`` and
+    ``exited()`` check it at once, failing the test that started the daemon).
+    """
     yield
+    unchecked = []
     for daemon in DaemonProcess.started:
         if daemon.proc is not None and daemon.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 daemon.proc.kill()
+        if not daemon.output_checked:
+            unchecked.append(daemon)
     DaemonProcess.started.clear()
+    for daemon in unchecked:
+        # stderr is read only once stdout closed: what was collected is checked.
+        check_json_output("stdout", b"".join(daemon.raw), daemon.returncode)
+        check_json_output("stderr", daemon.stderr, daemon.returncode)
 
 
 @pytest.fixture

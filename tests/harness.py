@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -16,9 +17,37 @@ import tomli_w
 
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET
 
-__all__ = ["DaemonProcess", "write_atomically", "write_config"]
+__all__ = ["DaemonProcess", "check_json_output", "write_atomically", "write_config"]
 
 Event = dict[str, Any]
+LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
+def check_json_output(stream: str, data: bytes, returncode: int | None) -> None:
+    """Every line a daemon wrote on ``stream`` is one JSON event (contract §8).
+
+    The only text allowed is the one ``config error: ...`` line of a config
+    refused before anything starts (exit status 2).
+    """
+    for number, line in enumerate(data.splitlines(), 1):
+        text = line.decode(errors="replace")
+        if returncode == 2 and text.startswith("config error: "):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        ok = (
+            isinstance(event, dict)
+            and isinstance(event.get("event"), str)
+            and event.get("level") in LEVELS
+            and isinstance(event.get("timestamp"), str)
+        )
+        if not ok:
+            raise AssertionError(
+                f"daemon {stream} line {number} is not a JSON event "
+                f"(event, level, timestamp): {text[:500]!r}"
+            )
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,15 +109,19 @@ class DaemonProcess:
 
     started: ClassVar[list[DaemonProcess]] = []  # every one, so teardown can reap them
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, *, nofile: int | None = None
+    ) -> None:
         self.config = config
         self.env = env if env is not None else daemon_env()
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the daemon, like `ulimit -n`
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[Event] = []
         self.raw: list[bytes] = []
         self.stderr = b""
         self._changed = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
+        self.output_checked = False
 
     @property
     def pid(self) -> int:
@@ -106,11 +139,16 @@ class DaemonProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
+            preexec_fn=None if self.nofile is None else self._limit_nofile,
         )
         DaemonProcess.started.append(self)
         self._reader = asyncio.create_task(self._read())
         if wait_ready:
             await self.wait_for("daemon.ready")
+
+    def _limit_nofile(self) -> None:  # runs in the child, before exec
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     async def _read(self) -> None:
         assert self.proc is not None
@@ -163,6 +201,12 @@ class DaemonProcess:
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.returncode
 
+    def check_output(self) -> None:
+        """Fail unless everything on stdout and stderr was JSON events (once per daemon)."""
+        self.output_checked = True
+        check_json_output("stdout", b"".join(self.raw), self.returncode)
+        check_json_output("stderr", self.stderr, self.returncode)
+
     async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None
         if self.proc.returncode is None:
@@ -172,6 +216,7 @@ class DaemonProcess:
             code = await self.proc.wait()
         if self._reader is not None:
             await self._reader
+        self.check_output()
         return code
 
     async def exited(self, timeout: float = 20.0) -> int:
@@ -181,6 +226,7 @@ class DaemonProcess:
             code = await self.proc.wait()
         if self._reader is not None:
             await self._reader
+        self.check_output()
         return code
 
     async def kill(self) -> None:

@@ -548,6 +548,7 @@ def test_check_config_shows_the_resolved_desk_and_whether_nats_credentials_are_u
     path.write_text(
         '[[targets]]\nexchange = "X"\n[cluster]\nservers = ["nats://h"]\nfirm = "acme"\n'
         'credentials_env = "NC"\n'
+        f'[triggers.pnl]\npath = "{tmp_path}/pnl.json"\n'  # check-config wants its directory
     )
     env = {"PATH": "/usr/bin", "KILLSWITCH_DESK": "desk-q"}
 

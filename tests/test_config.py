@@ -202,7 +202,10 @@ def test_check_config_redacts_secrets(tmp_path: Path) -> None:
     """check-config prints the effective config and never the key or secret."""
     key, secret = "AKIA-very-secret-key", "ab" * 32
     env = {"PATH": "/usr/bin:/bin", "KILLSWITCH_API_KEY": key, "KILLSWITCH_API_SECRET": secret}
-    result = _run_cli("check-config", "--config", str(ROOT / "config" / "killswitch.toml"), env=env)
+    example = (ROOT / "config" / "killswitch.toml").read_text()
+    config = tmp_path / "killswitch.toml"  # the example, its PnL file in a directory that exists
+    config.write_text(example.replace("/var/lib/trading/pnl.json", str(tmp_path / "pnl.json")))
+    result = _run_cli("check-config", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
     effective = json.loads(result.stdout)
     assert effective["exchange"]["api_key_env"] == "KILLSWITCH_API_KEY"
@@ -324,6 +327,7 @@ async def _check_online(workdir: Path, api_key: str) -> tuple[int, str, str, lis
             f'[exchange]\nbase_url = "http://127.0.0.1:{server.port}"\ndry_run = true\n'
             '[[targets]]\nexchange = "EXCHANGE_2"\n'
             f'[control]\nsocket = "{workdir}/c.sock"\n[state]\npath = "{workdir}/s.db"\n'
+            f'[triggers.pnl]\npath = "{workdir}/pnl.json"\n'  # check-config wants its directory
         )
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -388,7 +392,62 @@ async def test_check_config_online_with_a_wrong_key_exits_1_with_the_venue_messa
 def test_check_config_online_without_credentials_is_a_config_error(tmp_path: Path) -> None:
     """--online needs the credentials: without them it is a config error, exit 2."""
     path = tmp_path / "c.toml"
-    path.write_text('[[targets]]\nexchange = "E"\n')
+    path.write_text(f'[[targets]]\nexchange = "E"\n[triggers.pnl]\npath = "{tmp_path}/pnl.json"\n')
     result = _run_cli("check-config", "--config", str(path), "--online", env={"PATH": "/bin"})
     assert result.returncode == 2
     assert result.stderr.startswith("config error: exchange.api_")
+
+
+def _pnl_config(tmp_path: Path, pnl_path: str) -> Path:
+    path = tmp_path / "ks.toml"
+    path.write_text(
+        '[[targets]]\nexchange = "E"\n'
+        f"[triggers.pnl]\npath = {json.dumps(pnl_path)}\n"
+        f'[control]\nsocket = "{tmp_path}/c.sock"\n[state]\npath = "{tmp_path}/s.db"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize("verb", ["check-config", "run"])
+def test_unexpandable_path_is_a_config_error(tmp_path: Path, verb: str) -> None:
+    """`~nosuchuser/x`: `config error: triggers.pnl.path: cannot expand ~nosuchuser`, exit 2."""
+    result = _run_cli(verb, "--config", str(_pnl_config(tmp_path, "~nosuchuser/x")))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "config error: triggers.pnl.path: cannot expand ~nosuchuser"
+    ]
+    # run: only the JSON line the package writes once its signal handling is in place
+    started = [] if verb == "check-config" else ["daemon.starting"]
+    assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == started
+
+
+def test_check_config_refuses_a_pnl_directory_that_is_missing_or_a_file(tmp_path: Path) -> None:
+    """check-config: a PnL directory that does not exist, or is a file, is a config error."""
+    (tmp_path / "a-file").write_text("")
+    for pnl_path, problem in (
+        (f"{tmp_path}/nowhere/pnl.json", "does not exist"),
+        (f"{tmp_path}/a-file/pnl.json", "is not a directory"),
+    ):
+        result = _run_cli("check-config", "--config", str(_pnl_config(tmp_path, pnl_path)))
+        assert result.returncode == 2, result.stdout
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith("config error: triggers.pnl.path: ")
+        assert lines[0].endswith(problem)
+    ok = _run_cli("check-config", "--config", str(_pnl_config(tmp_path, f"{tmp_path}/p.json")))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_run_refuses_a_file_as_pnl_directory_but_not_a_missing_one(tmp_path: Path) -> None:
+    """load_config (run, reload) refuses a file as the directory; a missing one may appear later."""
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_config(_pnl_config(tmp_path, f"{tmp_path}/a-file/pnl.json"))
+    assert info.value.key == "triggers.pnl.path"
+    later = load_config(_pnl_config(tmp_path, f"{tmp_path}/later/pnl.json"))
+    assert later.triggers.pnl.path == tmp_path / "later" / "pnl.json"
+    disabled = _pnl_config(tmp_path, f"{tmp_path}/a-file/pnl.json")
+    disabled.write_text(
+        disabled.read_text().replace("[triggers.pnl]\n", "[triggers.pnl]\nenabled = false\n")
+    )
+    assert not load_config(disabled).triggers.pnl.enabled

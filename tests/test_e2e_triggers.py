@@ -105,7 +105,8 @@ async def test_pnl_garbage_is_logged_and_never_kills(
 ) -> None:
     """Garbage between good values: pnl.invalid, no kill, daemon alive, last value stands."""
     pnl, daemon, ctl = await _pnl_started(sim_factory, workdir, "100")
-    for garbage in ("NaN", '{"pnl": Infinity}', "", '{"pnl": 1', "\x00\xff", "lots of junk"):
+    # Five kinds: the damper's burst (a sixth within the minute would be suppressed).
+    for garbage in ("NaN", '{"pnl": Infinity}', "", '{"pnl": 1', "\x00\xff"):
         write_atomically(pnl, garbage)
         await daemon.wait_for("pnl.invalid", count=len(daemon.named("pnl.invalid")) + 1)
     write_atomically(pnl, "50")
@@ -114,7 +115,7 @@ async def test_pnl_garbage_is_logged_and_never_kills(
     assert status["state"] == "ARMED"
     assert status["pnl"] == 50.0
     assert daemon.named("trigger.fired") == []
-    assert len(daemon.named("pnl.invalid")) == 6
+    assert len(daemon.named("pnl.invalid")) == 5
     assert await daemon.stop() == 0
 
 

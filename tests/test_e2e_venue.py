@@ -143,6 +143,14 @@ async def test_lost_acknowledgement(workdir: Path, sim_factory: SimFactory, kind
     truth = await _assert_flat_and_true(admin, done)
     assert truth["cancelled"] == 50
     assert done["cancelled"] == 50
+    # The retried cancel_all named none of them: the listings found every one.
+    found = {
+        i
+        for name in ("flat.recovered", "flat.leftover")
+        for e in daemon.named(name)
+        for i in e["order_ids"]
+    }
+    assert len(found) == 50
     assert await daemon.stop() == 0
 
 
@@ -250,6 +258,9 @@ async def test_symbol_rejected_with_422_then_reset_force(
     status = await _status(workdir)
     assert status["state"] == "KILLING"
     assert status["stuck"]["why"] == message
+    # The trading process's heartbeat (its trigger is off here) reads the state.
+    code, beat = await ControlClient(workdir / "ctl.sock").request("POST", "/heartbeat")
+    assert (code, beat["state"]) == (200, "KILLING")
     assert status["stuck"]["next_retry_in"] > 0
     refused = await _cli("reset", "--config", str(config))
     assert refused.returncode == 1
