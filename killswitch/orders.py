@@ -130,12 +130,11 @@ def parse_order(order: Any, *, need_created_at: bool = True) -> VenueOrder:
 def parse_page(data: Mapping[str, Any]) -> OrderPage:
     """An :class:`OrderPage` from a listing's ``data`` object.
 
-    ``orders`` missing or null is an empty page.  The cursor is the venue's when it
-    is a time in ms, else the oldest ``created_at`` on the page.
+    ``orders`` must be a list: a listing is what proves an account flat, so an
+    answer without one is a bad answer, never an empty page.  The cursor is the
+    venue's when it is a time in ms, else the oldest ``created_at`` on the page.
     """
     listed = data.get("orders")
-    if listed is None:
-        listed = []
     if not isinstance(listed, list):
         raise ValueError("data.orders is not a list")
     orders = tuple(parse_order(o) for o in listed)

@@ -82,14 +82,7 @@ def _fault_config(workdir: Path, url: str, **overrides: Any) -> Path:
     return write_config(workdir, url, exchange={"request_timeout": REQUEST_TIMEOUT}, **overrides)
 
 
-# A listing page without ``orders`` reads as an empty page (the client's decision), so
-# "shape" on a listing is not a fault the daemon can see; it is left out here.
-CASES = [
-    (fault, endpoint)
-    for endpoint in ENDPOINTS
-    for fault in FAULTS
-    if not (fault == "shape" and endpoint in ("open_orders", "closed_orders"))
-]
+CASES = [(fault, endpoint) for endpoint in ENDPOINTS for fault in FAULTS]
 
 
 @pytest.mark.parametrize(("fault", "endpoint"), CASES)

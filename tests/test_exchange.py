@@ -278,12 +278,12 @@ async def test_closed_orders_sends_status_and_uses_its_own_limiter(
 
 @pytest.mark.parametrize(
     "body",
-    ['{"data": {"orders": [], "cursor": null}}', '{"data": {}}', '{"data": {"orders": null}}'],
+    ['{"data": {"orders": [], "cursor": null}}', '{"data": {"orders": []}}'],
 )
 async def test_an_empty_listing_is_an_empty_page(
     clock: FakeClock, mocked: aioresponses, body: str
 ) -> None:
-    """An empty (or missing) orders list is an empty page with no cursor."""
+    """An empty orders list is an empty page with no cursor."""
     mocked.post(OPEN_URL, status=200, body=body)
     async with build(clock) as client:
         page = await client.open_orders("EXCHANGE_2")
@@ -294,6 +294,8 @@ async def test_an_empty_listing_is_an_empty_page(
     "body",
     [
         '{"data": {"orders": "none"}}',
+        '{"data": {}}',  # no orders list: never "nothing open"
+        '{"data": {"orders": null}}',
         '{"data": {"orders": [{"order_id": "o-1", "status": "RAISED"}]}}',  # no created_at
         '{"data": {"orders": [{"status": "RAISED", "created_at": 1}]}}',
         '{"data": {"orders": [{"order_id": "o-1", "created_at": 1}]}}',
