@@ -664,7 +664,7 @@ class Daemon:
         )
         self.service.stopping()
         finished = await self.switch.drain(self.config.daemon.shutdown_grace)
-        if not finished:
+        if not finished or self.switch.state is State.KILLING:
             progress = self.switch.progress()
             self._log.warning(
                 "kill.interrupted",

@@ -48,6 +48,8 @@ class TriggerOutcome(enum.StrEnum):
     STARTED = "started"
     COALESCED = "coalesced"
     LATCHED = "latched"  # automatic trigger while tripped: nothing new to do
+    # The daemon is stopping: the kill is recorded at once and started; if the stop
+    # cuts it short, the next start resumes it (a SIGUSR1 is never lost, contract §7).
     STOPPING = "stopping"
 
 
@@ -137,15 +139,15 @@ class KillSwitch:
 
         ``detail`` goes on its ``trigger.fired`` event (the cluster's origin and trigger_id).
         """
-        if self._stopping:
-            outcome = TriggerOutcome.STOPPING
-        elif self.state is State.KILLING:
+        if self.state is State.KILLING:
             outcome = TriggerOutcome.COALESCED
         elif self.state is State.TRIPPED and source not in EXPLICIT_SOURCES:
             outcome = TriggerOutcome.LATCHED
+        elif self._stopping:
+            outcome = TriggerOutcome.STOPPING
         else:
             outcome = TriggerOutcome.STARTED
-        if outcome is not TriggerOutcome.STARTED:
+        if outcome not in (TriggerOutcome.STARTED, TriggerOutcome.STOPPING):
             self._fired(source, reason, outcome, **detail)
             return outcome
         # The fast path: decide, latch in memory and wake the kill.  The events, the
@@ -162,8 +164,16 @@ class KillSwitch:
             self._set_state(State.KILLING, f"{source}: {reason}", announced=previous)
             self.store.start_kill(kill_id, source, reason, started_at, sweeps)
 
+        if outcome is TriggerOutcome.STOPPING:
+            # No time to wait for the first send: the record goes first, so that a
+            # stop that cancels the kill leaves it for the next start to resume.
+            announce()
         self._pending = KillPlan(
-            kill_id=kill_id, source=source, reason=reason, sweeps=sweeps, announce=announce
+            kill_id=kill_id,
+            source=source,
+            reason=reason,
+            sweeps=sweeps,
+            announce=announce if outcome is TriggerOutcome.STARTED else None,
         )
         self.current_kill_id = kill_id
         self._idle.clear()
@@ -266,7 +276,10 @@ class KillSwitch:
             self._idle.set()
 
     async def drain(self, grace: float) -> bool:
-        """Refuse new triggers; wait up to ``grace`` s for a running kill.  True if idle."""
+        """Wait up to ``grace`` s for a running kill.  True if idle.
+
+        From here on a trigger is recorded at once (:attr:`TriggerOutcome.STOPPING`).
+        """
         self._stopping = True
         if self._idle.is_set():
             return True

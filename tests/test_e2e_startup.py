@@ -141,6 +141,31 @@ async def test_stop_signal_during_start_up_exits_cleanly(
         assert daemon.named("kill.started") == []
 
 
+async def test_sigusr1_right_behind_sigterm_is_not_lost(
+    sim_factory: SimFactory, workdirs: Callable[[], Path]
+) -> None:
+    """SIGTERM then SIGUSR1: the kill runs within the stop, or the next start resumes it."""
+    sim, url = await sim_factory()
+    sim.seed({"BTCUSDT": 5})
+    config = write_config(workdirs(), url)
+    daemon = DaemonProcess(config)
+    await daemon.start()
+    daemon.send(signal.SIGTERM)
+    daemon.send(signal.SIGUSR1)
+    assert await daemon.exited() == 0
+    only_json(daemon)
+    fired = daemon.named("trigger.fired")
+    assert len(fired) == 1, [e["event"] for e in daemon.events]
+    assert fired[0]["outcome"] in ("started", "stopping")
+    if not daemon.named("kill.completed"):  # cut short by the stop: recorded, so resumed
+        again = DaemonProcess(config)
+        await again.start()
+        done = await again.wait_for("kill.completed")
+        assert again.named("kill.resumed")[0]["kill_id"] == done["kill_id"]
+        assert await again.stop() == 0
+    assert sim.stats()["open"] == []
+
+
 async def test_sighup_during_start_up_reloads_after_ready(
     sim_factory: SimFactory, workdirs: Callable[[], Path]
 ) -> None:

@@ -128,12 +128,29 @@ async def test_drain_waits_for_the_kill_within_grace(switch: Any) -> None:
     draining = asyncio.create_task(sw.drain(5.0))
     await clock.advance(4.9)
     assert not draining.done()
-    assert sw.trigger("manual", "late") is TriggerOutcome.STOPPING
+    assert sw.trigger("manual", "late") is TriggerOutcome.COALESCED
     await clock.advance(0.2)
     assert await draining is False
     runner.release.set()
     await settle()
     assert await sw.drain(5.0) is True
+
+
+async def test_trigger_while_stopping_is_recorded_at_once(switch: Any) -> None:
+    """A trigger after drain() began is never lost: latched and recorded before any send."""
+    sw, runner, store = switch
+    assert await sw.drain(5.0) is True
+    with capture_logs() as logs:
+        assert sw.trigger("signal", "SIGUSR1") is TriggerOutcome.STOPPING
+    assert sw.state is State.KILLING
+    assert [e["outcome"] for e in logs if e["event"] == "trigger.fired"] == ["stopping"]
+    await store.flush()  # before the kill ran at all: a stop now leaves it to resume
+    tripped, kill_id = store.latch()
+    assert tripped
+    assert kill_id == sw.current_kill_id
+    assert store.unfinished_kill().kill_id == kill_id
+    await settle()
+    assert runner.plans[0].announce is None  # recorded once, not again after the send
 
 
 def test_restore_resumes_an_unfinished_kill(tmp_path: Path) -> None:
