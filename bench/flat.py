@@ -34,6 +34,15 @@ TARGET_COMPLETED = 90.0  # s, N = 200
 ENDPOINTS = ("cancel_all", "order_status", "open_orders", "closed_orders")
 
 
+VENUE_LIMITS: dict[str, Any] = {
+    "cancel_all_limit": [10, 60.0],
+    "status_limit": [20, 60.0],
+    "open_orders_limit": [20, 60.0],
+    "closed_orders_limit": [20, 60.0],
+}
+"""The venue's documented limits (the daemon's defaults): what this scenario is about."""
+
+
 def _seed_spec(n: int) -> dict[str, int]:
     return {"BTCUSDT": n // 2, "ETHUSDT": n - n // 2}
 
@@ -43,9 +52,14 @@ async def one_kill(settings: Settings, n: int, *, listings: bool) -> dict[str, A
     name = f"flat-{n}" if listings else f"flat-poll-{n}"
     daemon_cfg: dict[str, Any] = {
         "confirm": {"use_listings": listings, "deadline": 7200},
+        "flat": {"rate_limit": {"requests": 20, "per_seconds": 60, "margin": 0.5}},
         "guard": {"enabled": False},
     }
-    sim_cfg: dict[str, Any] = {"cancel_delay": CANCEL_DELAY, "seed": n}
+    sim_cfg: dict[str, Any] = {
+        "cancel_delay": CANCEL_DELAY,
+        "seed": n,
+        **VENUE_LIMITS,
+    }
     async with sim_and_daemon(settings, name, sim=sim_cfg, daemon=daemon_cfg) as (sim, daemon):
         await sim.seed(_seed_spec(n))
         t0 = time.time()

@@ -31,7 +31,12 @@ async def main(base_url: str) -> dict[str, float | int]:
     def headers(method: str, path: str) -> dict[str, str]:
         epoch = str(int(time.time() * 1000))
         signature = key.sign(f"{method}{path}{epoch}".encode()).hex()
-        return {"X-AUTH-APIKEY": api_key, "X-AUTH-SIGNATURE": signature, "X-AUTH-EPOCH": epoch}
+        return {
+            "Content-Type": "application/json",  # the venue requires it, GET included
+            "X-AUTH-APIKEY": api_key,
+            "X-AUTH-SIGNATURE": signature,
+            "X-AUTH-EPOCH": epoch,
+        }
 
     async with aiohttp.ClientSession() as session:
         async with session.post(

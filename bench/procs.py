@@ -51,10 +51,21 @@ def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+FAST_LISTINGS_SIM: dict[str, Any] = {
+    "open_orders_limit": [1000, 1.0],
+    "closed_orders_limit": [1000, 1.0],
+}
+"""The sim's listing windows unless a scenario names them."""
+
+
 def daemon_config(directory: Path, base_url: str, overrides: Mapping[str, Any]) -> Path:
-    """A daemon config against ``base_url``; every trigger but the signal is off by default."""
+    """A daemon config against ``base_url``; every trigger but the signal is off by default.
+
+    The listing windows match :data:`FAST_LISTINGS_SIM` unless ``overrides`` name them.
+    """
     data: dict[str, Any] = {
         "exchange": {"base_url": base_url},
+        "flat": {"rate_limit": {"requests": 1000, "per_seconds": 1, "margin": 0.05}},
         "targets": [{"exchange": "EXCHANGE_2", "symbols": []}],
         "triggers": {
             "heartbeat": {"enabled": False},
@@ -219,6 +230,9 @@ class SimProcess(Child):
     """The simulated exchange in its own process, with its ``/_sim/`` admin API."""
 
     def __init__(self, directory: Path, **config: Any) -> None:
+        # The listings are not what most scenarios measure: far above their use
+        # unless a scenario names them (bench/flat.py states the venue's limits).
+        config = {**FAST_LISTINGS_SIM, **config}
         argv = [sys.executable, "-m", "bench.simproc", json.dumps(config)]
         super().__init__("sim", argv, directory, daemon_env())
         self.base_url = ""

@@ -16,7 +16,13 @@ from typing import Any
 
 from killswitch.sim import SimConfig, SimExchange
 
-_PAIRS = ("cancel_all_limit", "status_limit", "cancel_delay")
+_PAIRS = (
+    "cancel_all_limit",
+    "status_limit",
+    "open_orders_limit",
+    "closed_orders_limit",
+    "cancel_delay",
+)
 
 
 def sim_config(raw: dict[str, Any]) -> SimConfig:
