@@ -439,6 +439,11 @@ class Cluster:
         if outcome in (TriggerOutcome.STARTED, TriggerOutcome.COALESCED) and kill_id is not None:
             reply = self._reply(True, kill_id, outcome=outcome.value, trigger_id=message.id)
             return Decision(reply, wait_for=kill_id)
+        if outcome is TriggerOutcome.STOPPING:  # recorded at once; its send may never come
+            note = "the daemon is stopping: the kill is recorded and resumes at the next start"
+            return Decision(
+                self._reply(True, kill_id, outcome=outcome.value, trigger_id=message.id, note=note)
+            )
         return self._refuse(f"trigger {outcome.value}", kill_id=kill_id, trigger_id=message.id)
 
     def _reply(self, accepted: bool, kill_id: str | None, **extra: Any) -> dict[str, Any]:

@@ -352,13 +352,14 @@ async def test_garbage_is_an_event_and_a_refusal() -> None:
     assert logs[0]["event"] == "cluster.trigger_invalid"
 
 
-async def test_stopping_daemon_refuses_at_once() -> None:
-    """A daemon that is stopping answers accepted false at once (nothing to wait for)."""
+async def test_stopping_daemon_accepts_at_once() -> None:
+    """A stopping daemon records the kill (resumed at its next start): accepted, at once."""
     clock, host = FakeClock(), FakeHost(TriggerOutcome.STOPPING)
     decision = _make(host, clock).receive(_message(clock), "firm")
     assert decision.wait_for is None
-    assert decision.reply["accepted"] is False
-    assert decision.reply["why"] == "trigger stopping"
+    assert decision.reply["accepted"] is True
+    assert decision.reply["outcome"] == "stopping"
+    assert "resumes at the next start" in decision.reply["note"]
 
 
 async def test_propagate_broadcasts_local_kills_only() -> None:
