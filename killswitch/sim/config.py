@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = [
     "DEMO_API_KEY",
@@ -40,22 +40,7 @@ FaultKind = Literal[
 ENDPOINTS: tuple[Endpoint, ...] = ("cancel_all", "order_status", "open_orders", "closed_orders")
 # Faults may also be injected on the server-time call ("time").
 FAULT_ENDPOINTS: tuple[str, ...] = (*ENDPOINTS, "time")
-FAULT_KINDS: tuple[FaultKind, ...] = (
-    "500",
-    "502",
-    "503",
-    "429",
-    "429_bare",
-    "401",
-    "422",
-    "timeout",
-    "reset",
-    "malformed",
-    "shape",
-    "slow",
-    "lost_ack_502",
-    "lost_ack_timeout",
-)
+FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)  # one list: the Literal
 
 # A fixed, obviously fake key pair for the demo and the tests.  The secret is
 # the hex of the 32 ASCII bytes "killswitch-demo-key-not-a-secret", which is a
