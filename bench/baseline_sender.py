@@ -2,7 +2,7 @@
 
 A minimal process holding one warm aiohttp keep-alive connection to the
 exchange.  On each SIGUSR1 it signs the same ``cancel_all`` the daemon sends
-(Ed25519 over ``METHOD + path + epoch_ms``, the same headers and body) and
+(Ed25519 over ``METHOD + path + epoch_ms`` with the same library, the same headers and body) and
 posts it; nothing else.  After the answer it prints one JSON line with the
 monotonic time the POST was started (``sent``), so the bench can measure both
 signal → arrival (as for the daemon) and send → arrival.
@@ -18,14 +18,14 @@ import sys
 import time
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.signing import SigningKey
 
 PATH = "/trade/api/v2/futures/cancel_all"
 BODY = json.dumps({"exchange": "EXCHANGE_2"}).encode()
 
 
 async def serve(base_url: str) -> None:
-    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(os.environ["KILLSWITCH_API_SECRET"]))
+    key = SigningKey(bytes.fromhex(os.environ["KILLSWITCH_API_SECRET"]))
     api_key = os.environ["KILLSWITCH_API_KEY"]
     url = base_url + PATH
     stop = asyncio.Event()
@@ -37,7 +37,7 @@ async def serve(base_url: str) -> None:
             epoch = str(int(time.time() * 1000))
             headers = {
                 "X-AUTH-APIKEY": api_key,
-                "X-AUTH-SIGNATURE": key.sign(f"POST{PATH}{epoch}".encode()).hex(),
+                "X-AUTH-SIGNATURE": key.sign(f"POST{PATH}{epoch}".encode()).signature.hex(),
                 "X-AUTH-EPOCH": epoch,
                 "Content-Type": "application/json",
             }

@@ -17,7 +17,7 @@ import sys
 import time
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.signing import SigningKey
 
 CANCEL_ALL = "/trade/api/v2/futures/cancel_all"
 ORDER = "/trade/api/v2/futures/order"
@@ -25,12 +25,12 @@ TERMINAL = {"CANCELLED", "EXECUTED", "EXPIRED", "DISCARDED", "FAILED", "REJECTED
 
 
 async def main(base_url: str) -> dict[str, float | int]:
-    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(os.environ["KILLSWITCH_API_SECRET"]))
+    key = SigningKey(bytes.fromhex(os.environ["KILLSWITCH_API_SECRET"]))
     api_key = os.environ["KILLSWITCH_API_KEY"]
 
     def headers(method: str, path: str) -> dict[str, str]:
         epoch = str(int(time.time() * 1000))
-        signature = key.sign(f"{method}{path}{epoch}".encode()).hex()
+        signature = key.sign(f"{method}{path}{epoch}".encode()).signature.hex()
         return {
             "Content-Type": "application/json",  # the venue requires it, GET included
             "X-AUTH-APIKEY": api_key,

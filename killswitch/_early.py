@@ -3,7 +3,7 @@
 ``killswitch/__init__.py`` calls :func:`install_if_daemon` before anything
 else, so from the moment the interpreter runs the package's first line a
 ``SIGUSR1``, ``SIGTERM``, ``SIGINT`` or ``SIGHUP`` only appends its number to a
-list; the heavy imports (aiohttp, cryptography, structlog, prometheus: about
+list; the heavy imports (aiohttp, PyNaCl, structlog, prometheus: about
 0.4 s) and the config load run on undisturbed.  ``Daemon.serve()`` then
 attaches a wake-up: the event loop takes the signals recorded so far in the
 order they arrived, and every later one wakes it to take that one too.  When

@@ -15,7 +15,7 @@ import hmac
 from typing import Protocol
 from urllib.parse import unquote_plus
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.signing import SigningKey
 
 from killswitch.config import ExchangeConfig, HeaderNames
 from killswitch.credentials import Credentials, ed25519_secret_bytes
@@ -64,10 +64,10 @@ class Ed25519Signer(_BaseSigner):
     def __init__(self, credentials: Credentials, names: HeaderNames) -> None:
         super().__init__(credentials, names)
         raw = ed25519_secret_bytes(credentials.api_secret.reveal())
-        self._key = Ed25519PrivateKey.from_private_bytes(raw)
+        self._key = SigningKey(raw)  # RFC 8032: the 32-byte private key is the seed
 
     def _sign(self, message: bytes) -> str:
-        return self._key.sign(message).hex()
+        return self._key.sign(message).signature.hex()
 
 
 class HmacSha256Signer(_BaseSigner):

@@ -15,11 +15,8 @@ import time
 from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from nacl.exceptions import CryptoError
+from nacl.signing import SigningKey, VerifyKey
 
 from killswitch.sim.config import SimConfig
 
@@ -27,8 +24,8 @@ __all__ = ["sign", "sign_headers", "verify"]
 
 
 @functools.lru_cache(maxsize=8)
-def _public_key(secret_hex: str) -> Ed25519PublicKey:
-    return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(secret_hex)).public_key()
+def _public_key(secret_hex: str) -> VerifyKey:
+    return SigningKey(bytes.fromhex(secret_hex)).verify_key
 
 
 def _message(method: str, path_with_query: str, epoch_ms: str) -> bytes:
@@ -38,8 +35,7 @@ def _message(method: str, path_with_query: str, epoch_ms: str) -> bytes:
 def sign(config: SimConfig, message: bytes) -> str:
     """The hex signature of ``message`` under ``config``'s scheme and secret."""
     if config.signing == "ed25519":
-        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(config.api_secret))
-        return key.sign(message).hex()
+        return SigningKey(bytes.fromhex(config.api_secret)).sign(message).signature.hex()
     return hmac.new(config.api_secret.encode(), message, hashlib.sha256).hexdigest()
 
 
@@ -90,8 +86,8 @@ def verify(
         return "signature is not hex"
     if config.signing == "ed25519":
         try:
-            _public_key(config.api_secret).verify(given, message)
-        except InvalidSignature:
+            _public_key(config.api_secret).verify(message, given)
+        except (CryptoError, ValueError):  # a wrong signature, or not 64 bytes long
             return "bad signature"
         return None
     expected = hmac.new(config.api_secret.encode(), message, hashlib.sha256).digest()
