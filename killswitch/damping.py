@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiolimiter import AsyncLimiter
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
 
 __all__ = ["DEFAULT_PER", "DEFAULT_RATE", "Damper"]
 
@@ -54,6 +55,10 @@ class Damper:
         slot = (kind, key)
         bucket = self._buckets.get(slot)
         if bucket is None or bucket[0] is not loop:
+            # Imported at the first damped event, not at start: aiolimiter's __init__
+            # reads its version through importlib.metadata (+1 MB resident, 3 ms).
+            from aiolimiter import AsyncLimiter
+
             bucket = (loop, AsyncLimiter(self.rate, self.per))
             self._buckets[slot] = bucket
         limiter = bucket[1]
