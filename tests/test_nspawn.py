@@ -2,8 +2,10 @@
 
 One container per module: a Debian 12 minbase root file system (built once per
 machine by tests/nspawn/rootfs.py, cached), overlaid so the cache stays clean,
-booted with ``systemd-nspawn -b``.  The project goes in from a wheelhouse built
-from this checkout (``pip wheel``, then ``pip install --no-index`` inside);
+booted with ``systemd-nspawn -b``.  The project goes in as the README installs
+a service, offline: the hashed lock ``requirements/service.txt`` (``pip download
+--require-hashes`` outside, ``pip install --require-hashes --no-index`` inside),
+then this checkout's wheel with ``--no-deps``;
 ``systemd/killswitch.service`` and ``killswitch@.service`` go in byte for byte,
 and the simulated exchange runs as a second unit (``killswitch sim --port N``).
 Everything after that is what an operator does: ``systemctl``, ``journalctl``,
@@ -92,8 +94,9 @@ def cannot_boot() -> str | None:
 
 
 def build_wheelhouse(into: Path) -> None:
-    """``pip wheel`` of this checkout and its dependencies (from a clean copy of the
-    source, so a stale ``build/`` in the checkout cannot leak into the wheel)."""
+    """The locked runtime dependencies (``pip download --require-hashes`` of
+    ``requirements/service.txt``, copied beside them) and a wheel of this checkout
+    (from a clean copy of the source, so a stale ``build/`` cannot leak into it)."""
     source = into.parent / "source"
     shutil.copytree(
         CHECKOUT,
@@ -102,23 +105,28 @@ def build_wheelhouse(into: Path) -> None:
             ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "demo-run"
         ),
     )
-    done = subprocess.run(
+    lock = CHECKOUT / "requirements" / "service.txt"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    for args in (
+        ["download", "--quiet", "--require-hashes", "-r", str(lock), "--dest", str(into)],
+        # What pip's build isolation needs for an sdist in the lock (nkeys has no wheel).
         [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
+            "download",
             "--quiet",
-            "--wheel-dir",
+            "--only-binary",
+            ":all:",
+            "--dest",
             str(into),
-            str(source),
+            "setuptools",
+            "wheel",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, f"pip wheel failed:\n{done.stdout}\n{done.stderr}"
+        ["wheel", "--quiet", "--no-deps", "--wheel-dir", str(into), str(source)],
+    ):
+        done = subprocess.run(
+            [*pip, *args], capture_output=True, text=True, timeout=300, check=False
+        )
+        assert done.returncode == 0, f"pip {args[0]} failed:\n{done.stdout}\n{done.stderr}"
+    shutil.copy(lock, into / "service.txt")
 
 
 @dataclass
@@ -252,19 +260,13 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
             c.boot()
         except BootFailed as exc:
             pytest.skip(f"systemd-nspawn cannot boot a container here: {exc}")
-        # The README's install, offline: a venv, then pip from the wheelhouse.
+        # The README's install, offline: a venv, the hashed lock, the package itself.
         c.run("python3", "-m", "venv", VENV, timeout=120)
-        c.run(
-            f"{VENV}/bin/pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-index",
-            "--find-links",
-            "/wheels",
-            "killswitch",
-            timeout=300,
-        )
+        pip = [f"{VENV}/bin/pip", "install", "--quiet", "--disable-pip-version-check"]
+        offline = ["--no-index", "--find-links", "/wheels"]
+        locked = ["--require-hashes", "-r", "/wheels/service.txt"]
+        c.run(*pip, *offline, *locked, timeout=300)
+        c.run(*pip, *offline, "--no-deps", "killswitch", timeout=300)
         for unit in ("killswitch.service", "killswitch@.service"):
             c.write(f"/etc/systemd/system/{unit}", (UNIT_DIR / unit).read_bytes())
         (port,) = free_ports(1)
