@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from killswitch import __version__
 from killswitch.config import Config, ConfigError, as_dict, load_config, pnl_directory_problem
 from killswitch.control import ControlClient, DaemonUnavailable
-from killswitch.credentials import load_credentials
+from killswitch.exchange.credentials import load_credentials
 from killswitch.fleet import add_fleet_commands
 from killswitch.status_view import format_status  # small; also imported by tests from here
 
@@ -99,10 +99,15 @@ async def _check_online(config: Config, credentials: Any) -> dict[str, Any]:
     from dataclasses import replace
 
     from killswitch.clock import SystemClock
-    from killswitch.errors import ExchangeError
-    from killswitch.exchange import CANCEL_ALL, ENDPOINTS, ORDER_STATUS, ExchangeClient
-    from killswitch.ratelimit import SlidingWindowLimiter
-    from killswitch.signing import make_signer
+    from killswitch.exchange.client import (
+        CANCEL_ALL,
+        ENDPOINTS,
+        ORDER_STATUS,
+        ExchangeClient,
+    )
+    from killswitch.exchange.errors import ExchangeError
+    from killswitch.exchange.ratelimit import SlidingWindowLimiter
+    from killswitch.exchange.signing import make_signer
 
     clock = SystemClock()
     exchange = replace(config.exchange, dry_run=False)

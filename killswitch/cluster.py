@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from killswitch.clock import Clock
 from killswitch.config import SUBJECT_TOKEN, ClusterConfig, ConfigError
-from killswitch.credentials import Secret, read_secret
+from killswitch.exchange.credentials import Secret, read_secret
 from killswitch.log import get_logger
 from killswitch.switch import State, TriggerOutcome
 

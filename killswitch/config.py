@@ -3,7 +3,7 @@
 Every value is checked here, at load time, so the engine never parses a string.
 Errors name the dotted key: ``config error: triggers.pnl.threshold: expected a
 number, got 'abc'``.  Building a :class:`Config` has no side effects; secrets are
-resolved separately by :mod:`killswitch.credentials`.
+resolved separately by :mod:`killswitch.exchange.credentials`.
 """
 
 from __future__ import annotations

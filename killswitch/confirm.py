@@ -42,7 +42,7 @@ from typing import Any, Final, Protocol
 
 from killswitch.clock import Clock, sleep_or_wake
 from killswitch.config import ConfirmConfig
-from killswitch.errors import ExchangeError, OrderNotFound, RateLimited
+from killswitch.exchange.errors import ExchangeError, OrderNotFound, RateLimited
 from killswitch.log import get_logger
 
 __all__ = [

@@ -33,9 +33,17 @@ from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
 from killswitch.confirm import OUTCOME_FIELDS
 from killswitch.control import ControlServer, SocketInUse
-from killswitch.credentials import Credentials
 from killswitch.damping import Damper
-from killswitch.exchange import CANCEL_ALL, CLOSED_ORDERS, OPEN_ORDERS, ORDER_STATUS, ExchangeClient
+from killswitch.exchange.client import (
+    CANCEL_ALL,
+    CLOSED_ORDERS,
+    OPEN_ORDERS,
+    ORDER_STATUS,
+    ExchangeClient,
+)
+from killswitch.exchange.credentials import Credentials
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
+from killswitch.exchange.signing import make_signer
 from killswitch.flat import VenueListings
 from killswitch.guard import Guard
 from killswitch.heartbeat import DeadManSwitch
@@ -44,9 +52,7 @@ from killswitch.log import configure_logging, get_logger, install_loop_handler, 
 from killswitch.metrics import Metrics
 from killswitch.notify import Notifier
 from killswitch.pnl import PnlMonitor, PnlWatcher
-from killswitch.ratelimit import SlidingWindowLimiter
 from killswitch.service import Service
-from killswitch.signing import make_signer
 from killswitch.store import StateStore
 from killswitch.store_watch import StoreWatch
 from killswitch.switch import KillSwitch, ResetOutcome, State, TriggerOutcome

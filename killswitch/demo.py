@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from killswitch.config import DEFAULT_TERMINAL
-from killswitch.exchange import ENDPOINTS
+from killswitch.exchange.client import ENDPOINTS
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimConfig, SimExchange
 
 __all__ = ["run_demo", "write_demo_config"]

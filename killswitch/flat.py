@@ -4,7 +4,7 @@
 target, closed-order pages searched for given ids, the orders closed since a
 moment (to find what a lost ``cancel_all`` answer would have named), and the
 venue's clock.  :class:`VenueListings` implements it over the exchange client
-and :mod:`killswitch.listing`; tests give the engine in-process fakes.
+and :mod:`killswitch.exchange.listing`; tests give the engine in-process fakes.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, Protocol
 
-from killswitch import listing
-from killswitch.exchange import CLOSED_ORDERS, OPEN_ORDERS, ExchangeClient
+from killswitch.exchange import listing
+from killswitch.exchange.client import CLOSED_ORDERS, OPEN_ORDERS, ExchangeClient
+from killswitch.exchange.orders import OrderPage
 from killswitch.log import get_logger
-from killswitch.orders import OrderPage
 
 __all__ = ["ListedOrder", "Listings", "VenueListings"]
 

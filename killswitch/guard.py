@@ -19,7 +19,7 @@ from typing import Any
 from killswitch.clock import Clock, sleep_or_wake
 from killswitch.config import Config
 from killswitch.confirm import Confirmer, RateGate
-from killswitch.errors import ExchangeError
+from killswitch.exchange.errors import ExchangeError
 from killswitch.flat import Listings
 from killswitch.kill import CancelSource, error_message, outcome_unknown, plan_sweeps
 from killswitch.log import get_logger

@@ -40,7 +40,7 @@ import structlog
 from killswitch.clock import Clock
 from killswitch.config import Config, Target
 from killswitch.confirm import Confirmer, ConfirmResult, RateGate, StatusSource
-from killswitch.errors import (
+from killswitch.exchange.errors import (
     BadResponse,
     ConnectionFailed,
     ExchangeError,

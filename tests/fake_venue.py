@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from killswitch.errors import ExchangeError, OrderNotFound
+from killswitch.exchange.errors import ExchangeError, OrderNotFound
 from tests.fakes import FakeClock
 
 __all__ = ["Listed", "VenueFake"]

@@ -26,7 +26,7 @@ from killswitch.config import (
     parse_config,
     reloadable,
 )
-from killswitch.credentials import Secret, load_credentials
+from killswitch.exchange.credentials import Secret, load_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = {"targets": [{"exchange": "EXCHANGE_2"}]}

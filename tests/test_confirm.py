@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from killswitch.config import ConfirmConfig
 from killswitch.confirm import Confirmer, ConfirmResult, Outcome
-from killswitch.errors import (
+from killswitch.exchange.errors import (
     BadResponse,
     ConnectionFailed,
     ExchangeError,
@@ -24,7 +24,7 @@ from killswitch.errors import (
     RequestTimeout,
     ServerError,
 )
-from killswitch.ratelimit import SlidingWindowLimiter
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from tests.fakes import FakeClock, settle
 
 START = 1_000.0

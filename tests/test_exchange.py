@@ -27,8 +27,16 @@ from yarl import URL
 
 from killswitch.clock import Clock, SystemClock
 from killswitch.config import ExchangeConfig, Target
-from killswitch.credentials import Credentials, Secret
-from killswitch.errors import (
+from killswitch.exchange.client import (
+    DRY_RUN_STATUS,
+    ENDPOINTS,
+    MAX_RETRY_AFTER,
+    MESSAGE_CHARS,
+    SYNC_RETRY,
+    ExchangeClient,
+)
+from killswitch.exchange.credentials import Credentials, Secret
+from killswitch.exchange.errors import (
     BadResponse,
     ConnectionFailed,
     OrderNotFound,
@@ -38,17 +46,9 @@ from killswitch.errors import (
     ServerError,
     Unauthorized,
 )
-from killswitch.exchange import (
-    DRY_RUN_STATUS,
-    ENDPOINTS,
-    MAX_RETRY_AFTER,
-    MESSAGE_CHARS,
-    SYNC_RETRY,
-    ExchangeClient,
-)
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
+from killswitch.exchange.signing import make_signer
 from killswitch.log import redactor
-from killswitch.ratelimit import SlidingWindowLimiter
-from killswitch.signing import make_signer
 from tests.fakes import FakeClock, settle
 
 BASE = "https://exchange.test"

@@ -15,12 +15,12 @@ import structlog
 
 from killswitch.clock import SystemClock
 from killswitch.config import ExchangeConfig, Target
-from killswitch.credentials import Credentials, Secret
-from killswitch.errors import ExchangeError
-from killswitch.exchange import ENDPOINTS, ExchangeClient
-from killswitch.listing import find_closed, list_open
-from killswitch.ratelimit import SlidingWindowLimiter
-from killswitch.signing import make_signer
+from killswitch.exchange.client import ENDPOINTS, ExchangeClient
+from killswitch.exchange.credentials import Credentials, Secret
+from killswitch.exchange.errors import ExchangeError
+from killswitch.exchange.listing import find_closed, list_open
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
+from killswitch.exchange.signing import make_signer
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimExchange
 
 SimFactory = Callable[..., Awaitable[tuple[SimExchange, str]]]

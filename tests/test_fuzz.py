@@ -43,13 +43,13 @@ from yarl import URL
 from killswitch.cli import main as cli_main
 from killswitch.config import ConfigError, ExchangeConfig, as_dict, load_config, parse_config
 from killswitch.confirm import VENUE_STATUSES
-from killswitch.credentials import Credentials, Secret
-from killswitch.errors import ExchangeError
-from killswitch.exchange import ENDPOINTS as EXCHANGE_ENDPOINTS
-from killswitch.exchange import ExchangeClient
-from killswitch.orders import OrderPage
-from killswitch.ratelimit import SlidingWindowLimiter
-from killswitch.signing import make_signer
+from killswitch.exchange.client import ENDPOINTS as EXCHANGE_ENDPOINTS
+from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.credentials import Credentials, Secret
+from killswitch.exchange.errors import ExchangeError
+from killswitch.exchange.orders import OrderPage
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
+from killswitch.exchange.signing import make_signer
 
 CASES: Counter[str] = Counter()  # examples run, by property
 OUTCOMES: Counter[str] = Counter()  # exchange calls, by endpoint and outcome

@@ -12,8 +12,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from killswitch.config import load_config
-from killswitch.credentials import load_credentials
 from killswitch.daemon import Daemon
+from killswitch.exchange.credentials import load_credentials
 from killswitch.notify import Notifier
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimExchange
 from tests.harness import write_config

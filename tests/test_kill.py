@@ -13,7 +13,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from killswitch.config import Config, parse_config
-from killswitch.errors import RateLimited, RejectedRequest, RequestTimeout, ServerError
+from killswitch.exchange.errors import (
+    RateLimited,
+    RejectedRequest,
+    RequestTimeout,
+    ServerError,
+)
 from killswitch.kill import REJECT_FIRST, RELIST_MAX, KillPlan, KillRunner, plan_sweeps
 from killswitch.store import StateStore
 from tests.fake_venue import VenueFake

@@ -27,14 +27,14 @@ from killswitch import _early, signals
 from killswitch.cli import format_status
 from killswitch.config import load_config
 from killswitch.control import ControlServer
-from killswitch.credentials import load_credentials
 from killswitch.daemon import Daemon
-from killswitch.exchange import ExchangeClient
+from killswitch.exchange.client import ExchangeClient
+from killswitch.exchange.credentials import load_credentials
+from killswitch.exchange.transport import Transport
 from killswitch.notify import Notifier
 from killswitch.pnl import PnlWatcher
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimExchange
 from killswitch.store import StateStore
-from killswitch.transport import Transport
 from tests.harness import write_config
 
 SimFactory = Callable[..., Awaitable[tuple[SimExchange, str]]]

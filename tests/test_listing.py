@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import pytest
 import structlog
 
-from killswitch.errors import RejectedRequest, ServerError
-from killswitch.listing import DAY_MS, WINDOW_MS, find_closed, list_open
-from killswitch.orders import LISTING_LIMIT, OrderPage, VenueOrder
+from killswitch.exchange.errors import RejectedRequest, ServerError
+from killswitch.exchange.listing import DAY_MS, WINDOW_MS, find_closed, list_open
+from killswitch.exchange.orders import LISTING_LIMIT, OrderPage, VenueOrder
 
 NOW = 1_780_000_000_000
 

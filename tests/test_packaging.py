@@ -98,7 +98,7 @@ def test_one_version_everywhere() -> None:
     from importlib.metadata import version
 
     import killswitch
-    from killswitch import transport
+    from killswitch.exchange import transport
 
     assert version("killswitch") == killswitch.__version__
     assert f"killswitch/{killswitch.__version__}" == transport._USER_AGENT

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from killswitch.ratelimit import SlidingWindowLimiter
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from tests.fakes import FakeClock, settle
 
 START = 1_000.0

@@ -10,8 +10,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from killswitch.config import ExchangeConfig, HeaderNames
-from killswitch.credentials import Credentials, Secret
-from killswitch.signing import (
+from killswitch.exchange.credentials import Credentials, Secret
+from killswitch.exchange.signing import (
     Ed25519Signer,
     HmacSha256Signer,
     make_signer,

@@ -5,7 +5,7 @@ with the local wall clock corrected by the offset to the venue's server time
 (:meth:`ExchangeClient.sync_clock`, measured at start, every
 ``exchange.clock_sync_interval`` and at once after a 401).  A 401 gets one
 re-sync and one immediate retry, through the limiter; if it persists the call
-raises :class:`~killswitch.errors.Unauthorized`.  A 429 defers that endpoint's
+raises :class:`~killswitch.exchange.errors.Unauthorized`.  A 429 defers that endpoint's
 limiter (``Retry-After`` or its own next free slot, plus a doubling backoff),
 so a caller simply retries.  The server-time call, made on both connection
 pools, is also what keeps them warm: nothing else is ever requested from the
@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from killswitch.clock import Clock
 from killswitch.config import ExchangeConfig, Target
-from killswitch.errors import (
+from killswitch.exchange.errors import (
     BadResponse,
     ExchangeError,
     OrderNotFound,
@@ -36,12 +36,17 @@ from killswitch.errors import (
     ServerError,
     Unauthorized,
 )
-from killswitch.log import get_logger
-from killswitch.orders import LISTING_LIMIT, OrderPage, VenueOrder, parse_order, parse_page
-from killswitch.ratelimit import SlidingWindowLimiter
-from killswitch.selftest import SelfTest, TargetCheck, run_self_test
-from killswitch.signing import Signer
-from killswitch.transport import (
+from killswitch.exchange.orders import (
+    LISTING_LIMIT,
+    OrderPage,
+    VenueOrder,
+    parse_order,
+    parse_page,
+)
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
+from killswitch.exchange.selftest import SelfTest, TargetCheck, run_self_test
+from killswitch.exchange.signing import Signer
+from killswitch.exchange.transport import (
     CANCEL_POOL,
     MAX_RETRY_AFTER,
     MESSAGE_CHARS,
@@ -49,7 +54,8 @@ from killswitch.transport import (
     Answer,
     Transport,
 )
-from killswitch.venue_clock import ClockSample, VenueClock, server_time_ms
+from killswitch.exchange.venue_clock import ClockSample, VenueClock, server_time_ms
+from killswitch.log import get_logger
 
 __all__ = [
     "CANCEL_ALL",
@@ -372,7 +378,7 @@ class ExchangeClient:
     async def self_test(self, targets: Iterable[Target]) -> SelfTest:
         """One signed ``open_orders(limit=1)`` per target; the result is kept for health()
         and re-run by run_background() while it fails.  Never raises ExchangeError
-        (see :mod:`killswitch.selftest` for what it logs)."""
+        (see :mod:`killswitch.exchange.selftest` for what it logs)."""
         self._targets = tuple(targets)
 
         async def list_one(exchange: str) -> OrderPage:

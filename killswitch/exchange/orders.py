@@ -3,7 +3,7 @@
 Futures numbers are JSON strings (``"quantity": "160"``): they are read as
 :class:`~decimal.Decimal`, never as floats.  A malformed order raises
 :class:`ValueError` with a short reason; the client turns it into
-:class:`~killswitch.errors.BadResponse`.
+:class:`~killswitch.exchange.errors.BadResponse`.
 """
 
 from __future__ import annotations

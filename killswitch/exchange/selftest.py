@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from killswitch.config import Target
-from killswitch.errors import ExchangeError, RejectedRequest, Unauthorized
-from killswitch.orders import OrderPage
+from killswitch.exchange.errors import ExchangeError, RejectedRequest, Unauthorized
+from killswitch.exchange.orders import OrderPage
 
 __all__ = ["SelfTest", "TargetCheck", "run_self_test"]
 

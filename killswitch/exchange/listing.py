@@ -8,7 +8,7 @@ pages further back, so the next page may repeat orders already seen —
 everything here is de-duplicated by ``order_id``.
 
 Every call goes through the client, hence through that listing's own limiter.
-A call that fails raises its :class:`~killswitch.errors.ExchangeError`: the
+A call that fails raises its :class:`~killswitch.exchange.errors.ExchangeError`: the
 caller retries (a partial listing is never presented as complete).
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from killswitch.exchange.orders import LISTING_LIMIT, OrderPage, VenueOrder
 from killswitch.log import get_logger
-from killswitch.orders import LISTING_LIMIT, OrderPage, VenueOrder
 
 __all__ = ["DAY_MS", "LISTING_LIMIT", "WINDOW_MS", "Listing", "find_closed", "list_open"]
 

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from killswitch.clock import Clock
-from killswitch.errors import ExchangeError
+from killswitch.exchange.errors import ExchangeError
 
 __all__ = ["ClockSample", "VenueClock", "server_time_ms"]
 

@@ -10,7 +10,7 @@ connection reused from the pool.  aiohttp's own silent re-send of an idempotent
 request on a dropped connection is switched off: it would bypass the limiter.
 
 What an answer *means* (status codes, bodies, signing, the venue's clock) is
-:mod:`killswitch.exchange`'s business, not this module's.
+:mod:`killswitch.exchange.client`'s business, not this module's.
 """
 
 from __future__ import annotations
@@ -31,9 +31,14 @@ from yarl import URL
 from killswitch import __version__
 from killswitch.clock import Clock
 from killswitch.config import ExchangeConfig
-from killswitch.errors import BadResponse, ConnectionFailed, ExchangeError, RequestTimeout
+from killswitch.exchange.errors import (
+    BadResponse,
+    ConnectionFailed,
+    ExchangeError,
+    RequestTimeout,
+)
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.log import redactor
-from killswitch.ratelimit import SlidingWindowLimiter
 
 __all__ = ["CANCEL_POOL", "MAX_RETRY_AFTER", "MESSAGE_CHARS", "STATUS_POOL", "Answer", "Transport"]
 
