@@ -38,8 +38,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from killswitch.clock import Clock
 from killswitch.config import SUBJECT_TOKEN, ClusterConfig, ConfigError
 from killswitch.exchange.credentials import Secret, read_secret
+from killswitch.kill.switch import State, TriggerOutcome
 from killswitch.log import get_logger
-from killswitch.switch import State, TriggerOutcome
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient

@@ -31,7 +31,6 @@ import structlog
 from killswitch import __version__, signals
 from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
-from killswitch.confirm import OUTCOME_FIELDS
 from killswitch.control import ControlServer, SocketInUse
 from killswitch.damping import Damper
 from killswitch.exchange.client import (
@@ -44,10 +43,12 @@ from killswitch.exchange.client import (
 from killswitch.exchange.credentials import Credentials
 from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.exchange.signing import make_signer
-from killswitch.flat import VenueListings
-from killswitch.guard import Guard
 from killswitch.heartbeat import DeadManSwitch
-from killswitch.kill import KillRunner
+from killswitch.kill.confirm import OUTCOME_FIELDS
+from killswitch.kill.flat import VenueListings
+from killswitch.kill.guard import Guard
+from killswitch.kill.runner import KillRunner
+from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.log import configure_logging, get_logger, install_loop_handler, redactor
 from killswitch.metrics import Metrics
 from killswitch.notify import Notifier
@@ -55,7 +56,6 @@ from killswitch.pnl import PnlMonitor, PnlWatcher
 from killswitch.service import Service
 from killswitch.store import StateStore
 from killswitch.store_watch import StoreWatch
-from killswitch.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 
 if TYPE_CHECKING:
     from killswitch.cluster import Cluster, ClusterSettings
@@ -386,7 +386,7 @@ class Daemon:
         return {
             "state": self.switch.state.value,
             "kill_id": self.switch.current_kill_id,
-            # confirmed/total, outcomes, budgets and the estimate (killswitch/progress.py)
+            # confirmed/total, outcomes, budgets and the estimate (killswitch/kill/progress.py)
             "progress": self.runner.progress_report()
             if self.switch.state is State.KILLING
             else None,

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from killswitch.clock import Clock
+from killswitch.kill.progress import format_eta
+from killswitch.kill.switch import KillSwitch, State
 from killswitch.log import get_logger
 from killswitch.notify import Notifier, watchdog_loop
-from killswitch.progress import format_eta
-from killswitch.switch import KillSwitch, State
 
 __all__ = ["STATUS_REFRESH", "Service"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from killswitch.progress import format_eta
+from killswitch.kill.progress import format_eta
 
 __all__ = ["STATE_WORDS", "duration", "format_status", "progress_bar", "render_watch"]
 

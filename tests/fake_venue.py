@@ -1,7 +1,7 @@
 """An in-process venue for the kill engine's unit tests: orders on a virtual clock.
 
 It answers ``cancel_all``, order status and the three listings the engine uses
-(:class:`killswitch.flat.Listings`), records every call with its time, and can
+(:class:`killswitch.kill.flat.Listings`), records every call with its time, and can
 be told to fail a call (``faults``), to lose an answer after doing the work,
 or to place orders on its own (a strategy that did not stop).
 """

@@ -27,7 +27,7 @@ from killswitch.cluster import (
 )
 from killswitch.config import ClusterConfig, ConfigError, parse_config, reloadable
 from killswitch.fleet import Fleet, FleetAnswer, fleet_rows, format_fleet, format_trigger
-from killswitch.switch import State, TriggerOutcome
+from killswitch.kill.switch import State, TriggerOutcome
 from tests.fakes import FakeClock
 
 MINIMAL = {"targets": [{"exchange": "EXCHANGE_2"}]}

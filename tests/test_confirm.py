@@ -13,7 +13,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from killswitch.config import ConfirmConfig
-from killswitch.confirm import Confirmer, ConfirmResult, Outcome
 from killswitch.exchange.errors import (
     BadResponse,
     ConnectionFailed,
@@ -25,6 +24,7 @@ from killswitch.exchange.errors import (
     ServerError,
 )
 from killswitch.exchange.ratelimit import SlidingWindowLimiter
+from killswitch.kill.confirm import Confirmer, ConfirmResult, Outcome
 from tests.fakes import FakeClock, settle
 
 START = 1_000.0

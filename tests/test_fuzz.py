@@ -42,7 +42,6 @@ from yarl import URL
 
 from killswitch.cli import main as cli_main
 from killswitch.config import ConfigError, ExchangeConfig, as_dict, load_config, parse_config
-from killswitch.confirm import VENUE_STATUSES
 from killswitch.exchange.client import ENDPOINTS as EXCHANGE_ENDPOINTS
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.credentials import Credentials, Secret
@@ -50,6 +49,7 @@ from killswitch.exchange.errors import ExchangeError
 from killswitch.exchange.orders import OrderPage
 from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.exchange.signing import make_signer
+from killswitch.kill.confirm import VENUE_STATUSES
 
 CASES: Counter[str] = Counter()  # examples run, by property
 OUTCOMES: Counter[str] = Counter()  # exchange calls, by endpoint and outcome

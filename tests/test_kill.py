@@ -19,7 +19,7 @@ from killswitch.exchange.errors import (
     RequestTimeout,
     ServerError,
 )
-from killswitch.kill import REJECT_FIRST, RELIST_MAX, KillPlan, KillRunner, plan_sweeps
+from killswitch.kill.runner import REJECT_FIRST, RELIST_MAX, KillPlan, KillRunner, plan_sweeps
 from killswitch.store import StateStore
 from tests.fake_venue import VenueFake
 from tests.fakes import FakeClock

@@ -11,9 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from killswitch.config import parse_config
-from killswitch.kill import KillPlan
+from killswitch.kill.runner import KillPlan
+from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.store import StateStore
-from killswitch.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from tests.fakes import FakeClock, settle
 
 

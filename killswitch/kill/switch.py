@@ -21,7 +21,7 @@ from typing import Any
 
 from killswitch.clock import Clock, sleep_or_wake
 from killswitch.damping import Damper
-from killswitch.kill import KillPlan, KillRunner, plan_sweeps
+from killswitch.kill.runner import KillPlan, KillRunner, plan_sweeps
 from killswitch.log import get_logger
 from killswitch.store import KillRecord, StateStore
 

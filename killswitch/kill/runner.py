@@ -16,7 +16,7 @@ failed attempt is retried depends on what the failure says (contract §2):
 
 Order ids are handed to the confirmer as each acknowledgement arrives.  Once
 every sweep of a target is answered, the flat proof lists the target
-completely (:mod:`killswitch.flat`): an open order an answer named is
+completely (:mod:`killswitch.kill.flat`): an open order an answer named is
 confirmed, not swept again; one no answer named is a leftover
 (``flat.leftover``), swept again scoped to its symbol and confirmed; the
 target is listed again, after a short wait while named orders are still
@@ -39,7 +39,6 @@ import structlog
 
 from killswitch.clock import Clock
 from killswitch.config import Config, Target
-from killswitch.confirm import Confirmer, ConfirmResult, RateGate, StatusSource
 from killswitch.exchange.errors import (
     BadResponse,
     ConnectionFailed,
@@ -48,9 +47,10 @@ from killswitch.exchange.errors import (
     RequestTimeout,
     ServerError,
 )
-from killswitch.flat import ListedOrder, Listings
+from killswitch.kill.confirm import Confirmer, ConfirmResult, RateGate, StatusSource
+from killswitch.kill.flat import ListedOrder, Listings
+from killswitch.kill.progress import PROGRESS_EVERY, Budget, report
 from killswitch.log import get_logger
-from killswitch.progress import PROGRESS_EVERY, Budget, report
 from killswitch.store import StateStore
 
 __all__ = [
@@ -227,7 +227,7 @@ class KillRunner:
         return resolved + len(confirmer.unresolved(self._gone)), total
 
     def progress_report(self) -> dict[str, Any] | None:
-        """The running kill's progress report (:func:`killswitch.progress.report`): what
+        """The running kill's progress report (:func:`killswitch.kill.progress.report`): what
         ``kill.progress``, ``GET /status`` and ``STATUS=`` show; None when no kill runs."""
         confirmer = self.confirmer
         counted = self.progress()

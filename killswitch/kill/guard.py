@@ -18,10 +18,10 @@ from typing import Any
 
 from killswitch.clock import Clock, sleep_or_wake
 from killswitch.config import Config
-from killswitch.confirm import Confirmer, RateGate
 from killswitch.exchange.errors import ExchangeError
-from killswitch.flat import Listings
-from killswitch.kill import CancelSource, error_message, outcome_unknown, plan_sweeps
+from killswitch.kill.confirm import Confirmer, RateGate
+from killswitch.kill.flat import Listings
+from killswitch.kill.runner import CancelSource, error_message, outcome_unknown, plan_sweeps
 from killswitch.log import get_logger
 
 __all__ = ["Guard"]

@@ -21,7 +21,7 @@ acquires it: a poll is committed to an order only when the limiter has a slot
 free, so when the limit is the bottleneck the choice of which order to poll is
 made when the request can leave, not minutes earlier in the limiter's queue.
 
-Listings (contract §1, the flat proof in :mod:`killswitch.flat`) feed the same
+Listings (contract §1, the flat proof in :mod:`killswitch.kill.flat`) feed the same
 schedule: :meth:`Confirmer.observe` records a status a listing showed (an open
 listing proves an order is not terminal yet; a closed listing gives its final
 status), :meth:`Confirmer.hold` keeps an order from being polled while a
