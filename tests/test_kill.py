@@ -19,7 +19,9 @@ from killswitch.exchange.errors import (
     RequestTimeout,
     ServerError,
 )
-from killswitch.kill.runner import REJECT_FIRST, RELIST_MAX, KillPlan, KillRunner, plan_sweeps
+from killswitch.kill.plan import REJECT_FIRST, KillPlan, plan_sweeps
+from killswitch.kill.proof import RELIST_MAX
+from killswitch.kill.runner import KillRunner
 from killswitch.store import StateStore
 from tests.fake_venue import VenueFake
 from tests.fakes import FakeClock

@@ -10,8 +10,9 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from killswitch.exchange.ratelimit import SlidingWindowLimiter
+from killswitch.kill.plan import KillPlan, plan_sweeps
 from killswitch.kill.progress import PROGRESS_EVERY, estimate, format_eta
-from killswitch.kill.runner import KillPlan, KillRunner, plan_sweeps
+from killswitch.kill.runner import KillRunner
 from killswitch.store import StateStore
 from tests.fake_venue import Listed, VenueFake
 from tests.fakes import FakeClock

@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from killswitch.config import parse_config
-from killswitch.kill.runner import KillPlan
+from killswitch.kill.plan import KillPlan
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.store import StateStore
 from tests.fakes import FakeClock, settle

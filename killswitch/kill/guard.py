@@ -21,7 +21,7 @@ from killswitch.config import Config
 from killswitch.exchange.errors import ExchangeError
 from killswitch.kill.confirm import Confirmer, RateGate
 from killswitch.kill.flat import Listings
-from killswitch.kill.runner import CancelSource, error_message, outcome_unknown, plan_sweeps
+from killswitch.kill.plan import CancelSource, error_message, outcome_unknown, plan_sweeps
 from killswitch.log import get_logger
 
 __all__ = ["Guard"]

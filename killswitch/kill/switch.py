@@ -21,7 +21,8 @@ from typing import Any
 
 from killswitch.clock import Clock, sleep_or_wake
 from killswitch.damping import Damper
-from killswitch.kill.runner import KillPlan, KillRunner, plan_sweeps
+from killswitch.kill.plan import KillPlan, plan_sweeps
+from killswitch.kill.runner import KillRunner
 from killswitch.log import get_logger
 from killswitch.store import KillRecord, StateStore
 
