@@ -54,8 +54,8 @@ from killswitch.metrics import Metrics
 from killswitch.notify import Notifier
 from killswitch.pnl import PnlMonitor, PnlWatcher
 from killswitch.service import Service
-from killswitch.store import StateStore
-from killswitch.store_watch import StoreWatch
+from killswitch.store.state import StateStore
+from killswitch.store.watch import StoreWatch
 
 if TYPE_CHECKING:
     from killswitch.cluster import Cluster, ClusterSettings

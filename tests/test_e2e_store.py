@@ -24,7 +24,7 @@ import pytest
 
 from killswitch.control import ControlClient
 from killswitch.sim import SimExchange
-from killswitch.store import StateStore
+from killswitch.store.state import StateStore
 from tests.harness import DaemonProcess, write_config
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,7 @@ from killswitch.exchange.errors import (
 from killswitch.kill.plan import REJECT_FIRST, KillPlan, plan_sweeps
 from killswitch.kill.proof import RELIST_MAX
 from killswitch.kill.runner import KillRunner
-from killswitch.store import StateStore
+from killswitch.store.state import StateStore
 from tests.fake_venue import VenueFake
 from tests.fakes import FakeClock
 

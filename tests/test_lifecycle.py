@@ -34,7 +34,7 @@ from killswitch.exchange.transport import Transport
 from killswitch.notify import Notifier
 from killswitch.pnl import PnlWatcher
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimExchange
-from killswitch.store import StateStore
+from killswitch.store.state import StateStore
 from tests.harness import write_config
 
 SimFactory = Callable[..., Awaitable[tuple[SimExchange, str]]]

@@ -13,7 +13,7 @@ from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.kill.plan import KillPlan, plan_sweeps
 from killswitch.kill.progress import PROGRESS_EVERY, estimate, format_eta
 from killswitch.kill.runner import KillRunner
-from killswitch.store import StateStore
+from killswitch.store.state import StateStore
 from tests.fake_venue import Listed, VenueFake
 from tests.fakes import FakeClock
 from tests.test_kill import make_config, named

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from killswitch.store import StateStore
+from killswitch.store.state import StateStore
 
 
 def _open(path: Path) -> StateStore:

@@ -10,8 +10,8 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from killswitch.metrics import Metrics
-from killswitch.store import StateStore
-from killswitch.store_watch import StoreWatch
+from killswitch.store.state import StateStore
+from killswitch.store.watch import StoreWatch
 from tests.fakes import FakeClock
 
 

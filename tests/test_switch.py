@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from killswitch.config import parse_config
 from killswitch.kill.plan import KillPlan
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
-from killswitch.store import StateStore
+from killswitch.store.state import StateStore
 from tests.fakes import FakeClock, settle
 
 

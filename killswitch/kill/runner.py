@@ -35,7 +35,7 @@ from killswitch.kill.plan import (
 from killswitch.kill.progress import PROGRESS_EVERY, Budget, report
 from killswitch.kill.proof import FlatProof
 from killswitch.log import get_logger
-from killswitch.store import StateStore
+from killswitch.store.state import StateStore
 
 __all__ = ["KillRunner"]
 

@@ -41,7 +41,7 @@ from killswitch.kill.plan import (
     error_message,
     outcome_unknown,
 )
-from killswitch.store import StateStore
+from killswitch.store.state import StateStore
 
 __all__ = ["Sweeper"]
 

@@ -24,7 +24,7 @@ from killswitch.damping import Damper
 from killswitch.kill.plan import KillPlan, plan_sweeps
 from killswitch.kill.runner import KillRunner
 from killswitch.log import get_logger
-from killswitch.store import KillRecord, StateStore
+from killswitch.store.state import KillRecord, StateStore
 
 __all__ = ["EXPLICIT_SOURCES", "KillSwitch", "ResetOutcome", "State", "TriggerOutcome"]
 

@@ -3,7 +3,7 @@
 Writes go through a single writer thread, so nothing on the path from a
 trigger to the first ``cancel_all`` waits for the disk: the caller enqueues
 and moves on; ``flush()`` waits when it matters (shutdown, tests).  Records
-are committed with ``synchronous=FULL``.  :class:`~killswitch.store.StateStore`
+are committed with ``synchronous=FULL``.  :class:`~killswitch.store.state.StateStore`
 adds the records on top.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from killswitch.store_file import LatchMarker, StoreProblem, open_database
+from killswitch.store.file import LatchMarker, StoreProblem, open_database
 
 __all__ = ["StoreUnavailable", "StoreWriter"]
 
@@ -42,7 +42,7 @@ class StoreUnavailable(Exception):
 
 
 class StoreWriter:
-    """The queue and the thread behind :class:`~killswitch.store.StateStore`.
+    """The queue and the thread behind :class:`~killswitch.store.state.StateStore`.
 
     One writer thread drains the queue: everything queued while it was busy is
     committed in one transaction (one fsync), each operation under its own

@@ -4,10 +4,10 @@ It records the latch, every kill with its trigger, every planned ``cancel_all``
 sweep and whether the exchange acknowledged it, every order id returned with
 its last status, and the send times of rate-limited requests.
 
-Writes go through a single writer thread (``store_writer.py``), so nothing on
+Writes go through a single writer thread (``writer.py``), so nothing on
 the path from a trigger to the first ``cancel_all`` waits for the disk.  Reads
 happen at start-up, before the daemon serves anything.  A store that cannot be
-opened or read fails closed (``store_file.py``): no exception, the latch reads
+opened or read fails closed (``file.py``): no exception, the latch reads
 tripped, and the latch also lives in a marker file that a full disk cannot stop.
 """
 
@@ -19,8 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from killswitch.store_file import StoreProblem
-from killswitch.store_writer import StoreUnavailable, StoreWriter
+from killswitch.store.file import StoreProblem
+from killswitch.store.writer import StoreUnavailable, StoreWriter
 
 __all__ = ["KillRecord", "StateStore", "StoreProblem", "StoreUnavailable", "SweepRecord"]
 
@@ -51,7 +51,7 @@ class KillRecord:
 
 class StateStore(StoreWriter):
     """Durable state: the latch, kills, sweeps, orders and send times.  Construct, then
-    :meth:`~killswitch.store_writer.StoreWriter.open`; every write is queued."""
+    :meth:`~killswitch.store.writer.StoreWriter.open`; every write is queued."""
 
     # ------------------------------------------------------------------ latch
 
