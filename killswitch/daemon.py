@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from killswitch import __version__, signals
+from killswitch import __version__
 from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
 from killswitch.control import ControlServer, SocketInUse
@@ -43,7 +43,6 @@ from killswitch.exchange.client import (
 from killswitch.exchange.credentials import Credentials
 from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.exchange.signing import make_signer
-from killswitch.heartbeat import DeadManSwitch
 from killswitch.kill.confirm import OUTCOME_FIELDS
 from killswitch.kill.flat import VenueListings
 from killswitch.kill.guard import Guard
@@ -52,10 +51,12 @@ from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutco
 from killswitch.log import configure_logging, get_logger, install_loop_handler, redactor
 from killswitch.metrics import Metrics
 from killswitch.notify import Notifier
-from killswitch.pnl import PnlMonitor, PnlWatcher
 from killswitch.service import Service
 from killswitch.store.state import StateStore
 from killswitch.store.watch import StoreWatch
+from killswitch.triggers import signals
+from killswitch.triggers.heartbeat import DeadManSwitch
+from killswitch.triggers.pnl import PnlMonitor, PnlWatcher
 
 if TYPE_CHECKING:
     from killswitch.cluster import Cluster, ClusterSettings

@@ -41,7 +41,8 @@ TRIPPED = re.compile(r"TRIPPED at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) by (\w+)")
 # here, in the test's child process, and the daemon's code is what runs.
 FAULTY_WATCHER = """
 import asyncio, signal, sys
-from killswitch import cli, heartbeat
+from killswitch import cli
+from killswitch.triggers import heartbeat
 
 async def run(self):
     fault = asyncio.Event()

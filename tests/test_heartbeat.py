@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from killswitch.heartbeat import DeadManSwitch
+from killswitch.triggers.heartbeat import DeadManSwitch
 from tests.fakes import FakeClock
 
 

@@ -23,7 +23,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from killswitch import _early, signals
+from killswitch import _early
 from killswitch.cli import format_status
 from killswitch.config import load_config
 from killswitch.control import ControlServer
@@ -32,9 +32,10 @@ from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.credentials import load_credentials
 from killswitch.exchange.transport import Transport
 from killswitch.notify import Notifier
-from killswitch.pnl import PnlWatcher
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimExchange
 from killswitch.store.state import StateStore
+from killswitch.triggers import signals
+from killswitch.triggers.pnl import PnlWatcher
 from tests.harness import write_config
 
 SimFactory = Callable[..., Awaitable[tuple[SimExchange, str]]]

@@ -14,8 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from killswitch import pnl as pnl_module
-from killswitch.pnl import MAX_BYTES, PnlMonitor, PnlWatcher, Reading, parse_pnl, read_bounded
+from killswitch.triggers import pnl as pnl_module
+from killswitch.triggers.pnl import (
+    MAX_BYTES,
+    PnlMonitor,
+    PnlWatcher,
+    Reading,
+    parse_pnl,
+    read_bounded,
+)
 from tests.fakes import FakeClock
 from tests.harness import write_atomically
 

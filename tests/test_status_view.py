@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from killswitch.cli import watch
-from killswitch.heartbeat import DeadManSwitch
-from killswitch.pnl import PnlMonitor
 from killswitch.status_view import duration, format_status, progress_bar, render_watch
+from killswitch.triggers.heartbeat import DeadManSwitch
+from killswitch.triggers.pnl import PnlMonitor
 from tests.fakes import FakeClock
 from tests.test_integration import running  # noqa: F401  (the fixture)
 
