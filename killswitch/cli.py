@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from killswitch import __version__
 from killswitch.config import Config, ConfigError, as_dict, load_config, pnl_directory_problem
-from killswitch.control import ControlClient, DaemonUnavailable
 from killswitch.exchange.credentials import load_credentials
 from killswitch.fleet import add_fleet_commands
-from killswitch.status_view import format_status  # small; also imported by tests from here
+from killswitch.service.control import ControlClient, DaemonUnavailable
+from killswitch.service.status_view import format_status  # small; also imported by tests from here
 
 if TYPE_CHECKING:
     from killswitch.cluster import ClusterSettings
@@ -37,9 +37,9 @@ def _fail(message: str, code: int) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from killswitch.daemon import Daemon
     from killswitch.log import configure_logging
-    from killswitch.loop import run as run_loop
+    from killswitch.service.daemon import Daemon
+    from killswitch.service.loop import run as run_loop
 
     try:
         config = _config(args.config)
@@ -215,7 +215,7 @@ async def watch(
     the last; otherwise screens follow one another (a log, a pipe)."""
     from datetime import UTC, datetime
 
-    from killswitch.status_view import render_watch
+    from killswitch.service.status_view import render_watch
 
     clear = "\x1b[H\x1b[2J" if out.isatty() else ""
     seen_kill = False

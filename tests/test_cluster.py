@@ -147,7 +147,7 @@ def test_bad_cluster_config_exits_2_before_start(tmp_path: Path) -> None:
 def test_nats_is_not_imported_without_a_cluster() -> None:
     """The daemon and the CLI never import nats unless [cluster] is configured."""
     code = (
-        "import sys, killswitch.cli, killswitch.daemon;"
+        "import sys, killswitch.cli, killswitch.service.daemon;"
         "killswitch.cli.build_parser();"
         "sys.exit('nats' in sys.modules or 'nkeys' in sys.modules)"
     )

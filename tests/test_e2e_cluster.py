@@ -17,7 +17,7 @@ from typing import Any
 import nats
 import pytest
 
-from killswitch.control import ControlClient
+from killswitch.service.control import ControlClient
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, daemon_env, write_config
 from tests.natsserver import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.control import ControlClient
+from killswitch.service.control import ControlClient
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, write_config
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.control import BACKLOG, ControlClient
+from killswitch.service.control import BACKLOG, ControlClient
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, write_atomically, write_config
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.control import ControlClient
+from killswitch.service.control import ControlClient
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, write_config
 

@@ -217,7 +217,7 @@ async def test_import_then_signals_are_recorded_not_fatal() -> None:
         "from killswitch import _early\n"
         "for s in (signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM):\n"
         "    os.kill(os.getpid(), s)\n"
-        "import killswitch.daemon\n"  # the heavy imports run on
+        "import killswitch.service.daemon\n"  # the heavy imports run on
         "print(_early.pending())\n"
     )
     proc = await asyncio.create_subprocess_exec(

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.control import ControlClient
+from killswitch.service.control import ControlClient
 from killswitch.sim import SimExchange
 from killswitch.store.state import StateStore
 from tests.harness import DaemonProcess, write_config

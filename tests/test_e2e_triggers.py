@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.control import ControlClient, DaemonUnavailable
+from killswitch.service.control import ControlClient, DaemonUnavailable
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, write_atomically, write_config
 

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from killswitch.control import ControlClient
+from killswitch.service.control import ControlClient
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, daemon_env, write_config
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from killswitch.loop import loop_factory
+from killswitch.service.loop import loop_factory
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, write_config
 

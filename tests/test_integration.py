@@ -12,9 +12,9 @@ import structlog
 from structlog.testing import capture_logs
 
 from killswitch.config import load_config
-from killswitch.daemon import Daemon
 from killswitch.exchange.credentials import load_credentials
-from killswitch.notify import Notifier
+from killswitch.service.daemon import Daemon
+from killswitch.service.notify import Notifier
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimExchange
 from tests.harness import write_config
 

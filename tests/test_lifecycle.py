@@ -26,12 +26,12 @@ from structlog.testing import capture_logs
 from killswitch import _early
 from killswitch.cli import format_status
 from killswitch.config import load_config
-from killswitch.control import ControlServer
-from killswitch.daemon import Daemon
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.credentials import load_credentials
 from killswitch.exchange.transport import Transport
-from killswitch.notify import Notifier
+from killswitch.service.control import ControlServer
+from killswitch.service.daemon import Daemon
+from killswitch.service.notify import Notifier
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimExchange
 from killswitch.store.state import StateStore
 from killswitch.triggers import signals

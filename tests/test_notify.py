@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from killswitch.notify import Notifier, watchdog_loop
+from killswitch.service.notify import Notifier, watchdog_loop
 from tests.fakes import FakeClock
 
 Receiver = tuple[str, socket.socket]  # (NOTIFY_SOCKET value, bound socket)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from killswitch.cli import watch
-from killswitch.status_view import duration, format_status, progress_bar, render_watch
+from killswitch.service.status_view import duration, format_status, progress_bar, render_watch
 from killswitch.triggers.heartbeat import DeadManSwitch
 from killswitch.triggers.pnl import PnlMonitor
 from tests.fakes import FakeClock
@@ -177,7 +177,7 @@ async def test_permission_denied_names_socket_user_and_remedy(running: Any) -> N
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c",
         "import asyncio, os, sys; from pathlib import Path\n"
-        "from killswitch.control import ControlClient, DaemonUnavailable\n"
+        "from killswitch.service.control import ControlClient, DaemonUnavailable\n"
         "client = ControlClient(Path(sys.argv[1]))\n"
         "os.setgid(65534); os.setuid(65534)\n"
         "try: asyncio.run(client.request('GET', '/status')); print('answered')\n"

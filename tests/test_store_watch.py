@@ -9,7 +9,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from killswitch.metrics import Metrics
+from killswitch.service.metrics import Metrics
 from killswitch.store.state import StateStore
 from killswitch.store.watch import StoreWatch
 from tests.fakes import FakeClock

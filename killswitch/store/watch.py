@@ -18,7 +18,7 @@ from typing import Any
 
 from killswitch.clock import Clock
 from killswitch.log import get_logger
-from killswitch.metrics import Metrics
+from killswitch.service.metrics import Metrics
 from killswitch.store.state import StateStore, StoreProblem
 
 __all__ = ["StoreWatch"]

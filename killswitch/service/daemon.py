@@ -31,7 +31,6 @@ import structlog
 from killswitch import __version__
 from killswitch.clock import Clock, SystemClock
 from killswitch.config import Config, ConfigError, RateLimit, load_config, reloadable
-from killswitch.control import ControlServer, SocketInUse
 from killswitch.damping import Damper
 from killswitch.exchange.client import (
     CANCEL_ALL,
@@ -49,9 +48,10 @@ from killswitch.kill.guard import Guard
 from killswitch.kill.runner import KillRunner
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.log import configure_logging, get_logger, install_loop_handler, redactor
-from killswitch.metrics import Metrics
-from killswitch.notify import Notifier
-from killswitch.service import Service
+from killswitch.service.control import ControlServer, SocketInUse
+from killswitch.service.metrics import Metrics
+from killswitch.service.notify import Notifier
+from killswitch.service.systemd import Service
 from killswitch.store.state import StateStore
 from killswitch.store.watch import StoreWatch
 from killswitch.triggers import signals

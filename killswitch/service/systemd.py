@@ -20,7 +20,7 @@ from killswitch.clock import Clock
 from killswitch.kill.progress import format_eta
 from killswitch.kill.switch import KillSwitch, State
 from killswitch.log import get_logger
-from killswitch.notify import Notifier, watchdog_loop
+from killswitch.service.notify import Notifier, watchdog_loop
 
 __all__ = ["STATUS_REFRESH", "Service"]
 
