@@ -1,7 +1,8 @@
 """The daemon around the engine: its lifecycle and what it tells the world.
 
-``daemon`` (the parts wired, start-up in order, serve, reload, stop), ``loop``
-(uvloop on Linux), ``control`` (the control API over a UNIX socket, and its client),
+``daemon`` (start-up in order, serve, reload, stop), ``wiring`` (the parts built
+from the config and wired together; the control API's answers), ``loop`` (uvloop
+on Linux), ``control`` (the control API over a UNIX socket, and its client),
 ``metrics`` (``GET /metrics``), ``status_view`` (``killswitch status`` as text),
 ``notify`` (an sd_notify client) and ``systemd`` (what the daemon tells systemd).
 

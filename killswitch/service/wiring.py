@@ -1,0 +1,410 @@
+"""The daemon's parts, built from the config and wired together, and what they answer.
+
+:class:`Wiring` holds everything a running daemon is made of: the state store
+and its watch, one sliding-window limiter per endpoint (its send log restored
+from the store), the exchange client, the kill runner, the switch, the tripped
+guard, the dead-man switch, the PnL monitor, the control server, the optional
+cluster, and the metrics that read them.  It answers the control API
+(``heartbeat``, ``trigger``, ``reset``, ``status``, ``metrics``) and the
+cluster (``cluster_trigger``, ``cancel_sent``).  When each part opens and
+closes is :class:`~killswitch.service.daemon.Daemon`'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from killswitch import __version__
+from killswitch.clock import Clock, SystemClock
+from killswitch.config import Config, RateLimit
+from killswitch.damping import Damper
+from killswitch.exchange.client import (
+    CANCEL_ALL,
+    CLOSED_ORDERS,
+    OPEN_ORDERS,
+    ORDER_STATUS,
+    ExchangeClient,
+)
+from killswitch.exchange.credentials import Credentials
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
+from killswitch.exchange.signing import make_signer
+from killswitch.kill.confirm import OUTCOME_FIELDS
+from killswitch.kill.flat import VenueListings
+from killswitch.kill.guard import Guard
+from killswitch.kill.runner import KillRunner
+from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
+from killswitch.log import get_logger, redactor
+from killswitch.service.control import ControlServer
+from killswitch.service.metrics import Metrics
+from killswitch.service.notify import Notifier
+from killswitch.service.systemd import Service
+from killswitch.store.state import StateStore
+from killswitch.store.watch import StoreWatch
+from killswitch.triggers.heartbeat import DeadManSwitch
+from killswitch.triggers.pnl import PnlMonitor, PnlWatcher
+
+if TYPE_CHECKING:
+    from killswitch.cluster import Cluster, ClusterSettings
+
+__all__ = ["Wiring"]
+
+
+class Wiring:
+    """The parts of a :class:`~killswitch.service.daemon.Daemon` and their wiring."""
+
+    def __init__(
+        self,
+        config: Config,
+        credentials: Credentials,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        cluster: ClusterSettings | None = None,
+    ) -> None:
+        self.config = config
+        self.cluster_settings = cluster
+        self.cluster: Cluster | None = None
+        self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._sent_kills: deque[str] = deque(maxlen=16)
+        self.credentials = credentials
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier.from_env()
+        self.prom = Metrics()
+        self.store = StateStore(config.state.path)
+        self.store_watch = StoreWatch(
+            self.store, self.prom, self.clock, on_change=self._store_changed
+        )
+        self._log = get_logger()
+        self._stop = asyncio.Event()
+        self._started = self.clock.monotonic()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.damper = Damper()  # repeated warnings (ratelimit.wait) a few a minute
+        self._tg: asyncio.TaskGroup | None = None
+        self._accepting = False  # the switch runs and the exchange client can send
+        self._ready = False
+        self._deferred_triggers = 0  # SIGUSR1s received before _accepting
+        self._reload_wanted = False  # a SIGHUP received before daemon.ready
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
+        redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
+        if cluster is not None and cluster.credentials is not None:
+            # The JWT and the seed (a .creds file's frame lines are not secret).
+            redactor.register(t for t in cluster.credentials.reveal().split() if len(t) >= 40)
+
+    # ------------------------------------------------------------------ wiring
+
+    def _store_changed(self) -> None:
+        if self._ready:  # before that, daemon.ready sends the first STATUS=
+            self.service.send_status()
+
+    def _limiter(self, endpoint: str, limit: RateLimit) -> SlidingWindowLimiter:
+        now_wall, now_mono = self.clock.time(), self.clock.monotonic()
+        window = limit.per_seconds + limit.margin
+        sent = self.store.recent_sends(endpoint, now_wall - window)
+        # Wall-clock send times from the store, mapped onto this process's monotonic clock.
+        history = [now_mono - max(0.0, now_wall - t) for t in sent]
+        log = self._log
+
+        def on_send() -> None:
+            self.store.record_send(endpoint, self.clock.time())
+            if endpoint == CANCEL_ALL:
+                # Logged two loop turns later, once aiohttp's writer task has put the
+                # request on the wire (the event keeps the sweep's exchange and symbol).
+                loop = asyncio.get_running_loop()
+                loop.call_soon(loop.call_soon, self._cancel_all_sent)
+
+        def on_wait(seconds: float) -> None:
+            self.prom.ratelimit_waits.labels(endpoint).inc()
+            self.damper.warning(
+                log, "ratelimit.wait", key=endpoint, endpoint=endpoint, seconds=round(seconds, 3)
+            )
+
+        return SlidingWindowLimiter(
+            endpoint,
+            limit.requests,
+            limit.per_seconds,
+            self.clock,
+            margin=limit.margin,
+            history=history,
+            on_send=on_send,
+            on_wait=on_wait,
+        )
+
+    def _cancel_all_sent(self) -> None:
+        self._log.info("cancel_all.sent")
+        # Runs in the sending sweep's context, which carries its kill_id.
+        kill_id = structlog.contextvars.get_contextvars().get("kill_id")
+        kill_id = kill_id or self.switch.current_kill_id
+        if kill_id is None:
+            return
+        if kill_id not in self._sent_kills:
+            self._sent_kills.append(kill_id)
+        for waiter in self._sent_waiters.pop(kill_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def cancel_sent(self, kill_id: str) -> asyncio.Future[None]:
+        """Resolves once a ``cancel_all`` of kill ``kill_id`` has left (the cluster's ack)."""
+        for known, waiters in list(self._sent_waiters.items()):  # drop the abandoned ones
+            if all(w.done() for w in waiters):
+                del self._sent_waiters[known]
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if kill_id in self._sent_kills:
+            waiter.set_result(None)
+        else:
+            self._sent_waiters.setdefault(kill_id, []).append(waiter)
+        return waiter
+
+    def cluster_trigger(self, reason: str, **detail: Any) -> tuple[TriggerOutcome, str | None]:
+        """A broadcast trigger from the cluster (source ``cluster``: explicit, like a signal)."""
+        outcome = self.switch.trigger("cluster", reason, **detail)
+        self.prom.triggers.labels("cluster", outcome.value).inc()
+        return outcome, self.switch.current_kill_id
+
+    def _build(self) -> None:
+        cfg = self.config
+        self.cancel_limiter = self._limiter(CANCEL_ALL, cfg.cancel_all.rate_limit)
+        self.status_limiter = self._limiter(ORDER_STATUS, cfg.confirm.rate_limit)
+        self.exchange = ExchangeClient(
+            cfg.exchange,
+            make_signer(cfg.exchange, self.credentials),
+            limiters={
+                CANCEL_ALL: self.cancel_limiter,
+                ORDER_STATUS: self.status_limiter,
+                OPEN_ORDERS: self._limiter(OPEN_ORDERS, cfg.flat.rate_limit),
+                CLOSED_ORDERS: self._limiter(CLOSED_ORDERS, cfg.flat.rate_limit),
+            },
+            clock=self.clock,
+            status_pool_size=cfg.confirm.max_concurrency,
+        )
+        self.limiters = self.exchange.limiters
+        listings = (
+            None
+            if cfg.exchange.dry_run
+            else VenueListings(self.exchange, lambda: self.config.flat.lookback_days)
+        )
+        self.runner = KillRunner(
+            cfg,
+            self.exchange,
+            self.store,
+            self.clock,
+            on_outcome=self._count_request,
+            status_gate=self.status_limiter,
+            listings=listings,
+            on_gate_wait=self._status_gate_wait,
+            budgets=self.limiters,
+        )
+        self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
+        self.guard = (
+            None
+            if listings is None
+            else Guard(
+                lambda: self.config,
+                self.exchange,
+                listings,
+                self.clock,
+                tripped=lambda: self.switch.state is State.TRIPPED,
+                status_gate=self.status_limiter,
+                on_outcome=self._count_request,
+                on_swept=self.prom.guard_swept.inc,
+                on_gate_wait=self._status_gate_wait,
+            )
+        )
+        self.service = Service(self.notifier, self.switch, self.clock)
+        self.service.store_health = self.store.health
+        self.service.problem = self._problem
+        hb = cfg.triggers.heartbeat
+        self.deadman = DeadManSwitch(
+            hb.timeout,
+            self.clock,
+            lambda age: self._fire("heartbeat", f"no heartbeat for {age:.3f}s"),
+            enabled=hb.enabled,
+            armed=hb.arm_on_start,
+        )
+        pnl = cfg.triggers.pnl
+        self.pnl = PnlMonitor(
+            pnl.threshold,
+            pnl.stale_after,
+            self.clock,
+            lambda why, value: self._fire("pnl", why if value is None else f"{why}: pnl={value}"),
+            latched=lambda: self.switch.state is State.TRIPPED,
+        )
+        self.pnl_watcher = PnlWatcher(pnl.path, self.pnl)
+        self.switch.on_reset(self.pnl.rearm)
+        self.control = ControlServer(cfg.control.socket, self)
+        if self.cluster_settings is not None:
+            from killswitch.cluster import Cluster
+            from killswitch.log import add_tap
+
+            self.cluster = Cluster(self.cluster_settings, self, self.clock, self.prom.registry)
+            add_tap(self.cluster.tap)
+        self.prom.watch(
+            heartbeat_age=self.deadman.age,
+            pnl=lambda: self.pnl.value,
+            pnl_age=self.pnl.age,
+            state=lambda: self.switch.state.value,
+            available={name: lim.available for name, lim in self.limiters.items()},
+        )
+        self.prom.clock_offset.set_function(self._clock_offset)
+        self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
+        self.prom.watch_requests(lambda: self.exchange.requests_sent)
+        self.prom.self_test_ok.set_function(self._self_test_gauge)
+
+    def _problem(self) -> str | None:
+        """What systemd's STATUS= line should say is wrong (a stuck kill, a failed self-test)."""
+        stuck = self.runner.stuck_info()
+        if stuck is not None and self.switch.state is State.KILLING:
+            return f"STUCK: venue refuses cancel_all (HTTP {stuck['http_status']}: {stuck['why']})"
+        test = self.exchange.health().get("self_test")
+        if test is not None and not test["ok"]:
+            failed = [c for c in test["checks"] if not c["ok"]]
+            first = failed[0] if failed else {}
+            return (
+                f"exchange self-test FAILED (HTTP {first.get('http_status')}: "
+                f"{first.get('message') or first.get('error')})"
+            )
+        return None
+
+    def _clock_offset(self) -> float:
+        offset = self.exchange.health().get("offset_ms")
+        return float("nan") if offset is None else offset / 1000
+
+    def _self_test_gauge(self) -> float:
+        test = self.exchange.health().get("self_test")
+        return -1.0 if test is None else 1.0 if test["ok"] else 0.0
+
+    def _status_gate_wait(self, seconds: float) -> None:
+        """The confirmer waits on the status limiter's gate (it never acquires it there)."""
+        self.limiters[ORDER_STATUS].waits += 1
+        on_wait = self.limiters[ORDER_STATUS].on_wait
+        if on_wait is not None:
+            on_wait(seconds)
+
+    async def _exchange_background(self) -> None:
+        """The start-up self-test (key, signature, clock), then clock re-syncs forever
+        (re-testing while the self-test fails)."""
+        if not self.config.exchange.dry_run:
+            result = await self.exchange.self_test(self.config.targets)
+            if not result.ok:
+                self._log.critical(
+                    "exchange.self_test_failed_at_start",
+                    checks=[c for c in result.as_dict()["checks"] if not c["ok"]],
+                    note="the daemon keeps running and re-tests; a kill still tries",
+                )
+            self.service.send_status()  # only if the line changed (a failed self-test)
+        await self.exchange.run_background()
+
+    def _latch(self) -> tuple[bool, str | None]:
+        """The latch as the switch holds it now (written to a store that works again)."""
+        return self.switch.state is not State.ARMED, self.switch.current_kill_id
+
+    def _count_request(self, endpoint: str, outcome: str) -> None:
+        self.prom.requests.labels(endpoint, outcome).inc()
+
+    def _state_changed(self, state: State, why: str) -> None:
+        if self.guard is not None:
+            self.guard.state_changed()
+        if state is State.KILLING:
+            self.prom.kills.labels(self.switch.kill_source or "unknown").inc()
+        elif state is State.TRIPPED:
+            last = self.switch.last_kill or {}
+            if last.get("duration_ms") is not None:
+                self.prom.kill_seconds.observe(last["duration_ms"] / 1000)
+            if last.get("flat_ms") is not None:
+                self.prom.flat_seconds.observe(last["flat_ms"] / 1000)
+            for outcome in OUTCOME_FIELDS:
+                self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
+            self.prom.leftovers.inc(last.get("leftover", 0))
+            self.prom.kill_flat.set(1.0 if last.get("flat") else 0.0)
+        self.service.state_changed(state)
+        if self.cluster is not None:
+            self.cluster.state_changed(state, why)
+
+    def _fire(self, source: str, reason: str) -> None:
+        if not self._triggers_enabled().get(source, True):
+            self._log.info("trigger.disabled", source=source, reason=reason)
+            return
+        outcome = self.switch.trigger(source, reason)
+        self.prom.triggers.labels(source, outcome.value).inc()
+
+    def _triggers_enabled(self) -> dict[str, bool]:
+        """Which triggers the config turns on (one definition: firing and status read it)."""
+        t = self.config.triggers
+        return {"signal": t.signal.enabled, "heartbeat": t.heartbeat.enabled, "pnl": t.pnl.enabled}
+
+    def _trigger_states(self) -> dict[str, str]:
+        """Each trigger's own state, in words (``killswitch status`` shows them)."""
+        enabled = self._triggers_enabled()
+        return {
+            "signal": "watching" if enabled["signal"] else "off",
+            "heartbeat": self.deadman.state(),
+            "pnl": self.pnl.state() if enabled["pnl"] else "off",
+        }
+
+    # ------------------------------------------------------------------ control API
+
+    def heartbeat(self) -> dict[str, Any]:
+        """A heartbeat (counted even with the trigger off); the state, so a trading
+        process can stop itself when it reads KILLING or TRIPPED."""
+        self.deadman.beat()
+        return {
+            "state": self.switch.state.value,
+            "kill_id": self.switch.current_kill_id,
+            "heartbeat_trigger": self.config.triggers.heartbeat.enabled,
+        }
+
+    def trigger(self, reason: str) -> dict[str, Any]:
+        outcome = self.switch.trigger("manual", reason)
+        self.prom.triggers.labels("manual", outcome.value).inc()
+        return {"outcome": outcome.value, "kill_id": self.switch.current_kill_id}
+
+    def reset(self, force: bool = False) -> tuple[bool, dict[str, Any]]:
+        outcome = self.switch.reset(force=force)
+        ok = outcome is not ResetOutcome.REFUSED
+        if ok:
+            self.store.acknowledge()  # the operator has seen a store problem it recovered from
+        return ok, {"reset": outcome.value, **self.status()}
+
+    def status(self) -> dict[str, Any]:
+        hb_deadline = self.deadman.deadline
+        return {
+            "state": self.switch.state.value,
+            "kill_id": self.switch.current_kill_id,
+            # confirmed/total, outcomes, budgets and the estimate (killswitch/kill/progress.py)
+            "progress": self.runner.progress_report()
+            if self.switch.state is State.KILLING
+            else None,
+            "heartbeat_age": self.deadman.age(),
+            "heartbeat_armed": hb_deadline is not None and self.deadman.enabled,
+            "heartbeat_timeout": self.deadman.timeout,
+            "pnl": self.pnl.value,
+            "pnl_age": self.pnl.age(),
+            "pnl_threshold": self.pnl.threshold,
+            "last_kill": self.switch.last_kill,
+            "store": self.store.health(),
+            "stuck": self.runner.stuck_info() if self.switch.state is State.KILLING else None,
+            "rate_limit": {
+                name: {
+                    "available": lim.available(),
+                    "limit": lim.requests,
+                    "next_free_in": round(lim.next_free_in(), 3),
+                }
+                for name, lim in self.limiters.items()
+            },
+            "exchange": self.exchange.health(),
+            "guard": None if self.guard is None else self.guard.status(),
+            "triggers": self._triggers_enabled(),
+            "trigger_states": self._trigger_states(),
+            **({} if self.cluster is None else {"cluster": self.cluster.status()}),
+            "uptime": round(self.clock.monotonic() - self._started, 3),
+            "pid": os.getpid(),
+            "version": __version__,
+        }
+
+    def metrics(self) -> bytes:
+        return self.prom.render()
