@@ -4,7 +4,7 @@ K = 1, 5 and 10 real daemons, each with ``[cluster]``, subscribe to a real
 nats-server on loopback; one simulated exchange (its own process) serves them
 all.  Two kinds of round alternate in random order, one at a time:
 
-- fleet: the bench's operator connection runs :meth:`killswitch.fleet.Fleet.trigger`
+- fleet: the bench's operator connection runs :meth:`killswitch.cluster.fleet.Fleet.trigger`
   (what ``killswitch fleet trigger`` does: the trigger, then the status request,
   then the acknowledgements);
 - local: SIGUSR1 to every daemon, back to back.
@@ -30,9 +30,9 @@ from typing import Any
 from bench.harness import Settings, progress
 from bench.procs import DaemonProcess, SimProcess, daemon_config
 from bench.report import Figure, percentile
-from killswitch.cluster import ClusterSettings, resolve_cluster
+from killswitch.cluster.connection import ClusterSettings, resolve_cluster
+from killswitch.cluster.fleet import Fleet
 from killswitch.config import ClusterConfig
-from killswitch.fleet import Fleet
 from tests.natsserver import NatsServer, NatsUser
 
 __all__ = ["run"]

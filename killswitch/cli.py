@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from killswitch import __version__
+from killswitch.cluster.fleet import add_fleet_commands
 from killswitch.config import Config, ConfigError, as_dict, load_config, pnl_directory_problem
 from killswitch.exchange.credentials import load_credentials
-from killswitch.fleet import add_fleet_commands
 from killswitch.service.control import ControlClient, DaemonUnavailable
 from killswitch.service.status_view import format_status  # small; also imported by tests from here
 
 if TYPE_CHECKING:
-    from killswitch.cluster import ClusterSettings
+    from killswitch.cluster.connection import ClusterSettings
 
 __all__ = ["format_status", "main", "watch"]
 
@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cluster_settings(config: Config) -> ClusterSettings | None:
-    from killswitch.cluster import resolve_cluster
+    from killswitch.cluster.connection import resolve_cluster
 
     return resolve_cluster(config.cluster)
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-import killswitch.cluster as cluster_mod
-from killswitch.cluster import (
+import killswitch.cluster.connection as cluster_mod
+from killswitch.cluster.connection import (
     Cluster,
     ClusterSettings,
     InvalidMessage,
@@ -25,8 +25,8 @@ from killswitch.cluster import (
     parse_trigger,
     resolve_cluster,
 )
+from killswitch.cluster.fleet import Fleet, FleetAnswer, fleet_rows, format_fleet, format_trigger
 from killswitch.config import ClusterConfig, ConfigError, parse_config, reloadable
-from killswitch.fleet import Fleet, FleetAnswer, fleet_rows, format_fleet, format_trigger
 from killswitch.kill.switch import State, TriggerOutcome
 from tests.fakes import FakeClock
 

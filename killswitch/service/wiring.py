@@ -49,7 +49,7 @@ from killswitch.triggers.heartbeat import DeadManSwitch
 from killswitch.triggers.pnl import PnlMonitor, PnlWatcher
 
 if TYPE_CHECKING:
-    from killswitch.cluster import Cluster, ClusterSettings
+    from killswitch.cluster.connection import Cluster, ClusterSettings
 
 __all__ = ["Wiring"]
 
@@ -238,7 +238,7 @@ class Wiring:
         self.switch.on_reset(self.pnl.rearm)
         self.control = ControlServer(cfg.control.socket, self)
         if self.cluster_settings is not None:
-            from killswitch.cluster import Cluster
+            from killswitch.cluster.connection import Cluster
             from killswitch.log import add_tap
 
             self.cluster = Cluster(self.cluster_settings, self, self.clock, self.prom.registry)
