@@ -30,8 +30,8 @@ from typing import Any
 from bench.harness import Settings, progress
 from bench.procs import DaemonProcess, SimProcess, daemon_config
 from bench.report import Figure, percentile
-from killswitch.cluster.connection import ClusterSettings, resolve_cluster
 from killswitch.cluster.fleet import Fleet
+from killswitch.cluster.settings import ClusterSettings, resolve_cluster
 from killswitch.config import ClusterConfig
 from tests.natsserver import NatsServer, NatsUser
 

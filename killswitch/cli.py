@@ -20,7 +20,7 @@ from killswitch.service.control import ControlClient, DaemonUnavailable
 from killswitch.service.status_view import format_status  # small; also imported by tests from here
 
 if TYPE_CHECKING:
-    from killswitch.cluster.connection import ClusterSettings
+    from killswitch.cluster.settings import ClusterSettings
 
 __all__ = ["format_status", "main", "watch"]
 
@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cluster_settings(config: Config) -> ClusterSettings | None:
-    from killswitch.cluster.connection import resolve_cluster
+    from killswitch.cluster.settings import resolve_cluster
 
     return resolve_cluster(config.cluster)
 

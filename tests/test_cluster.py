@@ -14,18 +14,16 @@ import pytest
 from structlog.testing import capture_logs
 
 import killswitch.cluster.connection as cluster_mod
-from killswitch.cluster.connection import (
-    Cluster,
-    ClusterSettings,
+from killswitch.cluster.connection import Cluster
+from killswitch.cluster.fleet import Fleet, FleetAnswer, fleet_rows, format_fleet, format_trigger
+from killswitch.cluster.messages import (
     InvalidMessage,
     SeenIds,
-    connect_options,
     encode_trigger,
     new_trigger,
     parse_trigger,
-    resolve_cluster,
 )
-from killswitch.cluster.fleet import Fleet, FleetAnswer, fleet_rows, format_fleet, format_trigger
+from killswitch.cluster.settings import ClusterSettings, connect_options, resolve_cluster
 from killswitch.config import ClusterConfig, ConfigError, parse_config, reloadable
 from killswitch.kill.switch import State, TriggerOutcome
 from tests.fakes import FakeClock

@@ -2,7 +2,9 @@
 
 ``connection`` (:class:`~killswitch.cluster.connection.Cluster`: the daemon's
 NATS side, one task that connects, subscribes, obeys and publishes),
-``fleet`` (``killswitch fleet trigger|status``: the firm-wide button).
+``settings`` (the subjects, the desk name, the credentials, TLS), ``messages``
+(trigger messages validated, encoded, remembered), ``fleet`` (``killswitch
+fleet trigger|status``: the firm-wide button).
 
 Nothing is imported here, nats-py least of all.
 """

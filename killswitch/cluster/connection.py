@@ -24,20 +24,29 @@ import asyncio
 import contextlib
 import json
 import math
-import os
-import socket
 import threading
-import uuid
-from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from killswitch.clock import Clock
-from killswitch.config import SUBJECT_TOKEN, ClusterConfig, ConfigError
-from killswitch.exchange.credentials import Secret, read_secret
+from killswitch.cluster.messages import (
+    InvalidMessage,
+    SeenIds,
+    encode_trigger,
+    new_trigger,
+    parse_trigger,
+)
+from killswitch.cluster.settings import (
+    ClusterSettings,
+    InsecureConnection,
+    connect_options,
+    is_tls,
+    server_label,
+    wants_tls,
+)
 from killswitch.kill.switch import State, TriggerOutcome
 from killswitch.log import get_logger
 
@@ -45,230 +54,15 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
 
-__all__ = [
-    "Cluster",
-    "ClusterHost",
-    "ClusterSettings",
-    "InvalidMessage",
-    "Subjects",
-    "TriggerMessage",
-    "connect_options",
-    "encode_trigger",
-    "parse_trigger",
-    "resolve_cluster",
-]
+__all__ = ["Cluster", "ClusterHost", "Decision"]
 
-DESK_ENV = "KILLSWITCH_DESK"  # the systemd template unit sets it to the instance name (%i)
-MAX_MESSAGE = 16 * 1024  # a trigger message is a few hundred bytes
-MAX_ID, MAX_ORIGIN, MAX_REASON = 128, 200, 500
 EVENT_BUFFER = 10_000  # event lines held while NATS is slow or away; the rest are counted
-SEEN_LIMIT = 100_000  # trigger ids remembered at most (each for 2 x max_age + 60 s)
 RECONNECT_WAIT = 1.0  # nats-py's wait between attempts at one server
 RETRY_MAX = 30.0  # our own backoff cap if a whole connection attempt fails
 EVENTS_IN_FLIGHT = 64 * 1024  # event bytes handed to nats-py before waiting for the server
 FLUSH_TIMEOUT = 5  # seconds
 STATUS_DEFER = 1.0  # a status request waits at most this long for a starting kill's first send
 CONNECT_FAILED_EVERY = 60.0  # cluster.connect_failed at most once a minute (+ suppressed)
-
-
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class Subjects:
-    firm_trigger: str
-    desk_trigger: str
-    events: str
-    status: str
-
-    @classmethod
-    def of(cls, config: ClusterConfig, desk: str) -> Subjects:
-        base = f"{config.subject_prefix}.{config.firm}"
-        return cls(
-            f"{base}.trigger", f"{base}.{desk}.trigger", f"{base}.{desk}.events", f"{base}.status"
-        )
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """``[cluster]`` with what is resolved at start: the desk name, the host, the credentials."""
-
-    config: ClusterConfig
-    desk: str
-    host: str
-    credentials: Secret | None
-
-    @property
-    def subjects(self) -> Subjects:
-        return Subjects.of(self.config, self.desk)
-
-    @property
-    def origin(self) -> str:
-        return f"{self.desk}@{self.host}"
-
-
-def _credential_kind(secret: Secret) -> str:
-    text = secret.reveal()
-    if "-----BEGIN NATS USER JWT-----" in text and "BEGIN USER NKEY SEED" in text:
-        return "creds"
-    if text.startswith("SU") and len(text) == 58 and text.isalnum():
-        return "seed"
-    raise ConfigError(
-        "cluster.credentials_env",
-        "expected the content of a NATS .creds file or a user nkey seed (SU...)",
-    )
-
-
-def resolve_cluster(
-    config: ClusterConfig | None, environ: Mapping[str, str] | None = None
-) -> ClusterSettings | None:
-    """The desk name (config, else ``$KILLSWITCH_DESK``, else the host name) and credentials."""
-    if config is None:
-        return None
-    env = os.environ if environ is None else environ
-    host = socket.gethostname()
-    desk = config.desk or env.get(DESK_ENV) or host.split(".", 1)[0]
-    if not SUBJECT_TOKEN.fullmatch(desk):
-        raise ConfigError(
-            "cluster.desk", f"{desk!r} is not a usable desk name: set cluster.desk ([A-Za-z0-9_-])"
-        )
-    credentials = None
-    if config.credentials_env is not None:
-        credentials = read_secret(config.credentials_env, "cluster.credentials_env", env)
-        _credential_kind(credentials)
-    return ClusterSettings(config=config, desk=desk, host=host, credentials=credentials)
-
-
-def connect_options(settings: ClusterSettings) -> dict[str, Any]:
-    """Keyword arguments for ``nats.connect`` carrying the credentials, if any."""
-    if settings.credentials is None:
-        return {}
-    if _credential_kind(settings.credentials) == "seed":
-        return {"nkeys_seed_str": settings.credentials.reveal()}
-    from nats.aio.client import RawCredentials
-
-    return {"user_credentials": RawCredentials(settings.credentials.reveal())}
-
-
-def wants_tls(config: ClusterConfig) -> bool:
-    return any(url.startswith("tls://") for url in config.servers)
-
-
-def is_tls(nc: NatsClient) -> bool:
-    """Whether the connection runs over TLS.
-
-    nats-py upgrades to TLS only when the server's INFO asks for it, so a tls://
-    URL alone does not guarantee it (a server or a man in the middle could say
-    no); and it has no public way to ask.  This reads its transport's stream
-    writer: should that internal change, the answer is False and a tls:// cluster
-    refuses to connect (local kills are unaffected), which the tests would show.
-    """
-    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
-    return writer is not None and writer.get_extra_info("ssl_object") is not None
-
-
-class InsecureConnection(ConnectionError):
-    """tls:// was configured and the connection is not encrypted."""
-
-
-def server_label(url: object) -> str | None:
-    """``scheme://host:port`` of a parsed URL, never its user information."""
-    scheme, host, port = (getattr(url, a, None) for a in ("scheme", "hostname", "port"))
-    return None if host is None else f"{scheme}://{host}:{port}"
-
-
-# --------------------------------------------------------------------------- messages
-
-
-class InvalidMessage(ValueError):
-    """A trigger message that is not ``{"id", "origin", "reason", "sent_at"}``."""
-
-
-@dataclass(frozen=True)
-class TriggerMessage:
-    id: str
-    origin: str
-    reason: str
-    sent_at: int  # epoch ms, the sender's clock
-
-
-def _text(body: Mapping[str, Any], name: str, limit: int) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidMessage(f"{name}: expected a non-empty string")
-    if len(value) > limit:
-        raise InvalidMessage(f"{name}: longer than {limit} characters")
-    if not value.isprintable():
-        raise InvalidMessage(f"{name}: contains control characters")
-    return value
-
-
-def parse_trigger(data: bytes) -> TriggerMessage:
-    """Validate one trigger message; :class:`InvalidMessage` says what is wrong."""
-    if len(data) > MAX_MESSAGE:
-        raise InvalidMessage(f"larger than {MAX_MESSAGE} bytes")
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidMessage("not JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidMessage("expected a JSON object")
-    sent_at = body.get("sent_at")
-    if isinstance(sent_at, bool) or not isinstance(sent_at, int | float):
-        raise InvalidMessage("sent_at: expected epoch milliseconds")
-    if not math.isfinite(sent_at) or not 0 < sent_at < 10**14:
-        raise InvalidMessage("sent_at: out of range")
-    return TriggerMessage(
-        id=_text(body, "id", MAX_ID),
-        origin=_text(body, "origin", MAX_ORIGIN),
-        reason=_text(body, "reason", MAX_REASON),
-        sent_at=int(sent_at),
-    )
-
-
-def encode_trigger(message: TriggerMessage) -> bytes:
-    return json.dumps(
-        {
-            "id": message.id,
-            "origin": message.origin,
-            "reason": message.reason,
-            "sent_at": message.sent_at,
-        }
-    ).encode()
-
-
-def new_trigger(origin: str, reason: str, now: float) -> TriggerMessage:
-    """A fresh trigger message sent at ``now`` (epoch seconds)."""
-    return TriggerMessage(uuid.uuid4().hex, origin, reason[:MAX_REASON], int(now * 1000))
-
-
-class SeenIds:
-    """Trigger ids already obeyed, each kept ``keep`` seconds (monotonic), at most ``limit``."""
-
-    def __init__(self, keep: float, clock: Clock, limit: int = SEEN_LIMIT) -> None:
-        self.keep = keep
-        self.clock = clock
-        self.limit = limit
-        self._ids: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
-
-    def get(self, trigger_id: str) -> tuple[str | None] | None:
-        """``(kill_id,)`` if the id was seen, else None."""
-        self._expire()
-        found = self._ids.get(trigger_id)
-        return None if found is None else (found[1],)
-
-    def add(self, trigger_id: str, kill_id: str | None) -> None:
-        self._ids[trigger_id] = (self.clock.monotonic(), kill_id)
-        while len(self._ids) > self.limit:
-            self._ids.popitem(last=False)
-
-    def _expire(self) -> None:
-        horizon = self.clock.monotonic() - self.keep
-        while self._ids:
-            at = next(iter(self._ids.values()))[0]
-            if at >= horizon:
-                break
-            self._ids.popitem(last=False)
 
 
 # --------------------------------------------------------------------------- the daemon side

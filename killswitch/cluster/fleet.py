@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
 
-    from killswitch.cluster.connection import ClusterSettings
+    from killswitch.cluster.settings import ClusterSettings
 
 __all__ = ["Fleet", "FleetAnswer", "add_fleet_commands"]
 
@@ -57,7 +57,7 @@ class Fleet:
     """An operator's connection to the firm's NATS: broadcast, gather, show."""
 
     def __init__(self, settings: ClusterSettings) -> None:
-        from killswitch.cluster.connection import Subjects
+        from killswitch.cluster.settings import Subjects
 
         self.settings = settings
         self.subjects = Subjects.of(settings.config, settings.desk)
@@ -69,7 +69,7 @@ class Fleet:
     async def connect(self, timeout: float) -> None:
         import nats
 
-        from killswitch.cluster.connection import connect_options, is_tls, wants_tls
+        from killswitch.cluster.settings import connect_options, is_tls, wants_tls
 
         async def on_error(exc: Exception) -> None:
             self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -128,7 +128,7 @@ class Fleet:
         self, reason: str, *, desk: str | None = None, timeout: float = 2.0, origin: str = ""
     ) -> FleetAnswer:
         """Broadcast one trigger, ask for status right behind it, gather until done."""
-        from killswitch.cluster.connection import encode_trigger, new_trigger
+        from killswitch.cluster.messages import encode_trigger, new_trigger
 
         assert self.nc is not None
         nc = self.nc
@@ -312,7 +312,7 @@ def format_fleet(rows: list[dict[str, Any]]) -> str:
 
 
 def _settings(path: str) -> ClusterSettings:
-    from killswitch.cluster.connection import resolve_cluster
+    from killswitch.cluster.settings import resolve_cluster
 
     config = load_config(Path(path))
     if config.cluster is None:

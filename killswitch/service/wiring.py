@@ -49,7 +49,8 @@ from killswitch.triggers.heartbeat import DeadManSwitch
 from killswitch.triggers.pnl import PnlMonitor, PnlWatcher
 
 if TYPE_CHECKING:
-    from killswitch.cluster.connection import Cluster, ClusterSettings
+    from killswitch.cluster.connection import Cluster
+    from killswitch.cluster.settings import ClusterSettings
 
 __all__ = ["Wiring"]
 
