@@ -24,7 +24,7 @@ from killswitch.cluster.messages import (
     parse_trigger,
 )
 from killswitch.cluster.settings import ClusterSettings, connect_options, resolve_cluster
-from killswitch.config import ClusterConfig, ConfigError, parse_config, reloadable
+from killswitch.config.load import ClusterConfig, ConfigError, parse_config, reloadable
 from killswitch.kill.switch import State, TriggerOutcome
 from tests.fakes import FakeClock
 

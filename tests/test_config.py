@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from killswitch.config import (
+from killswitch.config.load import (
     ConfigError,
     FlatConfig,
     GuardConfig,

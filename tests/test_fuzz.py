@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from killswitch.cli import main as cli_main
-from killswitch.config import ConfigError, ExchangeConfig, as_dict, load_config, parse_config
+from killswitch.config.load import ConfigError, ExchangeConfig, as_dict, load_config, parse_config
 from killswitch.exchange.client import ENDPOINTS as EXCHANGE_ENDPOINTS
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.credentials import Credentials, Secret

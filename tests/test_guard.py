@@ -7,7 +7,7 @@ import asyncio
 
 from structlog.testing import capture_logs
 
-from killswitch.config import parse_config
+from killswitch.config.load import parse_config
 from killswitch.kill.guard import Guard
 from tests.fake_venue import VenueFake
 from tests.fakes import FakeClock, settle

@@ -11,7 +11,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from killswitch.config import load_config
+from killswitch.config.load import load_config
 from killswitch.exchange.credentials import load_credentials
 from killswitch.service.daemon import Daemon
 from killswitch.service.notify import Notifier

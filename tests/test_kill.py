@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from killswitch.config import Config, parse_config
+from killswitch.config.load import Config, parse_config
 from killswitch.exchange.errors import (
     RateLimited,
     RejectedRequest,

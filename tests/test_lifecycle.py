@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 
 from killswitch import _early
 from killswitch.cli import format_status
-from killswitch.config import load_config
+from killswitch.config.load import load_config
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.credentials import load_credentials
 from killswitch.exchange.transport import Transport

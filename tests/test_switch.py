@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from killswitch.config import parse_config
+from killswitch.config.load import parse_config
 from killswitch.kill.plan import KillPlan
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.store.state import StateStore

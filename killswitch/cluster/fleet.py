@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from killswitch.config import SUBJECT_TOKEN, ConfigError, load_config
+from killswitch.config.load import SUBJECT_TOKEN, ConfigError, load_config
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient

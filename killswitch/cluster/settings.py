@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from killswitch.config import SUBJECT_TOKEN, ClusterConfig, ConfigError
+from killswitch.config.load import SUBJECT_TOKEN, ClusterConfig, ConfigError
 from killswitch.exchange.credentials import Secret, read_secret
 
 if TYPE_CHECKING:

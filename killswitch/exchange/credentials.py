@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from killswitch.config import ConfigError, ExchangeConfig
+from killswitch.config.load import ConfigError, ExchangeConfig
 
 __all__ = ["Credentials", "Secret", "ed25519_secret_bytes", "load_credentials", "read_secret"]
 

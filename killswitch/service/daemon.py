@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from killswitch import __version__
-from killswitch.config import Config, ConfigError, load_config, reloadable
+from killswitch.config.load import Config, ConfigError, load_config, reloadable
 from killswitch.kill.switch import State
 from killswitch.log import configure_logging, install_loop_handler
 from killswitch.service.control import ControlServer, SocketInUse

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from killswitch.config_reader import ConfigError, Table, show
+from killswitch.config.reader import ConfigError, Table, show
 
 __all__ = [
     "CancelAllConfig",
