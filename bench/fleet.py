@@ -32,7 +32,7 @@ from bench.procs import DaemonProcess, SimProcess, daemon_config
 from bench.report import Figure, percentile
 from killswitch.cluster.fleet import Fleet
 from killswitch.cluster.settings import ClusterSettings, resolve_cluster
-from killswitch.config.load import ClusterConfig
+from killswitch.config.model import ClusterConfig
 from tests.natsserver import NatsServer, NatsUser
 
 __all__ = ["run"]

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from killswitch import __version__
 from killswitch.cluster.fleet import add_fleet_commands
-from killswitch.config.load import Config, ConfigError, as_dict, load_config, pnl_directory_problem
+from killswitch.config.load import load_config, pnl_directory_problem
+from killswitch.config.model import Config, as_dict
+from killswitch.config.reader import ConfigError
 from killswitch.exchange.credentials import load_credentials
 from killswitch.service.control import ControlClient, DaemonUnavailable
 from killswitch.service.status_view import format_status  # small; also imported by tests from here

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from killswitch.config.load import DEFAULT_TERMINAL
+from killswitch.config.model import DEFAULT_TERMINAL
 from killswitch.exchange.client import ENDPOINTS
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimConfig, SimExchange
 

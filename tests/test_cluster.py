@@ -24,7 +24,9 @@ from killswitch.cluster.messages import (
     parse_trigger,
 )
 from killswitch.cluster.settings import ClusterSettings, connect_options, resolve_cluster
-from killswitch.config.load import ClusterConfig, ConfigError, parse_config, reloadable
+from killswitch.config.load import parse_config
+from killswitch.config.model import ClusterConfig, reloadable
+from killswitch.config.reader import ConfigError
 from killswitch.kill.switch import State, TriggerOutcome
 from tests.fakes import FakeClock
 

@@ -17,15 +17,9 @@ from aiohttp.test_utils import TestServer
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from killswitch.config.load import (
-    ConfigError,
-    FlatConfig,
-    GuardConfig,
-    RateLimit,
-    load_config,
-    parse_config,
-    reloadable,
-)
+from killswitch.config.load import load_config, parse_config
+from killswitch.config.model import FlatConfig, GuardConfig, RateLimit, reloadable
+from killswitch.config.reader import ConfigError
 from killswitch.exchange.credentials import Secret, load_credentials
 
 ROOT = Path(__file__).resolve().parent.parent

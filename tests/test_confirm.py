@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from killswitch.config.load import ConfirmConfig
+from killswitch.config.model import ConfirmConfig
 from killswitch.exchange.errors import (
     BadResponse,
     ConnectionFailed,

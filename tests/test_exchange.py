@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from yarl import URL
 
 from killswitch.clock import Clock, SystemClock
-from killswitch.config.load import ExchangeConfig, Target
+from killswitch.config.model import ExchangeConfig, Target
 from killswitch.exchange.client import (
     DRY_RUN_STATUS,
     ENDPOINTS,

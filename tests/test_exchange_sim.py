@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from killswitch.clock import SystemClock
-from killswitch.config.load import ExchangeConfig, Target
+from killswitch.config.model import ExchangeConfig, Target
 from killswitch.exchange.client import ENDPOINTS, ExchangeClient
 from killswitch.exchange.credentials import Credentials, Secret
 from killswitch.exchange.errors import ExchangeError

@@ -41,7 +41,9 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from killswitch.cli import main as cli_main
-from killswitch.config.load import ConfigError, ExchangeConfig, as_dict, load_config, parse_config
+from killswitch.config.load import load_config, parse_config
+from killswitch.config.model import ExchangeConfig, as_dict
+from killswitch.config.reader import ConfigError
 from killswitch.exchange.client import ENDPOINTS as EXCHANGE_ENDPOINTS
 from killswitch.exchange.client import ExchangeClient
 from killswitch.exchange.credentials import Credentials, Secret

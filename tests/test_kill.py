@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from killswitch.config.load import Config, parse_config
+from killswitch.config.load import parse_config
+from killswitch.config.model import Config
 from killswitch.exchange.errors import (
     RateLimited,
     RejectedRequest,

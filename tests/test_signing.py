@@ -9,7 +9,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from killswitch.config.load import ExchangeConfig, HeaderNames
+from killswitch.config.model import ExchangeConfig, HeaderNames
 from killswitch.exchange.credentials import Credentials, Secret
 from killswitch.exchange.signing import (
     Ed25519Signer,

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from killswitch.config.load import (
+from killswitch.config.model import (
     ControlConfig,
     DaemonConfig,
     ExchangeConfig,
@@ -169,7 +169,7 @@ def test_template_has_the_same_sandbox() -> None:
 
 
 def test_units_match_the_daemon_defaults() -> None:
-    """Paths, credential names and timeouts agree with killswitch.config.load's defaults."""
+    """Paths, credential names and timeouts agree with killswitch.config.model's defaults."""
     for unit in UNITS:
         socket_dir = PurePosixPath(ControlConfig().socket.parent).relative_to("/run")
         state_dir = PurePosixPath(StateConfig().path.parent).relative_to("/var/lib")

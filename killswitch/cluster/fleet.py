@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from killswitch.config.load import SUBJECT_TOKEN, ConfigError, load_config
+from killswitch.config.load import SUBJECT_TOKEN, load_config
+from killswitch.config.reader import ConfigError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient

@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from killswitch.config.load import SUBJECT_TOKEN, ClusterConfig, ConfigError
+from killswitch.config.load import SUBJECT_TOKEN
+from killswitch.config.model import ClusterConfig
+from killswitch.config.reader import ConfigError
 from killswitch.exchange.credentials import Secret, read_secret
 
 if TYPE_CHECKING:

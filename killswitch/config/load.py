@@ -1,4 +1,4 @@
-"""Configuration: TOML parsed once into a frozen, typed object.
+"""Configuration: TOML parsed once into a frozen, typed object (:mod:`killswitch.config.model`).
 
 Every value is checked here, at load time, so the engine never parses a string.
 Errors name the dotted key: ``config error: triggers.pnl.threshold: expected a
@@ -13,208 +13,46 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
+from killswitch.config.model import (
+    CancelAllConfig,
+    ClusterConfig,
+    Config,
+    ConfirmConfig,
+    ControlConfig,
+    DaemonConfig,
+    ExchangeConfig,
+    FlatConfig,
+    GuardConfig,
+    HeaderNames,
+    HeartbeatTrigger,
+    LogConfig,
+    PnlTrigger,
+    RateLimit,
+    SignalTrigger,
+    StateConfig,
+    Target,
+    Triggers,
+)
 from killswitch.config.reader import ConfigError, Table, show
 
 __all__ = [
-    "CancelAllConfig",
-    "ClusterConfig",
-    "Config",
-    "ConfigError",
-    "ConfirmConfig",
-    "ControlConfig",
-    "DaemonConfig",
-    "ExchangeConfig",
-    "FlatConfig",
-    "GuardConfig",
-    "HeaderNames",
-    "HeartbeatTrigger",
-    "LogConfig",
-    "PnlTrigger",
-    "RateLimit",
-    "SignalTrigger",
-    "StateConfig",
-    "Target",
-    "Triggers",
-    "as_dict",
+    "MAX_CLOCK_SYNC_INTERVAL",
+    "MAX_LOOKBACK_DAYS",
+    "SUBJECT_TOKEN",
     "load_config",
     "parse_config",
     "pnl_directory_problem",
-    "reloadable",
 ]
-
-DEFAULT_TERMINAL = (
-    "CANCELLED",
-    "EXECUTED",
-    "PARTIALLY_EXECUTED",
-    "EXPIRED",
-    "DISCARDED",
-    "FAILED",
-    "REJECTED",
-)
 
 MAX_LOOKBACK_DAYS = 365.0
 """``flat.lookback_days`` at most: each 7-day window costs at least one listing call."""
 MAX_CLOCK_SYNC_INTERVAL = 3600.0
 """``exchange.clock_sync_interval`` at most: the sync also keeps the pools warm."""
-
-
-@dataclass(frozen=True)
-class HeaderNames:
-    api_key: str = "X-AUTH-APIKEY"
-    signature: str = "X-AUTH-SIGNATURE"
-    epoch: str = "X-AUTH-EPOCH"
-
-
-@dataclass(frozen=True)
-class ExchangeConfig:
-    base_url: str = "https://coinswitch.co"
-    signing: Literal["ed25519", "hmac-sha256"] = "ed25519"
-    api_key_env: str = "KILLSWITCH_API_KEY"
-    api_secret_env: str = "KILLSWITCH_API_SECRET"  # noqa: S105 - the name of a variable, not a secret
-    cancel_all_path: str = "/trade/api/v2/futures/cancel_all"
-    order_status_path: str = "/trade/api/v2/futures/order"
-    open_orders_path: str = "/trade/api/v2/futures/orders/open"
-    closed_orders_path: str = "/trade/api/v2/futures/orders/closed"
-    time_path: str = "/trade/api/v2/time"
-    clock_sync_interval: float = 60.0
-    request_timeout: float = 5.0
-    dry_run: bool = False
-    headers: HeaderNames = field(default_factory=HeaderNames)
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    requests: int
-    per_seconds: float
-    margin: float = 0.5
-
-
-@dataclass(frozen=True)
-class CancelAllConfig:
-    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(10, 60.0))
-    retry_base: float = 0.2
-    retry_max: float = 10.0
-
-
-@dataclass(frozen=True)
-class Target:
-    exchange: str
-    symbols: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ConfirmConfig:
-    max_concurrency: int = 64
-    first_poll_delay: float = 0.25
-    poll_interval: float = 0.25
-    max_poll_interval: float = 5.0
-    deadline: float = 120.0
-    unknown_after: int = 3
-    terminal_statuses: frozenset[str] = frozenset(DEFAULT_TERMINAL)
-    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
-    use_listings: bool = True  # False: per-id status polls only, no flat proof (bench, old venues)
-
-
-@dataclass(frozen=True)
-class FlatConfig:
-    """The flat proof's listings: one sliding window per listing endpoint."""
-
-    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
-    lookback_days: float = 7.0
-
-
-@dataclass(frozen=True)
-class GuardConfig:
-    """While tripped, list the targets every ``interval`` s and sweep what is open."""
-
-    enabled: bool = True
-    interval: float = 15.0
-
-
-@dataclass(frozen=True)
-class SignalTrigger:
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class HeartbeatTrigger:
-    enabled: bool = True
-    timeout: float = 10.0
-    arm_on_start: bool = False
-
-
-@dataclass(frozen=True)
-class PnlTrigger:
-    enabled: bool = True
-    path: Path = Path("/var/lib/trading/pnl.json")
-    threshold: float = -5000.0
-    stale_after: float = 30.0
-
-
-@dataclass(frozen=True)
-class Triggers:
-    signal: SignalTrigger = field(default_factory=SignalTrigger)
-    heartbeat: HeartbeatTrigger = field(default_factory=HeartbeatTrigger)
-    pnl: PnlTrigger = field(default_factory=PnlTrigger)
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    socket: Path = Path("/run/killswitch/control.sock")
-
-
-@dataclass(frozen=True)
-class StateConfig:
-    path: Path = Path("/var/lib/killswitch/state.db")
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    format: Literal["json", "console"] = "json"
-    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    shutdown_grace: float = 10.0
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """``[cluster]``: firm-wide triggers over NATS (contract §11).  ``desk`` None: resolved at
-    start from ``$KILLSWITCH_DESK`` (the systemd template sets it to the instance name), else
-    the host name."""
-
-    servers: tuple[str, ...]
-    firm: str
-    credentials_env: str | None = None
-    desk: str | None = None
-    subject_prefix: str = "killswitch"
-    follow: frozenset[str] = frozenset({"firm", "desk"})
-    propagate: bool = False
-    max_age: float = 30.0
-
-
-@dataclass(frozen=True)
-class Config:
-    exchange: ExchangeConfig
-    cancel_all: CancelAllConfig
-    targets: tuple[Target, ...]
-    confirm: ConfirmConfig
-    triggers: Triggers
-    control: ControlConfig
-    state: StateConfig
-    log: LogConfig
-    daemon: DaemonConfig
-    flat: FlatConfig = field(default_factory=FlatConfig)
-    guard: GuardConfig = field(default_factory=GuardConfig)
-    source: Path | None = None
-    cluster: ClusterConfig | None = None
 
 
 def _is_loopback(host: str) -> bool:
@@ -571,56 +409,3 @@ def load_config(path: Path) -> Config:
         **{f.name: getattr(config, f.name) for f in fields(config) if f.name != "source"},
         source=path.resolve(),
     )
-
-
-def as_dict(value: object) -> Any:
-    """The config as plain TOML-like data, for ``check-config`` and ``/status``."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: as_dict(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, tuple | list):
-        return [as_dict(v) for v in value]
-    if isinstance(value, frozenset):
-        return sorted(as_dict(v) for v in value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
-    """What a SIGHUP may change in a running daemon.
-
-    Thresholds, timeouts, targets, confirmation, flat-proof and guard settings
-    and logging apply at once.  The exchange connection and credentials, the rate limits (their send
-    logs are live), the socket and state paths, the PnL path and turning the PnL
-    watcher on need a restart: those keep their running values, and their
-    dotted names are returned so the operator is told.
-    """
-    pnl_on = new.triggers.pnl.enabled and not current.triggers.pnl.enabled
-    restart = {
-        "exchange": new.exchange != current.exchange,
-        "cancel_all": new.cancel_all != current.cancel_all,
-        "confirm.rate_limit": new.confirm.rate_limit != current.confirm.rate_limit,
-        "flat.rate_limit": new.flat.rate_limit != current.flat.rate_limit,
-        "control": new.control != current.control,
-        "state": new.state != current.state,
-        "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
-        "triggers.pnl.enabled": pnl_on,
-        "cluster": new.cluster != current.cluster,
-    }
-    pnl = replace(
-        new.triggers.pnl,
-        path=current.triggers.pnl.path,
-        enabled=new.triggers.pnl.enabled and current.triggers.pnl.enabled,
-    )
-    applied = replace(
-        new,
-        exchange=current.exchange,
-        cancel_all=current.cancel_all,
-        confirm=replace(new.confirm, rate_limit=current.confirm.rate_limit),
-        flat=replace(new.flat, rate_limit=current.flat.rate_limit),
-        triggers=replace(new.triggers, pnl=pnl),
-        control=current.control,
-        state=current.state,
-        cluster=current.cluster,
-    )
-    return applied, sorted(key for key, changed in restart.items() if changed)

@@ -26,7 +26,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from killswitch.clock import Clock
-from killswitch.config.load import ExchangeConfig, Target
+from killswitch.config.model import ExchangeConfig, Target
 from killswitch.exchange.errors import (
     BadResponse,
     ExchangeError,

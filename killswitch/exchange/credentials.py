@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from killswitch.config.load import ConfigError, ExchangeConfig
+from killswitch.config.model import ExchangeConfig
+from killswitch.config.reader import ConfigError
 
 __all__ = ["Credentials", "Secret", "ed25519_secret_bytes", "load_credentials", "read_secret"]
 

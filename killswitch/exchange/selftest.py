@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from killswitch.config.load import Target
+from killswitch.config.model import Target
 from killswitch.exchange.errors import ExchangeError, RejectedRequest, Unauthorized
 from killswitch.exchange.orders import OrderPage
 

@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus
 
 from nacl.signing import SigningKey
 
-from killswitch.config.load import ExchangeConfig, HeaderNames
+from killswitch.config.model import ExchangeConfig, HeaderNames
 from killswitch.exchange.credentials import Credentials, ed25519_secret_bytes
 
 __all__ = ["Ed25519Signer", "HmacSha256Signer", "Signer", "make_signer", "signed_message"]

@@ -30,7 +30,7 @@ from yarl import URL
 
 from killswitch import __version__
 from killswitch.clock import Clock
-from killswitch.config.load import ExchangeConfig
+from killswitch.config.model import ExchangeConfig
 from killswitch.exchange.errors import (
     BadResponse,
     ConnectionFailed,

@@ -41,7 +41,7 @@ from enum import StrEnum
 from typing import Any, Final, Protocol
 
 from killswitch.clock import Clock, sleep_or_wake
-from killswitch.config.load import ConfirmConfig
+from killswitch.config.model import ConfirmConfig
 from killswitch.exchange.errors import ExchangeError, OrderNotFound, RateLimited
 from killswitch.log import get_logger
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from killswitch.clock import Clock, sleep_or_wake
-from killswitch.config.load import Config
+from killswitch.config.model import Config
 from killswitch.exchange.errors import ExchangeError
 from killswitch.kill.confirm import Confirmer, RateGate
 from killswitch.kill.flat import Listings

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from killswitch.config.load import Target
+from killswitch.config.model import Target
 from killswitch.exchange.errors import (
     BadResponse,
     ConnectionFailed,

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from killswitch.clock import Clock
-from killswitch.config.load import Config
+from killswitch.config.model import Config
 from killswitch.kill.confirm import Confirmer, ConfirmResult, RateGate
 from killswitch.kill.flat import Listings
 from killswitch.kill.plan import (

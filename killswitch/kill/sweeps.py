@@ -28,7 +28,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from killswitch.clock import Clock
-from killswitch.config.load import Config
+from killswitch.config.model import Config
 from killswitch.exchange.errors import ExchangeError, RateLimited
 from killswitch.kill.confirm import Confirmer
 from killswitch.kill.plan import (

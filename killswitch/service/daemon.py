@@ -29,7 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 from killswitch import __version__
-from killswitch.config.load import Config, ConfigError, load_config, reloadable
+from killswitch.config.load import load_config
+from killswitch.config.model import Config, reloadable
+from killswitch.config.reader import ConfigError
 from killswitch.kill.switch import State
 from killswitch.log import configure_logging, install_loop_handler
 from killswitch.service.control import ControlServer, SocketInUse

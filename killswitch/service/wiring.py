@@ -21,7 +21,7 @@ import structlog
 
 from killswitch import __version__
 from killswitch.clock import Clock, SystemClock
-from killswitch.config.load import Config, RateLimit
+from killswitch.config.model import Config, RateLimit
 from killswitch.damping import Damper
 from killswitch.exchange.client import (
     CANCEL_ALL,
