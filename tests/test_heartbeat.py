@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+from killswitch.clock import TIMER_SLACK, SystemClock
 from killswitch.triggers.heartbeat import DeadManSwitch
 from tests.fakes import FakeClock
 
@@ -103,3 +105,52 @@ async def test_reconfigure_moves_the_armed_deadline() -> None:
     await clock.advance(1.0)
     assert [t for t, _ in rec.fired] == [beat + 3.0]
     task.cancel()
+
+
+class _SleepLog(FakeClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 9))
+        await super().sleep(seconds)
+
+
+async def test_only_the_last_stretch_is_slept_precisely() -> None:
+    """The watcher sleeps by timer until TIMER_SLACK before the deadline and looks
+    again; only the rest is slept precisely (on the real clock, loop turns)."""
+    clock = _SleepLog()
+    rec = _Recorder(clock)
+    dms = DeadManSwitch(2.0, clock, rec)
+    task = asyncio.create_task(dms.run())
+    dms.beat()
+    await clock.advance(2.0)
+    assert [t for t, _ in rec.fired] == [1_002.0]
+    assert clock.sleeps[-2:] == [round(2.0 - TIMER_SLACK, 9), round(TIMER_SLACK, 9)]
+    task.cancel()
+
+
+async def test_a_heartbeat_in_the_last_stretch_still_counts() -> None:
+    """A heartbeat after the watcher woke TIMER_SLACK early moves the deadline: no fire."""
+    clock = FakeClock()
+    rec = _Recorder(clock)
+    dms = DeadManSwitch(2.0, clock, rec)
+    task = asyncio.create_task(dms.run())
+    dms.beat()
+    await clock.advance(2.0 - TIMER_SLACK / 2)
+    dms.beat()
+    await clock.advance(TIMER_SLACK)
+    assert rec.fired == []
+    await clock.advance(2.0)
+    assert len(rec.fired) == 1
+    task.cancel()
+
+
+async def test_the_real_clock_never_wakes_before_a_precise_sleep_ends() -> None:
+    """SystemClock.sleep_precisely: timer, then loop turns; never back early."""
+    clock = SystemClock()
+    for seconds in (0.0005, 0.001, 0.003, 0.005) * 5:
+        end = time.monotonic() + seconds
+        await clock.sleep_precisely(seconds)
+        assert time.monotonic() >= end

@@ -1,9 +1,14 @@
 """The dead-man switch: no heartbeat for ``timeout`` seconds fires a kill.
 
 The deadline is a point on the monotonic clock that each heartbeat moves; the
-watcher sleeps exactly until the deadline it saw, checks again on waking (and
-sleeps on if a heartbeat moved it later meanwhile), and so fires within the
-loop's timer precision after the deadline and never before it.  A heartbeat
+watcher sleeps until the deadline it saw, checks again on waking (and sleeps
+on if a heartbeat moved it later meanwhile), and so fires after the deadline
+and never before it.  Timers are only as precise as the loop's (uvloop's run
+on whole milliseconds), so the watcher sleeps by timer until
+:data:`~killswitch.clock.TIMER_SLACK` before the deadline, looks again, and
+only if no heartbeat moved it sleeps the rest precisely (loop turns, serving
+heartbeats in between): it fires within a loop turn of the deadline, and
+spends that short spin only when no heartbeat came for almost ``timeout``.  A heartbeat
 only ever moves the deadline later, so it does not wake the watcher (that
 would cost a wake-up and two new timers per heartbeat, a quarter of the
 daemon's idle CPU at 10 heartbeats a second); arming and reconfiguring do.
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from killswitch.clock import Clock, sleep_or_wake
+from killswitch.clock import TIMER_SLACK, Clock, sleep_or_wake
 from killswitch.log import get_logger
 
 __all__ = ["DeadManSwitch"]
@@ -84,7 +89,11 @@ class DeadManSwitch:
             delay = None if deadline is None else deadline - self.clock.monotonic()
             if delay is None or delay > 0:
                 self._moved.clear()
-                await sleep_or_wake(self.clock, delay, self._moved)
+                if delay is not None and delay > TIMER_SLACK:
+                    delay -= TIMER_SLACK  # then look again: a heartbeat may have moved it
+                    await sleep_or_wake(self.clock, delay, self._moved)
+                else:
+                    await sleep_or_wake(self.clock, delay, self._moved, precisely=True)
                 continue
             assert deadline is not None
             # The deadline has passed and no heartbeat moved it: fire once, disarm.
