@@ -432,3 +432,69 @@ async def test_relisting_spares_the_last_of_the_open_orders_budget(store: StateS
     assert listings[0] - START >= RELIST_MAX
     assert len(listings) == 1  # by then every order was cancelled: one empty listing
     assert summary["flat"] is True
+
+
+class _HeldVenue(VenueFake):
+    """A venue whose ``cancel_all`` answers only once the test lets it; it records
+    what happened in order, with the kill's announcement."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.answer = asyncio.Event()
+        self.answer.set()
+        self.order: list[str] = []
+
+    async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
+        self.order.append("sent")
+        for _ in range(5):  # the round trip: a few loop turns
+            await asyncio.sleep(0)
+        await self.answer.wait()
+        named = await super().cancel_all(exchange, symbol)
+        self.order.append("answered")
+        return named
+
+
+def _announced_plan(venue: _HeldVenue, store: StateStore, config: Config) -> KillPlan:
+    sweeps = plan_sweeps(config.targets)
+
+    def announce() -> None:
+        venue.order.append("announce")
+        store.start_kill("k1", "manual", "test", venue.clock.time(), sweeps)
+
+    return KillPlan("k1", "manual", "test", sweeps, announce=announce)
+
+
+async def test_the_kill_announces_after_its_first_answer(store: StateStore) -> None:
+    """Nothing but the requests runs between the trigger and the first answer: the
+    announcement (events, durable record) and kill.started come after it."""
+    config = make_config()
+    venue = _HeldVenue(FakeClock(START))
+    venue.seed("S", 3)
+    summary, logs = await kill(config, venue, store, plan=_announced_plan(venue, store, config))
+    assert venue.order[:3] == ["sent", "answered", "announce"]
+    events = [e["event"] for e in logs]
+    assert events.index("cancel_all.accepted") < events.index("kill.started")
+    assert summary["cancelled"] == 3
+
+
+async def test_an_unanswered_kill_is_announced_all_the_same(store: StateStore) -> None:
+    """A first answer that does not come holds the announcement ANNOUNCE_WITHIN, no more:
+    kill.started and the durable record while the request is still in flight."""
+    config = make_config()
+    venue = _HeldVenue(FakeClock(START))
+    venue.seed("S", 2)
+    venue.answer.clear()
+    runner = KillRunner(config, venue, store, venue.clock, listings=venue)
+    with capture_logs() as logs:
+        task = asyncio.create_task(runner.run(_announced_plan(venue, store, config)))
+        for _ in range(1000):  # real time: ANNOUNCE_WITHIN is a scheduling pause
+            if "announce" in venue.order:
+                break
+            await asyncio.sleep(0.001)
+        assert venue.order == ["sent", "announce"]
+        assert [e["event"] for e in logs if e["event"] == "kill.started"] == ["kill.started"]
+        await store.flush()
+        assert store.unfinished_kill() is not None
+        venue.answer.set()
+        await venue.clock.run_until(task)
+    assert task.result()["cancelled"] == 2

@@ -25,6 +25,7 @@ from killswitch.exchange.errors import (
 from killswitch.kill.confirm import StatusSource
 
 __all__ = [
+    "ANNOUNCE_WITHIN",
     "LISTING_HOLD",
     "NEW_PER_PAGE",
     "PAGE",
@@ -46,6 +47,10 @@ REJECT_MAX: Final = 300.0
 LISTING_HOLD: Final = 15.0
 """While listings confirm, no status poll of an order for this long after a listing
 showed it open or before the next listing is due (the listing tells for free)."""
+ANNOUNCE_WITHIN: Final = 0.003
+"""Seconds, at most, between a kill's first ``cancel_all`` requests leaving and its
+announcement (``trigger.fired``, ``kill.started``, the durable record); the first
+answer ends the wait sooner.  Real time: a scheduling pause, not a deadline."""
 PAGE: Final = 50  # orders per listing page (the venue's maximum)
 NEW_PER_PAGE: Final = PAGE - 1  # a page may repeat the last order of the one before
 

@@ -24,6 +24,7 @@ from killswitch.config.model import Config
 from killswitch.kill.confirm import Confirmer, ConfirmResult, RateGate
 from killswitch.kill.flat import Listings
 from killswitch.kill.plan import (
+    ANNOUNCE_WITHIN,
     LISTING_HOLD,
     NEW_PER_PAGE,
     CancelSource,
@@ -196,6 +197,16 @@ class KillRunner(FlatProof):
             # yields sooner, the bookkeeping below simply runs a little earlier.)
             await asyncio.sleep(0)
             await asyncio.sleep(0)
+            # Then stand aside until the first answer, or ANNOUNCE_WITHIN: the events,
+            # the durable record and the confirmer's start follow.  A process that keeps
+            # a core busy right after its write delays the receiving side whenever the
+            # two share a host (the simulated exchange, a co-located gateway): measured
+            # as the whole tail of SIGUSR1 -> cancel_all (BENCHMARKS.md, 0.3.0).
+            first = [s for u in self._units.values() for s in u.sweeps]
+            if first:
+                await asyncio.wait(
+                    first, timeout=ANNOUNCE_WITHIN, return_when=asyncio.FIRST_COMPLETED
+                )
             if plan.announce is not None:
                 plan.announce()
             if plan.started_at is None:
