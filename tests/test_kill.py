@@ -473,8 +473,14 @@ async def test_the_kill_announces_after_its_first_answer(store: StateStore) -> N
     summary, logs = await kill(config, venue, store, plan=_announced_plan(venue, store, config))
     assert venue.order[:3] == ["sent", "answered", "announce"]
     events = [e["event"] for e in logs]
-    assert events.index("cancel_all.accepted") < events.index("kill.started")
+    assert events.index("kill.started") < events.index("cancel_all.accepted")
     assert summary["cancelled"] == 3
+    # The kill's record went first: the acknowledgement that followed it is durable
+    # (a restart must not send cancel_all again).
+    await store.flush()
+    record = store.last_kill()
+    assert record is not None
+    assert [s.acked for s in record.sweeps] == [True]
 
 
 async def test_an_unanswered_kill_is_announced_all_the_same(store: StateStore) -> None:

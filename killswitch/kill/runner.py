@@ -12,6 +12,7 @@ at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 from collections.abc import Callable, Mapping
@@ -75,6 +76,7 @@ class KillRunner(FlatProof):
         self._leftovers: set[str] = set()
         self._created: dict[str, int] = {}  # created_at (venue ms) of orders a listing showed
         self._answered: set[str] = set()  # ids some cancel_all answer named
+        self._announced = asyncio.Event()
         self._gone: set[str] = set()  # named ids a complete listing no longer showed
         self._started = 0.0
         self._flat_ms: float | None = None
@@ -175,6 +177,7 @@ class KillRunner(FlatProof):
         self._leftovers = set(plan.leftovers)
         self._created = {}
         self._answered = set(plan.known_orders) - plan.leftovers
+        self._announced = asyncio.Event()
         self._gone = set()
         self._flat_ms = None
         for order_id, status in plan.known_orders.items():
@@ -202,33 +205,11 @@ class KillRunner(FlatProof):
             # a core busy right after its write delays the receiving side whenever the
             # two share a host (the simulated exchange, a co-located gateway): measured
             # as the whole tail of SIGUSR1 -> cancel_all (BENCHMARKS.md, 0.3.0).
-            first = [s for u in self._units.values() for s in u.sweeps]
-            if first:
-                await asyncio.wait(
-                    first, timeout=ANNOUNCE_WITHIN, return_when=asyncio.FIRST_COMPLETED
-                )
-            if plan.announce is not None:
-                plan.announce()
-            if plan.started_at is None:
-                plan.started_at = self.clock.time()
-            if plan.resumed:
-                self._log.info(
-                    "kill.resumed",
-                    pending_orders=sum(
-                        1
-                        for s in plan.known_orders.values()
-                        if s not in self.config.confirm.terminal_statuses
-                    ),
-                    pending_sweeps=len(plan.sweeps),
-                    source=plan.source,
-                )
-            else:
-                self._log.info(
-                    "kill.started",
-                    source=plan.source,
-                    reason=plan.reason,
-                    sweeps=len(plan.sweeps),
-                )
+            if plan.sweeps:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ANNOUNCE_WITHIN):
+                        await self._announced.wait()
+            self._announce(plan)
             confirming = tg.create_task(confirmer.run())
             reporting = tg.create_task(self._report_progress())
             work: list[asyncio.Task[Any]] = [s for u in self._units.values() for s in u.sweeps]

@@ -16,10 +16,16 @@ failed attempt is retried depends on what the failure says (contract §2):
   (``status`` says why) until it succeeds or an operator ends it.
 
 Order ids are handed to the confirmer as each acknowledgement arrives.
+
+The kill is announced (:meth:`Sweeper._announce`: ``trigger.fired``,
+``kill.started``, the durable record) once its first requests have left, at
+the first answer or after :data:`~killswitch.kill.plan.ANNOUNCE_WITHIN`,
+whichever comes first, and always before anything about it is written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +64,30 @@ class Sweeper:
     _rng: random.Random
     _log: FilteringBoundLogger
     _answered: set[str]  # ids some cancel_all answer named
+    _announced: asyncio.Event  # set by _announce, once per run
+
+    def _announce(self, plan: KillPlan) -> None:
+        """Once per run: the plan's announcement (its events and durable record, which
+        the kill's own records follow in the store's queue), then ``kill.started``."""
+        if self._announced.is_set():
+            return
+        self._announced.set()
+        if plan.announce is not None:
+            plan.announce()
+        if plan.started_at is None:
+            plan.started_at = self.clock.time()
+        if plan.resumed:
+            terminal = self.config.confirm.terminal_statuses
+            self._log.info(
+                "kill.resumed",
+                pending_orders=sum(1 for s in plan.known_orders.values() if s not in terminal),
+                pending_sweeps=len(plan.sweeps),
+                source=plan.source,
+            )
+        else:
+            self._log.info(
+                "kill.started", source=plan.source, reason=plan.reason, sweeps=len(plan.sweeps)
+            )
 
     def stuck_info(self) -> dict[str, Any] | None:
         """Why the running kill cannot finish (a ``cancel_all`` the venue keeps rejecting)."""
@@ -105,9 +135,11 @@ class Sweeper:
             try:
                 order_ids = await self.exchange.cancel_all(exchange, symbol)
             except ExchangeError as exc:
+                self._announce(plan)
                 delay, rejected = self._failed(plan, unit, key, exc, attempt, rejected)
                 await self.clock.sleep(delay)
                 continue
+            self._announce(plan)
             if self.stuck.pop(key, None) is not None:
                 self._log.warning("kill.unstuck", attempts=attempt)
             if self.on_outcome is not None:
