@@ -7,6 +7,6 @@ from killswitch import _early
 
 _early.install_if_daemon()
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["__version__"]
