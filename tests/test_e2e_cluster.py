@@ -535,3 +535,56 @@ async def test_events_of_a_large_kill_arrive_complete_and_in_order(
         assert await daemon.stop() == 0
     finally:
         await server.stop()
+
+
+async def test_fleet_trigger_asks_for_status_once_the_acknowledgements_settle(
+    workdir: Path,
+) -> None:
+    """The status request reaches the desks after their acknowledgements, never beside
+    their kills: two stand-in desks (plain NATS clients) acknowledge 30 ms apart."""
+    from killswitch.cluster.fleet import ACKS_SETTLE
+    from killswitch.cluster.fleet import Fleet as FleetClient
+    from killswitch.cluster.settings import resolve_cluster
+    from killswitch.config.model import ClusterConfig
+
+    users = {d: NatsUser.new(desk_permissions(PREFIX, d)) for d in ("desk-a", "desk-b")}
+    operator = NatsUser.new(OPERATOR)
+    server = NatsServer(workdir, [*users.values(), operator])
+    await server.start()
+    seen: list[tuple[str, str]] = []  # (desk, what), in the order it happened
+    clients = []
+    try:
+        for i, (desk, user) in enumerate(users.items()):
+            nc = await nats.connect(server.url, nkeys_seed_str=user.seed)
+            clients.append(nc)
+
+            async def on_trigger(msg: Any, desk: str = desk, delay: float = 0.03 * i) -> None:
+                await asyncio.sleep(delay)  # a kill whose first cancel_all takes a while
+                seen.append((desk, "ack"))
+                await msg.respond(json.dumps({"desk": desk, "accepted": True}).encode())
+
+            async def on_status(msg: Any, desk: str = desk) -> None:
+                seen.append((desk, "status"))
+                await msg.respond(json.dumps({"desk": desk, "state": "KILLING"}).encode())
+
+            await nc.subscribe(f"{PREFIX}.trigger", cb=on_trigger)
+            await nc.subscribe(f"{PREFIX}.status", cb=on_status)
+            await nc.flush()
+        config = ClusterConfig(servers=(server.url,), firm=FIRM, credentials_env=CREDS_ENV)
+        settings = resolve_cluster(config, {CREDS_ENV: operator.seed, "KILLSWITCH_DESK": "ops"})
+        assert settings is not None
+        fleet = FleetClient(settings)
+        await fleet.connect(5.0)
+        try:
+            started = time.monotonic()
+            answer = await fleet.trigger("drill", timeout=2.0)
+        finally:
+            await fleet.close()
+        assert set(answer.acks) == set(answer.statuses) == {"desk-a", "desk-b"}
+        assert seen[:2] == [("desk-a", "ack"), ("desk-b", "ack")]
+        assert sorted(seen[2:]) == [("desk-a", "status"), ("desk-b", "status")]
+        assert time.monotonic() - started >= 0.03 + ACKS_SETTLE
+    finally:
+        for nc in clients:
+            await nc.close()
+        await server.stop()

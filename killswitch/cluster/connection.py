@@ -394,8 +394,8 @@ class Cluster:
         if not msg.reply:
             return
         self.m_messages.labels("status").inc()
-        # fleet trigger asks for status right behind its trigger: a kill that trigger
-        # started sends its first cancel_all before this desk spends time on a status.
+        # A status request that reaches a desk before its kill's first cancel_all (a
+        # desk slower than the rest, another operator's tool) waits for that send.
         for kill_id in list(self._starting):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STATUS_DEFER):

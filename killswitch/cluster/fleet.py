@@ -2,9 +2,10 @@
 
 ``fleet trigger`` publishes one trigger message (to every desk, or with
 ``--desk`` to one) as a request whose replies all come back to one inbox
-(scatter-gather), and asks ``P.<firm>.status`` right behind it: the desks that
-answer are the known fleet.  (The status request follows the trigger rather
-than preceding it, so that no desk spends time answering it before its kill.)
+(scatter-gather), and asks ``P.<firm>.status`` once the acknowledgements
+settle: the desks that answer are the known fleet.  (The status request
+follows the kills rather than preceding or accompanying them, so that no desk
+spends time answering it while it or a desk beside it starts its kill.)
 It prints every desk's acknowledgement and exits 1 if a known desk did not
 acknowledge within ``--timeout``.  The NATS server decides who may publish a
 trigger (its users' permissions); a refused publish is reported, exit 1.
@@ -38,6 +39,8 @@ __all__ = ["Fleet", "FleetAnswer", "add_fleet_commands"]
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 SETTLE = 0.25  # once every known desk has answered: wait this long for late status replies
+ACKS_SETTLE = 0.05  # the status request goes out once no acknowledgement came for this long
+STATUS_LATEST = 0.25  # ... or this long after the trigger, if none came at all
 
 
 @dataclass
@@ -128,7 +131,14 @@ class Fleet:
     async def trigger(
         self, reason: str, *, desk: str | None = None, timeout: float = 2.0, origin: str = ""
     ) -> FleetAnswer:
-        """Broadcast one trigger, ask for status right behind it, gather until done."""
+        """Broadcast one trigger, gather the acknowledgements, and ask every desk for its
+        status once they settle (:data:`ACKS_SETTLE`); gather until done.
+
+        The status request waits for the kills: each desk answers it with a full
+        status, and desks that share a host would spend that time in the middle of
+        one another's first ``cancel_all`` (measured: about 1.5 ms per desk of added
+        latency at the tenth desk of a host, BENCHMARKS.md).
+        """
         from killswitch.cluster.messages import encode_trigger, new_trigger
 
         assert self.nc is not None
@@ -156,12 +166,24 @@ class Fleet:
         message = new_trigger(origin or self.origin(), reason, time.time())
         answer = FleetAnswer(message.id, subject, time.monotonic())
         await nc.publish(subject, encode_trigger(message), reply=ack_inbox)
-        await nc.publish(self.subjects.status, b"", reply=status_inbox)
         await nc.flush()
         deadline = answer.sent_mono + timeout
-        quiet_since = time.monotonic()
-        known = len(answer.statuses)
+        status_at = answer.sent_mono + min(STATUS_LATEST, timeout / 2)
+        acked, last_ack = 0, answer.sent_mono
+        asked = False
+        quiet_since, known = 0.0, 0
         while (now := time.monotonic()) < deadline:
+            if len(answer.acks) != acked:
+                acked, last_ack = len(answer.acks), now
+            if not asked:
+                if (acked and now - last_ack >= ACKS_SETTLE) or now >= status_at:
+                    await nc.publish(self.subjects.status, b"", reply=status_inbox)
+                    await nc.flush()
+                    asked, quiet_since, known = True, now, len(answer.statuses)
+                    continue
+                settle_at = last_ack + ACKS_SETTLE if acked else status_at
+                await self._wait(min(deadline, settle_at, status_at) - now)
+                continue
             if len(answer.statuses) != known:
                 known, quiet_since = len(answer.statuses), now
             expected = self.expected(answer, desk)
