@@ -440,6 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.fn(args)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+            code: int = args.fn(args)
+        finally:
+            sys.stdout.flush()  # inside the try: a closed pipe fails here, not at exit
+    except BrokenPipeError:
+        # `killswitch status | head`: the reader went away.  No traceback; and stdout
+        # goes to /dev/null so that the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -280,3 +281,25 @@ async def test_pnl_stale_file_fires_with_reason_stale(
     await daemon.wait_for("kill.completed")
     assert len(daemon.named("kill.started")) == 1
     assert await daemon.stop() == 0
+
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.toml"
+
+
+def test_cli_output_into_a_closed_pipe_is_no_traceback() -> None:
+    """`killswitch check-config ... | head -1`: the reader is gone; exit 1, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader at all: the first write fails with EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "killswitch", "check-config", "--config", str(DEMO_CONFIG)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1
+    assert done.stderr == ""
