@@ -17,7 +17,7 @@ import pytest
 
 from killswitch.service.control import ControlClient, DaemonUnavailable
 from killswitch.sim import SimExchange
-from tests.harness import DaemonProcess, write_atomically, write_config
+from tests.harness import DaemonProcess, daemon_env, write_atomically, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -283,23 +283,22 @@ async def test_pnl_stale_file_fires_with_reason_stale(
     assert await daemon.stop() == 0
 
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.toml"
-
-
-def test_cli_output_into_a_closed_pipe_is_no_traceback() -> None:
+def test_cli_output_into_a_closed_pipe_is_no_traceback(workdir: Path) -> None:
     """`killswitch check-config ... | head -1`: the reader is gone; exit 1, no traceback."""
+    config = write_config(workdir, "http://127.0.0.1:9")
     read_end, write_end = os.pipe()
     os.close(read_end)  # no reader at all: the first write fails with EPIPE
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "killswitch", "check-config", "--config", str(DEMO_CONFIG)],
+            [sys.executable, "-m", "killswitch", "check-config", "--config", str(config)],
             stdout=write_end,
             stderr=subprocess.PIPE,
+            env=daemon_env(),
             text=True,
             timeout=60,
             check=False,
         )
     finally:
         os.close(write_end)
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stderr
     assert done.stderr == ""
