@@ -191,15 +191,23 @@ async def test_latch_survives_a_full_disk(workdir: Path, sim_factory: SimFactory
             latch = db.execute("SELECT value FROM meta WHERE key = 'latch'").fetchone()
         assert latch is None or json.loads(latch[0])["tripped"] is False  # not in the db...
 
-        second = DaemonProcess(config)  # ...still a full disk
+        # ...still a full disk.  Only the kill's intent file remembers it (v3 §9): latched,
+        # and the kill whose record was lost is resumed by proof, to TRIPPED.
+        second = DaemonProcess(config)
         await second.start()
-        assert second.named("daemon.ready")[0]["state"] == "TRIPPED"
+        assert second.named("daemon.ready")[0]["state"] != "ARMED"
+        assert (await second.wait_for("kill.resumed"))["by_proof"] is True
+        await second.wait_for("kill.completed")
+        assert (await _status(workdir))["state"] == "TRIPPED"
         assert await second.stop() == 0
 
-        filler.unlink()  # space again: only the latch marker remembers the kill
+        filler.unlink()  # space again: the record is written at last
         third = DaemonProcess(config)
         await third.start()
-        assert third.named("daemon.ready")[0]["state"] == "TRIPPED"
+        assert third.named("daemon.ready")[0]["state"] != "ARMED"
+        if third.named("daemon.ready")[0]["state"] == "KILLING":
+            await third.wait_for("kill.completed")
+        assert (await _status(workdir))["state"] == "TRIPPED"
         assert (await _status(workdir))["store"] == {"ok": True}
         assert await third.stop() == 0
         _only_json(third)

@@ -251,3 +251,34 @@ async def test_a_lost_write_is_reported_until_acknowledged(tmp_path: Path) -> No
     store.acknowledge()
     assert store.health() == {"ok": True}
     store.close()
+
+
+def test_kill_intent_latches_until_its_record_is_committed(tmp_path: Path) -> None:
+    """intend() alone latches across a reopen and reads as a lost kill; the commit clears it."""
+    db = tmp_path / "state.db"
+    store = _open(db)
+    store.intend("k9", "signal")  # the crash comes before the writer's first commit
+    store.close()
+
+    again = _open(db)
+    assert again.latch()[0] is True
+    lost = again.lost_kill()
+    assert lost is not None
+    assert (lost.kill_id, lost.source) == ("k9", "signal")
+    again.start_kill("k9", "signal", "resumed by proof", lost.started_at, [("EX", None)])
+    assert again.unfinished_kill() is not None  # a read: the record above is committed
+    assert again.marker.intents.pending() == []
+    assert again.lost_kill() is None
+    again.close()
+
+
+def test_reset_removes_intents_and_unlatches(tmp_path: Path) -> None:
+    """A reset clears a stale intent (from a time without a database): ARMED after reopen."""
+    db = tmp_path / "state.db"
+    store = _open(db)
+    store.intend("k1", "manual")
+    store.set_latch(False).result()
+    store.close()
+    again = _open(db)
+    assert again.latch()[0] is False
+    again.close()

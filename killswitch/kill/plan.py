@@ -95,6 +95,7 @@ class KillPlan:
     known_orders: dict[str, str] = field(default_factory=dict)  # resumed: id -> last status
     first_polled: dict[str, float] = field(default_factory=dict)  # resumed: id -> wall time
     resumed: bool = False
+    by_proof: bool = False  # resumed without its record (lost in a crash): swept and listed
     announce: Callable[[], None] | None = None  # events and records deferred past the first send
     started_at: float | None = None  # wall clock (resumed: from the store)
     order_units: dict[str, SweepKey] = field(default_factory=dict)  # resumed: id -> sweep key

@@ -83,6 +83,7 @@ class Sweeper:
                 pending_orders=sum(1 for s in plan.known_orders.values() if s not in terminal),
                 pending_sweeps=len(plan.sweeps),
                 source=plan.source,
+                by_proof=plan.by_proof,
             )
         else:
             self._log.info(

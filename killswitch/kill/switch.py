@@ -24,6 +24,7 @@ from killswitch.damping import Damper
 from killswitch.kill.plan import KillPlan, plan_sweeps
 from killswitch.kill.runner import KillRunner
 from killswitch.log import get_logger
+from killswitch.store.file import KillIntent
 from killswitch.store.state import KillRecord, StateStore
 
 __all__ = ["EXPLICIT_SOURCES", "KillSwitch", "ResetOutcome", "State", "TriggerOutcome"]
@@ -106,12 +107,39 @@ class KillSwitch:
         self._resets.append(callback)
 
     def restore(
-        self, tripped: bool, last: KillRecord | None, unfinished: KillRecord | None
+        self,
+        tripped: bool,
+        last: KillRecord | None,
+        unfinished: KillRecord | None,
+        lost: KillIntent | None = None,
     ) -> None:
-        """Adopt what the state store remembers, before :meth:`run` starts."""
+        """Adopt what the state store remembers, before :meth:`run` starts.
+
+        ``lost``: a kill decided (its intent file is there) whose record never reached
+        the database: resumed by proof (contract §9) — every target swept and listed
+        again, and the orders closed since it started counted as its own.
+        """
         if last is not None and last.summary is not None:
             self.last_kill = {"kill_id": last.kill_id, **last.summary}
-        if unfinished is not None:
+        if lost is not None and (unfinished is None or lost.started_at >= unfinished.started_at):
+            sweeps = plan_sweeps(self.runner.config.targets)
+            reason = "resumed by proof: the kill's record was lost"
+            self.store.start_kill(lost.kill_id, lost.source, reason, lost.started_at, sweeps)
+            self._pending = KillPlan(
+                kill_id=lost.kill_id,
+                source=lost.source,
+                reason=reason,
+                sweeps=sweeps,
+                resumed=True,
+                by_proof=True,
+                started_at=lost.started_at,
+                lost=set(sweeps),
+            )
+            self.current_kill_id = lost.kill_id
+            self.state = State.KILLING
+            self._idle.clear()
+            self._wake.set()
+        elif unfinished is not None:
             pending = [(s.exchange, s.symbol) for s in unfinished.sweeps if not s.acked]
             self._pending = KillPlan(
                 kill_id=unfinished.kill_id,
@@ -124,7 +152,8 @@ class KillSwitch:
                 started_at=unfinished.started_at,
                 order_units=dict(unfinished.order_units),
                 leftovers=set(unfinished.leftovers),
-                lost={(s.exchange, s.symbol) for s in unfinished.sweeps if s.lost},
+                # An unacknowledged sweep's answer may have come and gone with the crash.
+                lost={(s.exchange, s.symbol) for s in unfinished.sweeps if s.lost or not s.acked},
             )
             self.current_kill_id = unfinished.kill_id
             self.state = State.KILLING
@@ -165,6 +194,8 @@ class KillSwitch:
             self._set_state(State.KILLING, f"{source}: {reason}", announced=previous)
             self.store.start_kill(kill_id, source, reason, started_at, sweeps)
 
+        # Durable against a crash of the process before the first request leaves (§9).
+        self.store.intend(kill_id, source)
         if outcome is TriggerOutcome.STOPPING:
             # No time to wait for the first send: the record goes first, so that a
             # stop that cancels the kill leaves it for the next start to resume.

@@ -194,10 +194,11 @@ class Daemon(Wiring):
         problem = self.store_watch.open(asyncio.get_running_loop())
         tripped, _ = self.store.latch()
         unfinished = self.store.unfinished_kill()
+        lost = self.store.lost_kill()  # decided, its record lost in a crash: resumed by proof
         last = self.store.last_kill()
         self._build()
         # Fail closed: a store that could not be used as found may have held a set latch.
-        self.switch.restore(tripped or problem is not None, last, unfinished)
+        self.switch.restore(tripped or problem is not None, last, unfinished, lost)
         if problem is not None:
             self.store.set_latch(True)
         self.service.tripped_at = None if last is None else last.completed_at

@@ -45,6 +45,7 @@ from killswitch.service.notify import Notifier
 from killswitch.service.systemd import Service
 from killswitch.store.state import StateStore
 from killswitch.store.watch import StoreWatch
+from killswitch.store.writer import coalesce_from_env
 from killswitch.triggers.heartbeat import DeadManSwitch
 from killswitch.triggers.pnl import PnlMonitor, PnlWatcher
 
@@ -76,7 +77,7 @@ class Wiring:
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier.from_env()
         self.prom = Metrics()
-        self.store = StateStore(config.state.path)
+        self.store = StateStore(config.state.path, coalesce=coalesce_from_env())
         self.store_watch = StoreWatch(
             self.store, self.prom, self.clock, on_change=self._store_changed
         )

@@ -27,7 +27,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SCHEMA", "LatchMarker", "StoreProblem", "Unusable", "connect", "open_database"]
+__all__ = [
+    "SCHEMA",
+    "KillIntent",
+    "KillIntents",
+    "LatchMarker",
+    "StoreProblem",
+    "Unusable",
+    "connect",
+    "open_database",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -228,14 +237,91 @@ def open_database(path: Path) -> tuple[sqlite3.Connection | None, StoreProblem |
         return None, StoreProblem("corrupt", str(path), fresh, moved_to=str(aside))
 
 
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class KillIntent:
+    """A kill that was decided: its id, its trigger source, and when (the file's mtime)."""
+
+    kill_id: str
+    source: str
+    started_at: float  # wall clock
+
+
+class KillIntents:
+    """``<state.db>.kill.<kill_id>.<source>``: an empty file per kill whose record is not
+    committed yet (contract §9: the latch is durable before the first request leaves).
+
+    :meth:`create` runs on the trigger path, before the first ``cancel_all`` is
+    written: one ``open(O_CREAT)``, no fsync.  A file created in the page cache
+    survives a crash of the process (SIGKILL, a segfault); the writer thread's
+    directory fsync of the latch marker (the same directory) follows within a
+    batch and makes it survive a power loss too.  The writer removes the file
+    once the kill's own record is committed; a file left over at start is a kill
+    whose record was lost, which the daemon resumes by proof.
+    """
+
+    PREFIX = ".kill."
+
+    def __init__(self, db_path: Path) -> None:
+        self.directory = db_path.parent
+        self.stem = db_path.name + self.PREFIX
+
+    def _path(self, kill_id: str, source: str) -> Path:
+        return self.directory / f"{self.stem}{kill_id}.{source}"
+
+    def create(self, kill_id: str, source: str) -> None:
+        """The kill is decided (may raise OSError: the caller goes on, the store reports)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        os.close(os.open(self._path(kill_id, source), flags, 0o600))
+
+    def remove(self, kill_id: str) -> None:
+        """The kill's record is committed (no sync: a stale file only costs a check at start)."""
+        for intent in self.pending():
+            if intent.kill_id == kill_id:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path(intent.kill_id, intent.source))
+
+    def pending(self) -> list[KillIntent]:
+        """Every intent file, oldest first (none when the directory cannot be read)."""
+        found: list[KillIntent] = []
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return found
+        for name in names:
+            if not name.startswith(self.stem):
+                continue
+            kill_id, _, source = name[len(self.stem) :].partition(".")
+            if not kill_id or not source:
+                continue
+            try:
+                mtime = os.stat(self.directory / name, follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            found.append(KillIntent(kill_id, source, mtime))
+        return sorted(found, key=lambda i: i.started_at)
+
+
 class LatchMarker:
-    """``<state.db>.tripped``: an empty file that exists while the switch is latched."""
+    """``<state.db>.tripped``: an empty file that exists while the switch is latched.
+
+    A kill's intent file (:class:`KillIntents`) counts as a set latch too: it is
+    created before the kill's first request leaves, this marker a batch later.
+    """
 
     def __init__(self, db_path: Path) -> None:
         self.path = db_path.with_name(db_path.name + ".tripped")
+        self.intents = KillIntents(db_path)
 
     def tripped(self) -> bool:
-        return self.path.exists()
+        return self.path.exists() or bool(self.intents.pending())
 
     def set(self, tripped: bool) -> None:
         """Create or remove the marker, durably (file and directory synced); may raise OSError."""
@@ -248,8 +334,4 @@ class LatchMarker:
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        _sync_directory(self.path.parent)

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from killswitch.store.file import StoreProblem
+from killswitch.store.file import KillIntent, StoreProblem
 from killswitch.store.writer import StoreUnavailable, StoreWriter
 
 __all__ = ["KillRecord", "StateStore", "StoreProblem", "StoreUnavailable", "SweepRecord"]
@@ -57,9 +57,49 @@ class StateStore(StoreWriter):
 
     def set_latch(self, tripped: bool, kill_id: str | None = None) -> Future[None]:
         value = json.dumps({"tripped": tripped, "kill_id": kill_id})
-        return self._write(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('latch', ?)", value, latch=tripped
-        )
+        stale = [] if tripped else self.marker.intents.pending()  # a reset: no kill runs
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('latch', ?)", (value,))
+
+        def committed() -> None:
+            for intent in stale:
+                self.marker.intents.remove(intent.kill_id)
+
+        return self._call(run, latch=tripped, committed=committed)
+
+    def intend(self, kill_id: str, source: str) -> None:
+        """On the trigger path, before the kill's first request: the kill is decided.
+
+        Synchronous (one file created, no fsync: :class:`~killswitch.store.file.KillIntents`);
+        never raises (a store that cannot create it reports through its own writes)."""
+        try:
+            self.marker.intents.create(kill_id, source)
+        except OSError:
+            self.write_failures += 1
+
+    def lost_kill(self) -> KillIntent | None:
+        """The newest kill decided whose record never reached the database (contract §9:
+        resumed by proof); intents whose record is there are removed."""
+        if not self.persisting:
+            return None
+        intents = self.marker.intents.pending()
+        if not intents:
+            return None
+
+        def fn(db: sqlite3.Connection) -> set[str]:
+            found = (
+                db.execute("SELECT kill_id FROM kills WHERE kill_id = ?", (i.kill_id,)).fetchone()
+                for i in intents
+            )
+            return {row[0] for row in found if row is not None}
+
+        recorded: set[str] = self._read(fn, set[str]())
+        lost = [i for i in intents if i.kill_id not in recorded]
+        for intent in intents:
+            if intent.kill_id in recorded or (lost and intent is not lost[-1]):
+                self.marker.intents.remove(intent.kill_id)  # older lost ones: the newest sweeps
+        return lost[-1] if lost else None
 
     def latch(self) -> tuple[bool, str | None]:
         """Tripped if the database or the latch marker says so; without a database, tripped."""
@@ -97,7 +137,7 @@ class StateStore(StoreWriter):
                 (json.dumps({"tripped": True, "kill_id": kill_id}),),
             )
 
-        return self._call(run, latch=True)
+        return self._call(run, latch=True, committed=lambda: self.marker.intents.remove(kill_id))
 
     def sweep_acked(
         self,

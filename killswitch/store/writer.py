@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -23,9 +24,23 @@ from typing import Any, TypeVar
 
 from killswitch.store.file import LatchMarker, StoreProblem, open_database
 
-__all__ = ["StoreUnavailable", "StoreWriter"]
+__all__ = ["COALESCE", "StoreUnavailable", "StoreWriter", "coalesce_from_env"]
 
 T = TypeVar("T")
+
+COALESCE = 0.005
+"""Seconds the writer waits after the first write of a batch (see :class:`StoreWriter`)."""
+TEST_COMMIT_DELAY_ENV = "KILLSWITCH_TEST_COMMIT_DELAY"
+
+
+def coalesce_from_env() -> float:
+    """:data:`COALESCE`, or (tests only) the seconds in ``$KILLSWITCH_TEST_COMMIT_DELAY``:
+    a wide window from a kill's first request to its first commit, so that a test can
+    crash the daemon at any point of it on purpose, not by luck."""
+    try:
+        return max(COALESCE, float(os.environ.get(TEST_COMMIT_DELAY_ENV, "")))
+    except ValueError:
+        return COALESCE
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,7 @@ class _Op:
     latch: bool | None = None  # also set the latch marker (before the transaction)
     read: bool = False  # needs an answer: fails, instead of being dropped, without a database
     after: Callable[[], Any] | None = None  # run on the writer thread after the transaction
+    committed: Callable[[], None] | None = None  # run once ``fn`` is committed (not if it failed)
 
 
 class StoreUnavailable(Exception):
@@ -63,7 +79,7 @@ class StoreWriter:
         path: Path,
         on_error: Callable[[BaseException, int], None] | None = None,
         *,
-        coalesce: float = 0.005,
+        coalesce: float = COALESCE,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
@@ -153,7 +169,8 @@ class StoreWriter:
             first = self._queue.get()
             if first is None:
                 break
-            time.sleep(self.coalesce)  # let the loop thread send first; batch what follows
+            if not first.read:  # let the loop thread send first; batch what follows
+                time.sleep(self.coalesce)
             batch = [first]
             stop = False
             while True:
@@ -237,6 +254,9 @@ class StoreWriter:
         self.batches += 1
         failed = [error for _, _, error in results if error is not None]
         for op, value, error in results:
+            if error is None and op.committed is not None:
+                with contextlib.suppress(OSError):
+                    op.committed()
             if error is None:
                 op.future.set_result(value)
             else:
@@ -258,11 +278,12 @@ class StoreWriter:
         read: bool = False,
         latch: bool | None = None,
         after: Callable[[], T] | None = None,
+        committed: Callable[[], None] | None = None,
     ) -> Future[T]:
         if self._thread is None:
             raise RuntimeError("the state store is not open")
         future: Future[T] = Future()
-        self._queue.put(_Op(fn, future, latch=latch, read=read, after=after))
+        self._queue.put(_Op(fn, future, latch=latch, read=read, after=after, committed=committed))
         return future
 
     def _write(self, sql: str, *params: object, latch: bool | None = None) -> Future[None]:
