@@ -115,8 +115,16 @@ class VenueFake:
 
     # ------------------------------------------------------------------ the API
 
-    async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
+    async def cancel_all(
+        self,
+        exchange: str,
+        symbol: str | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> list[str]:
         self.calls.append(Call(self.clock.monotonic(), "cancel_all", symbol))
+        if on_sent is not None:
+            on_sent()
         self._tick()
         fault = self._fault(f"cancel_all:{symbol}") or self._fault("cancel_all")
         if fault is not None and not fault[1]:

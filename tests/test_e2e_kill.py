@@ -51,7 +51,8 @@ async def test_sigusr1_kill_confirms_every_order(workdir: Path, sim_factory: Sim
 
 
 async def test_trigger_storm_is_one_kill(workdir: Path, sim_factory: SimFactory) -> None:
-    """A burst of SIGUSR1 during a kill coalesces into it: one kill, 0 violations."""
+    """A burst of SIGUSR1 during a kill coalesces into it: one kill, 0 violations; a
+    signal after its sweeps were answered sweeps again (v3), and only then."""
     sim, url = await sim_factory(cancel_delay=(0.8, 1.2), seed=3, status_limit=(2000, 1.0))
     sim.seed({"BTCUSDT": 50})
     daemon = DaemonProcess(write_config(workdir, url))
@@ -64,8 +65,12 @@ async def test_trigger_storm_is_one_kill(workdir: Path, sim_factory: SimFactory)
     done = await daemon.wait_for("kill.completed")
     _check_against_truth(done, sim, 50)
     assert len(daemon.named("kill.started")) == 1
-    assert sim.stats()["requests"]["cancel_all"] == 1
-    assert all(e["coalesced"] for e in daemon.named("trigger.fired")[1:])
+    fired = daemon.named("trigger.fired")[1:]
+    assert all(e["coalesced"] for e in fired)
+    resweeps = sum(1 for e in fired if e.get("resweep"))
+    assert resweeps == done["resweeps"] < 10  # a resweep joins no resweep still unanswered
+    assert sim.stats()["requests"]["cancel_all"] == 1 + resweeps
+    assert sum(sim.stats()["violations"].values()) == 0
     assert await daemon.stop() == 0
 
 

@@ -270,13 +270,12 @@ async def test_restart_after_completed_kill_stays_tripped_until_reset(
     first = DaemonProcess(config)
     await first.start()
     kill_id = await _start_kill(first, workdir)
-    await first.wait_for("kill.completed", timeout=WAIT)
-    await _until(
-        _persisted(
-            workdir, "SELECT COUNT(*) FROM kills WHERE kill_id = ? AND completed_at", kill_id
-        ),
-        "the completed kill is in the state db",
+    await first.wait_for("kill.classified", timeout=WAIT)  # the final counts (v3)
+    classified = (
+        "SELECT COUNT(*) FROM kills WHERE kill_id = ? AND completed_at"
+        " AND json_extract(summary, '$.unclassified') = 0"
     )
+    await _until(_persisted(workdir, classified, kill_id), "the classified kill is in the db")
     await first.kill()
     fresh = set(sim.seed({"ETHUSDT": 5}))  # opened after the kill: not the restart's to cancel
     sent = dict(sim.stats()["requests"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ from killswitch.exchange.errors import (
     RequestTimeout,
     ServerError,
 )
-from killswitch.kill.plan import REJECT_FIRST, KillPlan, plan_sweeps
+from killswitch.kill.events import Announcer
+from killswitch.kill.plan import ANNOUNCE_WITHIN, KillPlan, plan_sweeps
 from killswitch.kill.proof import RELIST_MAX
+from killswitch.kill.retry import REJECT_FIRST
 from killswitch.kill.runner import KillRunner
 from killswitch.store.state import StateStore
 from tests.fake_venue import VenueFake
@@ -55,6 +57,7 @@ async def kill(
     *,
     listings: bool = True,
     plan: KillPlan | None = None,
+    announcer: Announcer | None = None,
 ) -> tuple[dict[str, Any], Logs]:
     """Run one kill to its end on the virtual clock; its summary and events."""
     runner = KillRunner(config, venue, store, venue.clock, listings=venue if listings else None)
@@ -63,9 +66,9 @@ async def kill(
         plan = KillPlan("k1", "manual", "test", sweeps, started_at=venue.clock.time())
         store.start_kill("k1", "manual", "test", venue.clock.time(), sweeps)
     with capture_logs() as logs:
-        task = asyncio.create_task(runner.run(plan))
+        task = asyncio.create_task(runner.run(plan, announcer))
         await venue.clock.run_until(task)
-    return task.result(), logs
+    return task.result().classified.result(), logs  # the final counts (kill.classified)
 
 
 def named(logs: Logs, name: str) -> list[MutableMapping[str, Any]]:
@@ -248,12 +251,12 @@ async def test_rejected_sweep_is_retried_slowly_forever_and_reported_stuck(
         await clock.advance(30.0)
         stuck = runner.stuck_info()
         await clock.run_until(task)
-    summary = task.result()
+    summary = task.result().classified.result()
 
     assert stuck is not None
-    assert stuck["why"] == "symbol ETH is suspended"
-    assert stuck["http_status"] == 422
-    assert stuck["next_retry_in"] > 0
+    assert stuck.why == "symbol ETH is suspended"
+    assert stuck.http_status == 422
+    assert stuck.next_retry_in > 0
     rejected = named(logs, "exchange.rejected")
     assert len(rejected) == 6
     assert {e["message"] for e in rejected} == {"symbol ETH is suspended"}
@@ -283,8 +286,8 @@ async def test_closed_pages_and_status_polls_share_the_work_when_pages_run_short
     store: StateStore,
 ) -> None:
     """When the closed-order pages needed do not fit the closed budget now, the oldest ids
-    go to status polls at the same time (as many as the status budget has now); the
-    pages find the rest."""
+    go to status polls at the same time (what the status budget has now covers the
+    rest); the pages find the newest."""
     clock = FakeClock(START)
     venue = VenueFake(clock, closed_budget_now=2, cancel_delay=1.0)
     ids = venue.seed("BTC", 110)  # the first seeded is the oldest, the last in the pages
@@ -294,12 +297,12 @@ async def test_closed_pages_and_status_polls_share_the_work_when_pages_run_short
     store.start_kill("k1", "manual", "t", clock.time(), plan.sweeps)
     task = asyncio.create_task(runner.run(plan))
     await clock.run_until(task)
-    summary = task.result()
+    summary = task.result().classified.result()
 
     assert_matches_truth(summary, venue)
     polled = {c.detail for c in venue.calls if c.endpoint == "order_status"}
-    assert polled == set(ids[:20])  # 110 - (2 - 1) pages x 49 = 61 to spill; 20 polls free
-    assert summary["listed"] == 90
+    assert polled == set(ids[:12])  # 110 - 2 pages x 49 = 12 to spill; 20 polls free
+    assert summary["listed"] == 98
 
 
 async def test_closed_pages_alone_when_they_fit(store: StateStore) -> None:
@@ -314,7 +317,7 @@ async def test_closed_pages_alone_when_they_fit(store: StateStore) -> None:
     store.start_kill("k1", "manual", "t", clock.time(), plan.sweeps)
     task = asyncio.create_task(runner.run(plan))
     await clock.run_until(task)
-    summary = task.result()
+    summary = task.result().classified.result()
 
     assert_matches_truth(summary, venue)
     assert venue.count("order_status") == 0
@@ -444,8 +447,16 @@ class _HeldVenue(VenueFake):
         self.answer.set()
         self.order: list[str] = []
 
-    async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
+    async def cancel_all(
+        self,
+        exchange: str,
+        symbol: str | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> list[str]:
         self.order.append("sent")
+        if on_sent is not None:
+            on_sent()
         for _ in range(5):  # the round trip: a few loop turns
             await asyncio.sleep(0)
         await self.answer.wait()
@@ -454,14 +465,20 @@ class _HeldVenue(VenueFake):
         return named
 
 
-def _announced_plan(venue: _HeldVenue, store: StateStore, config: Config) -> KillPlan:
-    sweeps = plan_sweeps(config.targets)
+class _Announcer:
+    """The switch's part in a kill's announcement: recorded, and the kill's record queued."""
 
-    def announce() -> None:
-        venue.order.append("announce")
-        store.start_kill("k1", "manual", "test", venue.clock.time(), sweeps)
+    def __init__(self, venue: _HeldVenue, store: StateStore) -> None:
+        self.venue = venue
+        self.store = store
 
-    return KillPlan("k1", "manual", "test", sweeps, announce=announce)
+    def announce(self, plan: KillPlan) -> None:
+        self.venue.order.append("announce")
+        self.store.start_kill("k1", "manual", "test", self.venue.clock.time(), plan.sweeps)
+
+
+def _plan(config: Config) -> KillPlan:
+    return KillPlan("k1", "manual", "test", plan_sweeps(config.targets))
 
 
 async def test_the_kill_announces_after_its_first_answer(store: StateStore) -> None:
@@ -470,7 +487,9 @@ async def test_the_kill_announces_after_its_first_answer(store: StateStore) -> N
     config = make_config()
     venue = _HeldVenue(FakeClock(START))
     venue.seed("S", 3)
-    summary, logs = await kill(config, venue, store, plan=_announced_plan(venue, store, config))
+    summary, logs = await kill(
+        config, venue, store, plan=_plan(config), announcer=_Announcer(venue, store)
+    )
     assert venue.order[:3] == ["sent", "answered", "announce"]
     events = [e["event"] for e in logs]
     assert events.index("kill.started") < events.index("cancel_all.accepted")
@@ -484,23 +503,23 @@ async def test_the_kill_announces_after_its_first_answer(store: StateStore) -> N
 
 
 async def test_an_unanswered_kill_is_announced_all_the_same(store: StateStore) -> None:
-    """A first answer that does not come holds the announcement ANNOUNCE_WITHIN, no more:
-    kill.started and the durable record while the request is still in flight."""
+    """A first answer that does not come holds the announcement ANNOUNCE_WITHIN (on the
+    injected clock), no more: kill.started and the durable record while the request is
+    still in flight."""
     config = make_config()
     venue = _HeldVenue(FakeClock(START))
     venue.seed("S", 2)
     venue.answer.clear()
     runner = KillRunner(config, venue, store, venue.clock, listings=venue)
     with capture_logs() as logs:
-        task = asyncio.create_task(runner.run(_announced_plan(venue, store, config)))
-        for _ in range(1000):  # real time: ANNOUNCE_WITHIN is a scheduling pause
-            if "announce" in venue.order:
-                break
-            await asyncio.sleep(0.001)
+        task = asyncio.create_task(runner.run(_plan(config), _Announcer(venue, store)))
+        await venue.clock.advance(ANNOUNCE_WITHIN / 2)
+        assert venue.order == ["sent"]
+        await venue.clock.advance(ANNOUNCE_WITHIN)
         assert venue.order == ["sent", "announce"]
         assert [e["event"] for e in logs if e["event"] == "kill.started"] == ["kill.started"]
         await store.flush()
         assert store.unfinished_kill() is not None
         venue.answer.set()
         await venue.clock.run_until(task)
-    assert task.result()["cancelled"] == 2
+    assert task.result().summary["cancelled"] == 2

@@ -4,6 +4,7 @@ and the STATUS= line that carries it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,15 @@ class LimitedVenue(VenueFake):
     limiter: SlidingWindowLimiter
     cancel_limiter: SlidingWindowLimiter
 
-    async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
+    async def cancel_all(
+        self,
+        exchange: str,
+        symbol: str | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> list[str]:
         await self.cancel_limiter.acquire()
-        return await super().cancel_all(exchange, symbol)
+        return await super().cancel_all(exchange, symbol, on_sent=on_sent)
 
     async def order_status(self, order_id: str) -> Listed:
         await self.limiter.acquire()
@@ -81,7 +88,7 @@ async def test_kill_progress_every_few_seconds_with_an_estimate(tmp_path: Path) 
         task = asyncio.create_task(runner.run(KillPlan("k1", "manual", "test", sweeps)))
         await clock.run_until(task)
     store.close()
-    summary: dict[str, Any] = task.result()
+    summary: dict[str, Any] = task.result().summary
     duration = summary["duration_ms"] / 1000
 
     events = named(logs, "kill.progress")
@@ -130,4 +137,4 @@ async def test_with_listings_the_estimate_counts_pages_not_polls(tmp_path: Path)
     assert format_eta(progress["eta_s"]) == "waiting on the venue"
     await clock.run_until(task)
     store.close()
-    assert task.result()["cancelled"] == 100
+    assert task.result().classified.result()["cancelled"] == 100

@@ -11,7 +11,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from killswitch.config.load import parse_config
+from killswitch.kill.context import StuckInfo
+from killswitch.kill.events import Announcer
 from killswitch.kill.plan import KillPlan
+from killswitch.kill.runner import KillResult
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.store.state import StateStore
 from tests.fakes import FakeClock, settle
@@ -24,26 +27,39 @@ class FakeRunner:
         self.config = parse_config({"targets": [{"exchange": "EX", "symbols": ["A", "B"]}]})
         self.plans: list[KillPlan] = []
         self.release = asyncio.Event()
-        self.confirmer = None
+        self.current = None
         self.cancelled: list[str] = []
+        self.resweeps = 0
+        self.answered = False  # resweep(): the running kill's sweeps were all answered
 
-    def stuck_info(self) -> dict[str, Any] | None:
-        return {"why": "symbol suspended"}
+    def stuck_info(self) -> StuckInfo | None:
+        return StuckInfo("symbol suspended", 422, 0.0, 5.0, ())
 
     def progress(self) -> tuple[int, int] | None:
         return None
 
-    async def run(self, plan: KillPlan) -> dict[str, Any]:
+    def resweep(self) -> bool:
+        if self.answered:
+            self.resweeps += 1
+        return self.answered
+
+    async def run(
+        self, plan: KillPlan, announcer: Announcer, *, background: asyncio.TaskGroup
+    ) -> KillResult:
         self.plans.append(plan)
-        if plan.announce is not None:  # the real runner announces after its first sends
-            plan.announce()
+        announcer.announce(plan)  # the real runner announces after its first sends
         try:
             await self.release.wait()
         except asyncio.CancelledError:
             self.cancelled.append(plan.kill_id)
             raise
         self.release.clear()
-        return {"source": plan.source, "cancelled": 1}
+        summary = {"source": plan.source, "cancelled": 1, "unclassified": 1}
+
+        async def classified() -> dict[str, Any]:
+            return {"kill_id": plan.kill_id, "source": plan.source, "cancelled": 2}
+
+        return KillResult(summary, background.create_task(classified()))
 
 
 @pytest.fixture
@@ -150,7 +166,8 @@ async def test_trigger_while_stopping_is_recorded_at_once(switch: Any) -> None:
     assert kill_id == sw.current_kill_id
     assert store.unfinished_kill().kill_id == kill_id
     await settle()
-    assert runner.plans[0].announce is None  # recorded once, not again after the send
+    assert runner.plans  # the runner announced after its "send": recorded once, not twice
+    assert [e["outcome"] for e in logs if e["event"] == "trigger.fired"] == ["stopping"]
 
 
 def test_restore_resumes_an_unfinished_kill(tmp_path: Path) -> None:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import quote
+
+from structlog.typing import FilteringBoundLogger
 
 from killswitch.clock import Clock
 from killswitch.config.model import ExchangeConfig, Target
@@ -110,7 +112,7 @@ class ExchangeClient:
         *,
         limiters: Mapping[str, SlidingWindowLimiter],
         clock: Clock,
-        log: Any = None,
+        log: FilteringBoundLogger | None = None,
         status_pool_size: int = 64,
         cancel_pool_size: int = 8,
         cancel_warm_connections: int = 2,
@@ -253,9 +255,16 @@ class ExchangeClient:
 
     # ------------------------------------------------------------------ endpoints
 
-    async def cancel_all(self, exchange: str, symbol: str | None = None) -> list[str]:
+    async def cancel_all(
+        self,
+        exchange: str,
+        symbol: str | None = None,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> list[str]:
         """Cancel every open order on ``exchange`` (or one ``symbol``); the ids sent for
-        cancellation.  A 200 with an empty or missing ``orders_ids`` means none was open."""
+        cancellation.  A 200 with an empty or missing ``orders_ids`` means none was open.
+        ``on_sent()`` is called once each attempt's request was written."""
         body: dict[str, str] = {"exchange": exchange}
         if symbol is not None:
             body["symbol"] = symbol
@@ -263,7 +272,7 @@ class ExchangeClient:
         if self._dry_run("POST", path, body):
             return []
         answer = await self._signed(
-            CANCEL_ALL, "POST", path, CANCEL_POOL, data=json.dumps(body).encode()
+            CANCEL_ALL, "POST", path, CANCEL_POOL, data=json.dumps(body).encode(), on_sent=on_sent
         )
         document = self._document(CANCEL_ALL, answer)
         data = document.get("data")
@@ -414,12 +423,20 @@ class ExchangeClient:
         return headers
 
     async def _signed(
-        self, endpoint: str, method: str, path: str, pool: str, *, data: bytes | None = None
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        pool: str,
+        *,
+        data: bytes | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Answer:
         """A signed request with its answer mapped to an error; one re-sync + retry on 401.
 
         POSTs are retried once at once on a stale pooled connection (a listing is as safe
-        to repeat as cancel_all); GETs are not (see the transport).
+        to repeat as cancel_all); aiohttp re-sends a GET itself, through the limiter
+        (see the transport).
         """
         limiter = self.limiters[endpoint]
         signed_with = self._venue_clock.generation
@@ -440,6 +457,7 @@ class ExchangeClient:
                     headers=headers,
                     data=data,
                     retry_stale=method == "POST",
+                    on_sent=on_sent,
                 )
                 if answer.status == 429:
                     retry_after = answer.retry_after_seconds(self._clock.time())

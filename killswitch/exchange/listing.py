@@ -21,7 +21,15 @@ from typing import Final, Protocol
 from killswitch.exchange.orders import LISTING_LIMIT, OrderPage, VenueOrder
 from killswitch.log import get_logger
 
-__all__ = ["DAY_MS", "LISTING_LIMIT", "WINDOW_MS", "Listing", "find_closed", "list_open"]
+__all__ = [
+    "DAY_MS",
+    "LISTING_LIMIT",
+    "WINDOW_MS",
+    "Listing",
+    "closed_since",
+    "find_closed",
+    "list_open",
+]
 
 DAY_MS: Final = 24 * 3600 * 1000
 WINDOW_MS: Final = 7 * DAY_MS
@@ -206,3 +214,29 @@ async def find_closed(
     )
     await scan.run()
     return {i: o for i, o in scan.found.items() if i in wanted}
+
+
+async def closed_since(
+    client: ListingClient,
+    exchange: str,
+    symbol: str | None,
+    since_ms: int,
+    *,
+    lookback_days: float,
+    max_pages: int,
+) -> tuple[dict[str, VenueOrder], bool]:
+    """Closed orders updated at or after ``since_ms`` (venue clock), by id, and whether
+    ``max_pages`` cut the scan short.  Pages the whole lookback, newest first: an order
+    closed since then may have been created long before."""
+    now = client.venue_now_ms()
+    scan = _Scan(
+        client.closed_orders,
+        exchange,
+        symbol,
+        now_ms=now,
+        oldest_ms=now - int(lookback_days * DAY_MS),
+        max_pages=max_pages,
+    )
+    await scan.run()
+    found = {i: o for i, o in scan.found.items() if (o.updated_at or o.created_at) >= since_ms}
+    return found, scan.requests >= max_pages

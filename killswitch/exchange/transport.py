@@ -6,8 +6,10 @@ those can never make the emergency request wait for a pool slot (aiohttp's
 ``ClientTimeout.connect`` includes that wait).  aiohttp does not retry a POST
 on a stale keep-alive connection; :meth:`Transport.request` retries once, at
 once and through the limiter, when the failure came before any answer on a
-connection reused from the pool.  aiohttp's own silent re-send of an idempotent
-request on a dropped connection is switched off: it would bypass the limiter.
+connection reused from the pool.  aiohttp's own re-send of an idempotent request
+on a dropped keep-alive connection pays its limiter slot like any other request
+(a trace hook waits for it before the re-sent headers are written), and
+aiohttp's public trace hooks tell a caller when its request body was written.
 
 What an answer *means* (status codes, bodies, signing, the venue's clock) is
 :mod:`killswitch.exchange.client`'s business, not this module's.
@@ -23,9 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
+from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
 from killswitch import __version__
@@ -71,9 +74,36 @@ _STALE: Final = (
 
 @dataclass
 class _Probe:
-    """Filled in by the trace hooks: did this request get a pooled connection?"""
+    """One request as the trace hooks see it."""
 
-    reused: bool = False
+    reused: bool = False  # it got a pooled connection
+    limiter: SlidingWindowLimiter | None = None
+    written: int = 0  # times its headers were handed to a connection (aiohttp may re-send)
+    on_sent: Callable[[], None] | None = None  # told once the body was written
+
+
+async def _on_headers_sent(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object
+) -> None:
+    probe = ctx.trace_request_ctx
+    if not isinstance(probe, _Probe):
+        return
+    probe.written += 1
+    if probe.written > 1 and probe.limiter is not None:
+        # aiohttp re-sends an idempotent request whose kept-alive connection dropped:
+        # that second request pays its own slot (contract §3), before it is written.
+        await probe.limiter.acquire()
+
+
+async def _on_chunk_sent(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object
+) -> None:
+    probe = ctx.trace_request_ctx
+    if isinstance(probe, _Probe) and probe.on_sent is not None:
+        on_sent, probe.on_sent = probe.on_sent, None
+        # The hook runs as the chunk is handed to the transport, in the same step:
+        # the caller hears of it right after that step, not before the bytes leave.
+        asyncio.get_running_loop().call_soon(on_sent)
 
 
 async def _on_reuse(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object) -> None:
@@ -138,7 +168,7 @@ class Transport:
         self,
         config: ExchangeConfig,
         clock: Clock,
-        log: Any,
+        log: FilteringBoundLogger,
         *,
         status_pool_size: int,
         cancel_pool_size: int,
@@ -171,7 +201,9 @@ class Transport:
         trace = aiohttp.TraceConfig()
         trace.on_connection_reuseconn.append(_on_reuse)
         trace.on_connection_create_end.append(_on_create)
-        session = aiohttp.ClientSession(
+        trace.on_request_headers_sent.append(_on_headers_sent)
+        trace.on_request_chunk_sent.append(_on_chunk_sent)
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=self._config.request_timeout, ceil_threshold=no_rounding
@@ -179,14 +211,6 @@ class Transport:
             headers={"User-Agent": _USER_AGENT},
             trace_configs=[trace],
         )
-        # aiohttp silently re-sends an idempotent request (a status GET) when a kept-alive
-        # connection drops; that second request would bypass the limiter and could break the
-        # exchange's window.  Every retry here goes through the limiter instead.  There is no
-        # public switch: aiohttp's own test client sets this attribute the same way.
-        # tests/test_exchange.py checks it on a real server, so an aiohttp upgrade that
-        # changes it fails CI.
-        session._retry_connection = False
-        return session
 
     def open(self) -> None:
         if self.sessions:
@@ -220,10 +244,12 @@ class Transport:
         headers: Callable[[], Mapping[str, str]],
         data: bytes | None = None,
         retry_stale: bool = False,
+        on_sent: Callable[[], None] | None = None,
     ) -> Answer:
         """Send one request, after the limiter grants a slot; any HTTP answer is returned.
 
         ``headers()`` is called right before each send (a signature carries the epoch).
+        ``on_sent()`` is called once, right after the request body was written.
         Raises :class:`RequestTimeout`, :class:`ConnectionFailed` or :class:`BadResponse`
         (a malformed HTTP answer) when no answer came.
         """
@@ -234,7 +260,7 @@ class Transport:
         attempts = 2 if retry_stale else 1
         for attempt in range(1, attempts + 1):
             sent_at = await limiter.acquire() if limiter is not None else None
-            probe = _Probe()
+            probe = _Probe(limiter=limiter, on_sent=on_sent)
             started = self._clock.monotonic()
             self._in_flight[pool] += 1
             try:

@@ -38,7 +38,9 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
+
+from structlog.typing import FilteringBoundLogger
 
 from killswitch.clock import Clock, sleep_or_wake
 from killswitch.config.model import ConfirmConfig
@@ -175,7 +177,7 @@ class Confirmer:
         config: ConfirmConfig,
         clock: Clock,
         *,
-        log: Any = None,
+        log: FilteringBoundLogger | None = None,
         on_status: Callable[[str, str], None] | None = None,
         gate: RateGate | None = None,
         jitter: float = 0.0,
@@ -210,6 +212,7 @@ class Confirmer:
         self._started = False
         self._turn = asyncio.Lock()  # one worker at a time plans the next poll
         self._changed = asyncio.Event()
+        self._settle = asyncio.Event()  # an order was resolved
 
     # ------------------------------------------------------------------ feeding
 
@@ -321,6 +324,17 @@ class Confirmer:
     def progress(self) -> tuple[int, int]:
         """(resolved, total) ids so far."""
         return self._resolved, len(self._orders)
+
+    @property
+    def polls(self) -> int:
+        """Status requests made so far."""
+        return self._polls
+
+    async def settled(self) -> None:
+        """Wait until every id added so far is resolved."""
+        while self._resolved < len(self._orders):
+            self._settle.clear()
+            await self._settle.wait()
 
     def counts(self) -> dict[str, int]:
         """The outcome counts so far, by name (:data:`OUTCOME_FIELDS`), without a snapshot."""
@@ -547,3 +561,4 @@ class Confirmer:
         self._counts[outcome] += 1
         self._resolved += 1
         self._changed.set()
+        self._settle.set()

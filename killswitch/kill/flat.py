@@ -2,23 +2,25 @@
 
 :class:`Listings` is the engine's view: a complete open-orders listing of one
 target, closed-order pages searched for given ids, the orders closed since a
-moment (to find what a lost ``cancel_all`` answer would have named), and the
-venue's clock.  :class:`VenueListings` implements it over the exchange client
-and :mod:`killswitch.exchange.listing`; tests give the engine in-process fakes.
+moment (to find what a lost ``cancel_all`` answer would have named), the
+budgets, and the venue's clock.  :class:`VenueListings` implements it over the
+exchange client and :mod:`killswitch.exchange.listing` (the one cursor pager);
+tests give the engine in-process fakes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
 from killswitch.exchange import listing
 from killswitch.exchange.client import CLOSED_ORDERS, OPEN_ORDERS, ExchangeClient
-from killswitch.exchange.orders import OrderPage
 from killswitch.log import get_logger
 
-__all__ = ["ListedOrder", "Listings", "VenueListings"]
+__all__ = ["RECOVER_MAX_PAGES", "ListedOrder", "Listings", "VenueListings"]
+
+RECOVER_MAX_PAGES: Final = 100  # closed_since() reads at most this many pages
 
 
 class ListedOrder(Protocol):
@@ -71,41 +73,6 @@ class Listings(Protocol):
         ...
 
 
-WEEK_MS: Final = 7 * 86_400_000  # the widest window a listing call may span
-PAGE: Final = 50  # orders per listing call, at most
-RECOVER_MAX_PAGES: Final = 100  # closed_since() reads at most this many pages
-
-Fetch = Callable[..., Awaitable[OrderPage]]
-
-
-async def _pages(
-    fetch: Fetch,
-    exchange: str,
-    symbol: str | None,
-    *,
-    windows: list[tuple[int, int]],
-    max_pages: int,
-) -> AsyncIterator[OrderPage]:
-    """Listing pages newest first: each window paged by cursor while a page is full;
-    ``to_time`` is inclusive, so a page may repeat the last order of the one before
-    (de-duplicate by id)."""
-    pages = 0
-    for start, end in windows:
-        to_time = end
-        while pages < max_pages:
-            page = await fetch(exchange, symbol, limit=PAGE, from_time=start, to_time=to_time)
-            pages += 1
-            yield page
-            if len(page.orders) < PAGE or page.cursor is None:
-                break
-            # Fifty orders in one ms would page forever: step past that ms.
-            to_time = page.cursor if page.cursor < to_time else to_time - 1
-            if to_time < start:
-                break
-        if pages >= max_pages:
-            return
-
-
 class VenueListings:
     """:class:`Listings` over the exchange client's listing calls (contract §2)."""
 
@@ -113,17 +80,6 @@ class VenueListings:
         self._client = client
         self._lookback_days = lookback_days
         self._log = get_logger(component="flat")
-
-    def _windows(self) -> list[tuple[int, int]]:
-        """7-day windows (venue clock, inclusive bounds) back to ``flat.lookback_days``."""
-        now = self._client.venue_now_ms()
-        oldest = now - int(self._lookback_days() * 86_400_000)
-        windows, end = [], now
-        while end > oldest:
-            start = max(oldest, end - WEEK_MS + 1)
-            windows.append((start, end))
-            end = start - 1
-        return windows
 
     async def list_open(
         self, exchange: str, symbol: str | None, *, deep: bool
@@ -144,24 +100,19 @@ class VenueListings:
     async def closed_since(
         self, exchange: str, symbol: str | None, since_ms: int
     ) -> Mapping[str, ListedOrder]:
-        """Closed orders updated at or after ``since_ms``: the closed pages of the lookback,
-        newest first (at most :data:`RECOVER_MAX_PAGES`)."""
-        found: dict[str, ListedOrder] = {}
-        pages = 0
-        async for page in _pages(
-            self._client.closed_orders,
+        """Closed orders updated at or after ``since_ms`` (at most
+        :data:`RECOVER_MAX_PAGES` closed pages of the lookback, newest first)."""
+        found, truncated = await listing.closed_since(
+            self._client,
             exchange,
             symbol,
-            windows=self._windows(),
+            since_ms,
+            lookback_days=self._lookback_days(),
             max_pages=RECOVER_MAX_PAGES,
-        ):
-            pages += 1
-            for order in page.orders:
-                if (order.updated_at or order.created_at) >= since_ms:
-                    found[order.order_id] = order
-        if pages >= RECOVER_MAX_PAGES:
+        )
+        if truncated:
             self._log.warning(
-                "flat.recover_truncated", exchange=exchange, symbol=symbol, pages=pages
+                "flat.recover_truncated", exchange=exchange, symbol=symbol, pages=RECOVER_MAX_PAGES
             )
         return found
 

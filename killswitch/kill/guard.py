@@ -20,8 +20,10 @@ from killswitch.clock import Clock, sleep_or_wake
 from killswitch.config.model import Config
 from killswitch.exchange.errors import ExchangeError
 from killswitch.kill.confirm import Confirmer, RateGate
+from killswitch.kill.events import KillEvents, NoEvents
 from killswitch.kill.flat import Listings
-from killswitch.kill.plan import CancelSource, error_message, outcome_unknown, plan_sweeps
+from killswitch.kill.plan import CancelSource, plan_sweeps
+from killswitch.kill.retry import is_rejected
 from killswitch.log import get_logger
 
 __all__ = ["Guard"]
@@ -37,19 +39,15 @@ class Guard:
         *,
         tripped: Callable[[], bool],
         status_gate: RateGate | None = None,
-        on_outcome: Callable[[str, str], None] | None = None,
-        on_swept: Callable[[int], None] | None = None,
-        on_gate_wait: Callable[[float], None] | None = None,
+        events: KillEvents | None = None,
     ) -> None:
-        self._on_swept = on_swept
-        self._on_gate_wait = on_gate_wait
+        self._events: KillEvents = events or NoEvents()
         self._config = config
         self._exchange = exchange
         self._listings = listings
         self._clock = clock
         self._tripped = tripped
         self._gate = status_gate
-        self._on_outcome = on_outcome
         self._changed = asyncio.Event()
         self._log = get_logger(component="guard")
         self.last_run: dict[str, Any] | None = None
@@ -99,7 +97,11 @@ class Guard:
         found: dict[str, int] = {}
         errors: list[str] = []
         confirmer = Confirmer(
-            self._exchange, config.confirm, self._clock, gate=self._gate, on_wait=self._on_gate_wait
+            self._exchange,
+            config.confirm,
+            self._clock,
+            gate=self._gate,
+            on_wait=self._events.status_gate_waited,
         )
         confirming = asyncio.create_task(confirmer.run())
         try:
@@ -114,7 +116,7 @@ class Guard:
                         symbol=symbol,
                         error=exc.kind,
                         http_status=exc.status,
-                        message=error_message(exc),
+                        message=exc.message,
                     )
                     continue
                 by_symbol: dict[str, list[str]] = {}
@@ -125,8 +127,7 @@ class Guard:
                     self._log.warning(
                         "guard.swept", exchange=exchange, symbol=sym, order_ids=sorted(ids)
                     )
-                    if self._on_swept is not None:
-                        self._on_swept(len(ids))
+                    self._events.guard_swept(len(ids))
                     named = await self._sweep(exchange, sym, errors)
                     confirmer.add([*ids, *named])
             confirmer.close()
@@ -149,20 +150,23 @@ class Guard:
             self._log.debug("guard.flat", at=started)
 
     async def _sweep(self, exchange: str, symbol: str, errors: list[str]) -> list[str]:
+        def sent() -> None:
+            self._log.info("cancel_all.sent", exchange=exchange, symbol=symbol)
+            self._events.cancel_all_sent(None, exchange, symbol)
+
         try:
-            named = await self._exchange.cancel_all(exchange, symbol)
+            named = await self._exchange.cancel_all(exchange, symbol, on_sent=sent)
         except ExchangeError as exc:
-            if self._on_outcome is not None:
-                self._on_outcome("cancel_all", exc.kind)
+            self._events.request_done("cancel_all", exc.kind)
             errors.append(f"{exchange}/{symbol}: cancel_all: {exc.kind}")
-            if not outcome_unknown(exc) and exc.status not in (None, 429):
+            if is_rejected(exc):
                 self._log.error(
                     "exchange.rejected",
                     endpoint="cancel_all",
                     exchange=exchange,
                     symbol=symbol,
                     http_status=exc.status,
-                    message=error_message(exc),
+                    message=exc.message,
                     error=exc.kind,
                     source="guard",
                 )
@@ -172,10 +176,9 @@ class Guard:
                 symbol=symbol,
                 error=exc.kind,
                 http_status=exc.status,
-                message=error_message(exc),
+                message=exc.message,
                 note="the next run tries again",
             )
             return []
-        if self._on_outcome is not None:
-            self._on_outcome("cancel_all", "accepted")
+        self._events.request_done("cancel_all", "accepted")
         return named

@@ -16,13 +16,14 @@ import asyncio
 import enum
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from killswitch.clock import Clock, sleep_or_wake
 from killswitch.damping import Damper
-from killswitch.kill.plan import KillPlan, plan_sweeps
-from killswitch.kill.runner import KillRunner
+from killswitch.kill.events import KillEvents, NoEvents
+from killswitch.kill.plan import KillPlan, SweepKey, plan_sweeps
+from killswitch.kill.runner import KillResult, KillRunner
 from killswitch.log import get_logger
 from killswitch.store.file import KillIntent
 from killswitch.store.state import KillRecord, StateStore
@@ -56,9 +57,17 @@ class TriggerOutcome(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class _Request:
+class _Announcement:
+    """A started kill's ``trigger.fired``, state change and record, held until its first
+    requests have left (:meth:`KillSwitch.announce`)."""
+
     source: str
     reason: str
+    outcome: TriggerOutcome
+    previous: State
+    started_at: float
+    sweeps: list[SweepKey]
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 class KillSwitch:
@@ -68,17 +77,18 @@ class KillSwitch:
         store: StateStore,
         clock: Clock,
         *,
-        on_state: Callable[[State, str], None] | None = None,
+        events: KillEvents | None = None,
     ) -> None:
         self.runner = runner
         self.store = store
         self.clock = clock
-        self.on_state = on_state
+        self.events: KillEvents = events or NoEvents()
+        self._unannounced: dict[str, _Announcement] = {}
         self.state = State.ARMED
         self.last_kill: dict[str, Any] | None = None
         self.current_kill_id: str | None = None
         self._pending: KillPlan | None = None
-        self._kill: asyncio.Task[dict[str, Any]] | None = None
+        self._kill: asyncio.Task[KillResult] | None = None
         self._running_plan: KillPlan | None = None
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -99,8 +109,7 @@ class KillSwitch:
         else:
             previous = announced
         self._log.info("switch.state", state=state.value, previous=previous.value, why=why)
-        if self.on_state is not None:
-            self.on_state(state, why)
+        self.events.state_changed(state.value, why)
 
     def on_reset(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each reset (trigger sources re-arm their edges)."""
@@ -178,40 +187,44 @@ class KillSwitch:
         else:
             outcome = TriggerOutcome.STARTED
         if outcome not in (TriggerOutcome.STARTED, TriggerOutcome.STOPPING):
+            # The button pressed again while a kill runs whose sweeps were answered:
+            # something still trades, so the running kill sweeps again (contract v3 §1).
+            explicit = outcome is TriggerOutcome.COALESCED and source in EXPLICIT_SOURCES
+            if explicit and self.runner.resweep():
+                detail = {**detail, "resweep": True}
             self._fired(source, reason, outcome, **detail)
             return outcome
-        # The fast path: decide, latch in memory and wake the kill.  The events, the
-        # state callbacks and the durable record follow in announce(), which the kill
-        # runs right after its first cancel_all requests have left.
+        # The fast path: decide, latch (durably against a crash of the process: §9) and
+        # wake the kill.  The events, the state change and the kill's record follow in
+        # announce(), which the kill calls once its first cancel_all requests have left.
         kill_id = uuid.uuid4().hex[:16]
         sweeps = plan_sweeps(self.runner.config.targets)
-        started_at = self.clock.time()
-
-        previous = self.state
-
-        def announce() -> None:
-            self._fired(source, reason, outcome, **detail)
-            self._set_state(State.KILLING, f"{source}: {reason}", announced=previous)
-            self.store.start_kill(kill_id, source, reason, started_at, sweeps)
-
-        # Durable against a crash of the process before the first request leaves (§9).
         self.store.intend(kill_id, source)
+        self._unannounced[kill_id] = _Announcement(
+            source, reason, outcome, self.state, self.clock.time(), sweeps, detail
+        )
+        plan = KillPlan(kill_id=kill_id, source=source, reason=reason, sweeps=sweeps)
         if outcome is TriggerOutcome.STOPPING:
             # No time to wait for the first send: the record goes first, so that a
             # stop that cancels the kill leaves it for the next start to resume.
-            announce()
-        self._pending = KillPlan(
-            kill_id=kill_id,
-            source=source,
-            reason=reason,
-            sweeps=sweeps,
-            announce=announce if outcome is TriggerOutcome.STARTED else None,
-        )
+            self.announce(plan)
+        self._pending = plan
         self.current_kill_id = kill_id
         self._idle.clear()
         self.state = State.KILLING
         self._wake.set()
         return outcome
+
+    def announce(self, plan: KillPlan) -> None:
+        """The kill's first requests have left: its ``trigger.fired``, the state change and
+        its durable record (:class:`~killswitch.kill.events.Announcer`)."""
+        held = self._unannounced.pop(plan.kill_id, None)
+        if held is None:
+            return  # resumed, or announced already
+        self._fired(held.source, held.reason, held.outcome, **held.detail)
+        why = f"{held.source}: {held.reason}"
+        self._set_state(State.KILLING, why, announced=held.previous)
+        self.store.start_kill(plan.kill_id, held.source, held.reason, held.started_at, held.sweeps)
 
     def _fired(self, source: str, reason: str, outcome: TriggerOutcome, **detail: Any) -> None:
         if outcome is TriggerOutcome.LATCHED:  # changes nothing: a flapping source is damped
@@ -258,7 +271,8 @@ class KillSwitch:
         plan = self._running_plan or self._pending
         self._pending = None
         stuck = self.runner.stuck_info() if self._kill is not None else None
-        confirmer = self.runner.confirmer if self._kill is not None else None
+        current = self.runner.current
+        confirmer = current.confirmer if self._kill is not None and current else None
         progress = None if confirmer is None else confirmer.snapshot()
         if self._kill is not None:
             self._kill.cancel(f"abandoned: {why}")
@@ -268,7 +282,7 @@ class KillSwitch:
             "reason": plan.reason if plan is not None else None,
             "abandoned": True,
             "why": why,
-            "stuck": None if stuck is None else stuck["why"],
+            "stuck": None if stuck is None else stuck.why,
         }
         if progress is not None:
             summary.update(orders=len(progress.statuses), pending=len(progress.pending))
@@ -283,29 +297,42 @@ class KillSwitch:
     # ------------------------------------------------------------------ the owner loop
 
     async def run(self) -> None:
-        """Run kills as they are requested, until cancelled."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            plan, self._pending = self._pending, None
-            if plan is None:
-                continue
-            self._running_plan = plan
-            self._kill = asyncio.create_task(self.runner.run(plan), name=f"kill-{plan.kill_id}")
-            try:
-                await asyncio.wait({self._kill})
-            except asyncio.CancelledError:
-                self._kill.cancel()
-                raise
-            finally:
-                task, self._kill, self._running_plan = self._kill, None, None
-            if task.cancelled():
-                continue  # abandoned by a forced reset: already logged and closed
-            summary = task.result()  # a crash of the kill is the daemon's crash
-            self.last_kill = {"kill_id": plan.kill_id, **summary}
-            self.current_kill_id = None
-            self._set_state(State.TRIPPED, f"kill {plan.kill_id} completed")
-            self._idle.set()
+        """Run kills as they are requested, until cancelled.  A completed kill's
+        classification (:mod:`killswitch.kill.classify`) goes on beside the next one."""
+        async with asyncio.TaskGroup() as background:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                plan, self._pending = self._pending, None
+                if plan is not None:
+                    await self._run_kill(plan, background)
+
+    async def _run_kill(self, plan: KillPlan, background: asyncio.TaskGroup) -> None:
+        self._running_plan = plan
+        kill = asyncio.create_task(
+            self.runner.run(plan, self, background=background), name=f"kill-{plan.kill_id}"
+        )
+        self._kill = kill
+        try:
+            await asyncio.wait({kill})
+        except asyncio.CancelledError:
+            kill.cancel()
+            raise
+        finally:
+            self._kill, self._running_plan = None, None
+        if kill.cancelled():
+            return  # abandoned by a forced reset: already logged and closed
+        result = kill.result()  # a crash of the kill is the daemon's crash
+        self.last_kill = {"kill_id": plan.kill_id, **result.summary}
+        self.current_kill_id = None
+        self._set_state(State.TRIPPED, f"kill {plan.kill_id} completed")
+        self._idle.set()
+        background.create_task(self._classified(result), name=f"classified-{plan.kill_id}")
+
+    async def _classified(self, result: KillResult) -> None:
+        final = await result.classified
+        if self.last_kill is not None and self.last_kill.get("kill_id") == final["kill_id"]:
+            self.last_kill = dict(final)
 
     async def drain(self, grace: float) -> bool:
         """Wait up to ``grace`` s for a running kill.  True if idle.

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-import structlog
 
 from killswitch import __version__
 from killswitch.clock import Clock, SystemClock
@@ -114,11 +113,6 @@ class Wiring:
 
         def on_send() -> None:
             self.store.record_send(endpoint, self.clock.time())
-            if endpoint == CANCEL_ALL:
-                # Logged two loop turns later, once aiohttp's writer task has put the
-                # request on the wire (the event keeps the sweep's exchange and symbol).
-                loop = asyncio.get_running_loop()
-                loop.call_soon(loop.call_soon, self._cancel_all_sent)
 
         def on_wait(seconds: float) -> None:
             self.prom.ratelimit_waits.labels(endpoint).inc()
@@ -137,10 +131,10 @@ class Wiring:
             on_wait=on_wait,
         )
 
-    def _cancel_all_sent(self) -> None:
-        self._log.info("cancel_all.sent")
-        # Runs in the sending sweep's context, which carries its kill_id.
-        kill_id = structlog.contextvars.get_contextvars().get("kill_id")
+    # ------------------------------------------------------------------ KillEvents
+
+    def cancel_all_sent(self, kill_id: str | None, exchange: str, symbol: str | None) -> None:
+        """A ``cancel_all`` was written (the engine logged ``cancel_all.sent``)."""
         kill_id = kill_id or self.switch.current_kill_id
         if kill_id is None:
             return
@@ -195,13 +189,12 @@ class Wiring:
             self.exchange,
             self.store,
             self.clock,
-            on_outcome=self._count_request,
+            events=self,
             status_gate=self.status_limiter,
             listings=listings,
-            on_gate_wait=self._status_gate_wait,
             budgets=self.limiters,
         )
-        self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
+        self.switch = KillSwitch(self.runner, self.store, self.clock, events=self)
         self.guard = (
             None
             if listings is None
@@ -212,9 +205,7 @@ class Wiring:
                 self.clock,
                 tripped=lambda: self.switch.state is State.TRIPPED,
                 status_gate=self.status_limiter,
-                on_outcome=self._count_request,
-                on_swept=self.prom.guard_swept.inc,
-                on_gate_wait=self._status_gate_wait,
+                events=self,
             )
         )
         self.service = Service(self.notifier, self.switch, self.clock)
@@ -253,7 +244,7 @@ class Wiring:
             available={name: lim.available for name, lim in self.limiters.items()},
         )
         self.prom.clock_offset.set_function(self._clock_offset)
-        self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
+        self.prom.kill_stuck.set_function(lambda: 0.0 if self.runner.stuck_info() is None else 1.0)
         self.prom.watch_requests(lambda: self.exchange.requests_sent)
         self.prom.self_test_ok.set_function(self._self_test_gauge)
 
@@ -261,7 +252,7 @@ class Wiring:
         """What systemd's STATUS= line should say is wrong (a stuck kill, a failed self-test)."""
         stuck = self.runner.stuck_info()
         if stuck is not None and self.switch.state is State.KILLING:
-            return f"STUCK: venue refuses cancel_all (HTTP {stuck['http_status']}: {stuck['why']})"
+            return f"STUCK: venue refuses cancel_all (HTTP {stuck.http_status}: {stuck.why})"
         test = self.exchange.health().get("self_test")
         if test is not None and not test["ok"]:
             failed = [c for c in test["checks"] if not c["ok"]]
@@ -280,7 +271,7 @@ class Wiring:
         test = self.exchange.health().get("self_test")
         return -1.0 if test is None else 1.0 if test["ok"] else 0.0
 
-    def _status_gate_wait(self, seconds: float) -> None:
+    def status_gate_waited(self, seconds: float) -> None:
         """The confirmer waits on the status limiter's gate (it never acquires it there)."""
         self.limiters[ORDER_STATUS].waits += 1
         on_wait = self.limiters[ORDER_STATUS].on_wait
@@ -305,10 +296,21 @@ class Wiring:
         """The latch as the switch holds it now (written to a store that works again)."""
         return self.switch.state is not State.ARMED, self.switch.current_kill_id
 
-    def _count_request(self, endpoint: str, outcome: str) -> None:
+    def request_done(self, endpoint: str, outcome: str) -> None:
         self.prom.requests.labels(endpoint, outcome).inc()
 
-    def _state_changed(self, state: State, why: str) -> None:
+    def guard_swept(self, orders: int) -> None:
+        self.prom.guard_swept.inc(orders)
+
+    def kill_completed(self, kill_id: str, summary: Mapping[str, Any]) -> None:
+        pass  # the switch goes TRIPPED next: state_changed() reads its last kill
+
+    def kill_classified(self, kill_id: str, summary: Mapping[str, Any]) -> None:
+        for outcome in OUTCOME_FIELDS:
+            self.prom.orders.labels(outcome).inc(summary.get(outcome, 0))
+
+    def state_changed(self, value: str, why: str) -> None:
+        state = State(value)
         if self.guard is not None:
             self.guard.state_changed()
         if state is State.KILLING:
@@ -319,8 +321,6 @@ class Wiring:
                 self.prom.kill_seconds.observe(last["duration_ms"] / 1000)
             if last.get("flat_ms") is not None:
                 self.prom.flat_seconds.observe(last["flat_ms"] / 1000)
-            for outcome in OUTCOME_FIELDS:
-                self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
             self.prom.leftovers.inc(last.get("leftover", 0))
             self.prom.kill_flat.set(1.0 if last.get("flat") else 0.0)
         self.service.state_changed(state)
@@ -389,7 +389,9 @@ class Wiring:
             "pnl_threshold": self.pnl.threshold,
             "last_kill": self.switch.last_kill,
             "store": self.store.health(),
-            "stuck": self.runner.stuck_info() if self.switch.state is State.KILLING else None,
+            "stuck": stuck.as_dict()
+            if (stuck := self.runner.stuck_info()) and self.switch.state is State.KILLING
+            else None,
             "rate_limit": {
                 name: {
                     "available": lim.available(),

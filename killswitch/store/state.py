@@ -232,6 +232,12 @@ class StateStore(StoreWriter):
             kill_id,
         )
 
+    def classify_kill(self, kill_id: str, summary: dict[str, Any]) -> Future[None]:
+        """A completed kill's final counts (``kill.classified``)."""
+        return self._write(
+            "UPDATE kills SET summary = ? WHERE kill_id = ?", json.dumps(summary), kill_id
+        )
+
     def _kill(self, db: sqlite3.Connection, row: tuple[Any, ...]) -> KillRecord:
         kill = KillRecord(
             kill_id=row[0],
