@@ -44,6 +44,7 @@ SCENARIOS: dict[str, Scenario] = {
     "hostile": hostile.run,
     "contract": confirmation.run_contract_default,
     "flat": flat.run,
+    "large": flat.run_large,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
 }

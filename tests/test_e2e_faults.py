@@ -102,8 +102,7 @@ async def test_kill_completes_once_the_fault_clears(
         slow_seconds=HOLD,
     )
     sim.seed(SEEDED)
-    # One closed-orders round per kill: a failed one hands its ids to status polls.
-    count = 1 if endpoint == "closed_orders" else COUNTS.get(fault, 3)
+    count = COUNTS.get(fault, 3)  # a failed closed-orders page is retried, like the rest
     # Status polls are the fallback once listings confirm: test them on their own.
     overrides = {"confirm": {"use_listings": False}} if endpoint == "order_status" else {}
     daemon = DaemonProcess(_fault_config(workdir, url, **overrides))
@@ -112,8 +111,9 @@ async def test_kill_completes_once_the_fault_clears(
     sim.inject(endpoint, fault, count, delay=HOLD if fault == "timeout" else None)
     started = time.monotonic()
     daemon.send(signal.SIGUSR1)
-    done = await daemon.wait_for("kill.completed", timeout=40)
+    await daemon.wait_for("kill.completed", timeout=40)
     elapsed = time.monotonic() - started
+    done = await daemon.wait_for("kill.classified", timeout=40)  # the final counts (v3)
 
     stats = sim.stats()
     _check_against_truth(done, sim, ORDERS)
@@ -138,7 +138,8 @@ async def test_kill_completes_once_the_fault_clears(
         note = f"cancel_all.failed x{len(failed)} ({kind}), cancel_all requests {count + 1}"
     elif endpoint == "order_status":
         failed = daemon.named("order.poll_failed")
-        assert len(failed) == count
+        # A reset on a pooled connection is re-sent by aiohttp itself, through the limiter.
+        assert len(failed) <= count if fault == "reset" else len(failed) == count
         assert all(e["error"] == kind and e["http_status"] == http_status for e in failed)
         assert not daemon.named("cancel_all.failed")
         assert stats["requests"]["cancel_all"] == 1
@@ -178,8 +179,9 @@ async def test_retry_after_from_the_exchange_is_honoured(
     await daemon.start()
     started = time.monotonic()
     daemon.send(signal.SIGUSR1)
-    done = await daemon.wait_for("kill.completed", timeout=40)
+    await daemon.wait_for("kill.completed", timeout=40)
     elapsed = time.monotonic() - started
+    done = await daemon.wait_for("kill.classified", timeout=40)  # the final counts (v3)
 
     refused = [r for r in sim.requests if r.endpoint == "cancel_all" and r.status == 429]
     assert len(refused) == 1
@@ -226,8 +228,9 @@ async def test_ids_the_exchange_forgot_end_as_unknown(
     ):
         assert resp.status == 200
         assert await resp.json() == {"forgotten": 5}
-    done = await daemon.wait_for("kill.completed", timeout=40)
+    await daemon.wait_for("kill.completed", timeout=40)
     elapsed = time.monotonic() - started
+    done = await daemon.wait_for("kill.classified", timeout=40)  # the final counts (v3)
 
     assert done["unknown"] == 5
     assert done["cancelled"] == sim.stats()["orders"].get("CANCELLED", 0) == ORDERS - 5

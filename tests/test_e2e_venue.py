@@ -68,7 +68,8 @@ def _config(workdir: Path, url: str, **overrides: Any) -> Path:
 
 async def _kill(daemon: DaemonProcess) -> dict[str, Any]:
     daemon.send(signal.SIGUSR1)
-    return await daemon.wait_for("kill.completed", timeout=WAIT)
+    await daemon.wait_for("kill.completed", timeout=WAIT)
+    return await daemon.wait_for("kill.classified", timeout=WAIT)  # the final counts (v3)
 
 
 async def _assert_flat_and_true(
@@ -339,7 +340,8 @@ async def test_crash_during_the_flat_proof_resumes_it(
     await second.start()
     resumed = await second.wait_for("kill.resumed", timeout=WAIT)
     assert resumed["pending_sweeps"] == 1
-    done = await second.wait_for("kill.completed", timeout=WAIT)
+    await second.wait_for("kill.completed", timeout=WAIT)
+    done = await second.wait_for("kill.classified", timeout=WAIT)  # the final counts (v3)
     assert done["resumed"] is True
     assert done["leftover"] == 3
     await _assert_flat_and_true(admin, done)
