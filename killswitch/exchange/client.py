@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -29,15 +28,16 @@ from structlog.typing import FilteringBoundLogger
 
 from killswitch.clock import Clock
 from killswitch.config.model import ExchangeConfig, Target
-from killswitch.exchange.errors import (
-    BadResponse,
-    ExchangeError,
-    OrderNotFound,
-    RateLimited,
-    RejectedRequest,
-    ServerError,
-    Unauthorized,
+from killswitch.exchange.answers import data_of, document_of, status_error
+from killswitch.exchange.endpoints import (
+    CANCEL_ALL,
+    CLOSED_ORDERS,
+    ENDPOINTS,
+    OPEN_ORDERS,
+    ORDER_STATUS,
+    TIME,
 )
+from killswitch.exchange.errors import BadResponse, ExchangeError
 from killswitch.exchange.orders import (
     LISTING_LIMIT,
     OrderPage,
@@ -78,13 +78,6 @@ __all__ = [
     "VenueOrder",
 ]
 
-CANCEL_ALL: Final = "cancel_all"
-ORDER_STATUS: Final = "order_status"
-OPEN_ORDERS: Final = "open_orders"
-CLOSED_ORDERS: Final = "closed_orders"
-TIME: Final = "time"
-ENDPOINTS: Final = (CANCEL_ALL, ORDER_STATUS, OPEN_ORDERS, CLOSED_ORDERS)
-"""The rate-limited endpoints, each with its own limiter (``time`` is not limited)."""
 
 DRY_RUN_STATUS: Final = "DRY_RUN"
 """What :meth:`ExchangeClient.order_status` answers in dry run (never a real status)."""
@@ -92,8 +85,6 @@ DRY_RUN_STATUS: Final = "DRY_RUN"
 SYNC_RETRY: Final = 5.0
 """Seconds before a failed clock sync is tried again; doubled per further failure,
 up to ``clock_sync_interval``."""
-
-_NOT_FOUND: Final = frozenset({400, 404, 422})  # "unknown order id" on the status endpoint
 
 
 class ExchangeClient:
@@ -506,35 +497,16 @@ class ExchangeClient:
         return error
 
     def _status_error(self, endpoint: str, answer: Answer) -> ExchangeError:
-        status, message = answer.status, answer.message()
-        if status == 429:
-            retry_after = answer.retry_after_seconds(self._clock.time())
-            return RateLimited(endpoint, retry_after, message=message)
-        if status >= 500:
-            return ServerError(endpoint, f"HTTP {status}", status=status, message=message)
-        if status == 401:
-            return Unauthorized(
-                endpoint, "HTTP 401 after a clock re-sync", status=status, message=message
-            )
-        if status in _NOT_FOUND and endpoint == ORDER_STATUS:
-            return OrderNotFound(
-                endpoint, f"HTTP {status}: unknown order_id", status=status, message=message
-            )
-        if 300 <= status < 400 or status < 200:
-            return BadResponse(endpoint, f"HTTP {status}", status=status, message=message)
-        return RejectedRequest(endpoint, f"HTTP {status}", status=status, message=message)
+        return status_error(endpoint, answer, self._clock.time())
 
     def _document(self, endpoint: str, answer: Answer) -> dict[str, Any]:
         try:
-            document = json.loads(answer.body, parse_float=Decimal)
-        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
-            raise self._fail(endpoint, BadResponse(endpoint, "body is not JSON")) from None
-        if not isinstance(document, dict):
-            raise self._fail(endpoint, BadResponse(endpoint, "body is not a JSON object"))
-        return document
+            return document_of(endpoint, answer)
+        except ExchangeError as error:
+            raise self._fail(endpoint, error) from None
 
     def _data(self, endpoint: str, answer: Answer) -> dict[str, Any]:
-        data = self._document(endpoint, answer).get("data")
-        if not isinstance(data, dict):
-            raise self._fail(endpoint, BadResponse(endpoint, "body has no 'data' object"))
-        return data
+        try:
+            return data_of(endpoint, answer)
+        except ExchangeError as error:
+            raise self._fail(endpoint, error) from None
