@@ -20,6 +20,7 @@ from killswitch.exchange.errors import (
     RequestTimeout,
     ServerError,
 )
+from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.kill.events import Announcer
 from killswitch.kill.plan import ANNOUNCE_WITHIN, KillPlan, plan_sweeps
 from killswitch.kill.proof import RELIST_MAX
@@ -523,3 +524,32 @@ async def test_an_unanswered_kill_is_announced_all_the_same(store: StateStore) -
         venue.answer.set()
         await venue.clock.run_until(task)
     assert task.result().summary["cancelled"] == 2
+
+
+async def test_a_large_book_is_confirmed_by_polls_then_listed_once(store: StateStore) -> None:
+    """1,000 orders, status 500/s, listings 20/60 s: status polls confirm them (a listing
+    of them would wait minutes), then one cheap listing proves the target flat."""
+    clock = FakeClock(START)
+    venue = VenueFake(clock, cancel_delay=0.3)
+    venue.seed("BTC", 1000)
+    config = make_config(max_concurrency=8)  # settle() lets ~50 loop turns run, not 64 exits
+    budgets = {
+        "open_orders": SlidingWindowLimiter("open_orders", 20, 60.0, clock),
+        "order_status": SlidingWindowLimiter("order_status", 500, 1.0, clock),
+    }
+    runner = KillRunner(config, venue, store, clock, listings=venue, budgets=budgets)
+    plan = KillPlan("k1", "manual", "t", plan_sweeps(config.targets), started_at=clock.time())
+    store.start_kill("k1", "manual", "t", clock.time(), plan.sweeps)
+    with capture_logs() as logs:
+        task = asyncio.create_task(runner.run(plan))
+        await clock.run_until(task)
+    result = task.result()
+
+    assert_matches_truth(result.classified.result(), venue)
+    done = result.summary
+    assert done["cancelled"] + done["unclassified"] == 1000
+    assert done["unclassified"] < 2 * 49  # listed once a page or two covered what was left
+    assert done["flat"] is True
+    assert venue.count("order_status") > 500  # most of them by status polls
+    assert venue.count("open_orders") == 1  # listed once, when it was cheap: empty
+    assert len(named(logs, "kill.flat")) == 1

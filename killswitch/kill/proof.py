@@ -22,10 +22,12 @@ from structlog.typing import FilteringBoundLogger
 
 from killswitch.clock import Clock
 from killswitch.config.model import Config
+from killswitch.exchange.endpoints import OPEN_ORDERS, ORDER_STATUS
 from killswitch.exchange.errors import ExchangeError
 from killswitch.kill.context import KillContext
 from killswitch.kill.flat import ListedOrder, Listings
 from killswitch.kill.plan import LISTING_HOLD, NEW_PER_PAGE, Unit
+from killswitch.kill.progress import Budget
 from killswitch.kill.sweeps import Sweeper
 from killswitch.store.state import StateStore
 
@@ -53,6 +55,7 @@ class FlatProof:
         store: StateStore,
         clock: Clock,
         log: FilteringBoundLogger,
+        budgets: Mapping[str, Budget],
     ) -> None:
         self._config = config
         self._listings = listings
@@ -60,6 +63,7 @@ class FlatProof:
         self._store = store
         self._clock = clock
         self._log = log
+        self._budgets = budgets
 
     async def prove(self, ctx: KillContext, unit: Unit) -> None:
         """List ``unit`` until it is flat (or what lists open was given up on)."""
@@ -70,7 +74,18 @@ class FlatProof:
         unit.flat = None
         wait = cfg.first_poll_delay
         pages = 1  # what the last listing cost
+        released = False
         while True:
+            if self._polls_first(ctx, unit):
+                # A listing of this many orders still cancelling would wait minutes for the
+                # open-orders window; the status budget confirms them sooner.  List once
+                # that is no longer so (what is left fits a page or two).
+                if not released:
+                    released = True
+                    confirmer.release(confirmer.unresolved(unit.named))
+                await self._clock.sleep(wait)
+                wait = _relist(wait)
+                continue
             if self._listings.open_budget() < pages + 1:
                 # Listing now would spend the last of the open-orders budget on orders
                 # still cancelling: let them finish first (the limiter would wait anyway).
@@ -116,6 +131,20 @@ class FlatProof:
         if unit.flat and all(u.flat for u in ctx.units.values()) and ctx.flat_ms is None:
             ctx.flat_ms = round((self._clock.monotonic() - ctx.started) * 1000, 1)
             self._log.info("kill.flat", duration_ms=ctx.flat_ms)
+
+    def _polls_first(self, ctx: KillContext, unit: Unit) -> bool:
+        """True when status polls would confirm the unit's unresolved ids sooner than a
+        complete listing of them could be paged (whichever budget confirms more orders per
+        second decides; ids a listing already found gone need no page)."""
+        lists = self._budgets.get(OPEN_ORDERS)
+        polls = self._budgets.get(ORDER_STATUS)
+        if lists is None or polls is None:
+            return False
+        pending = [i for i in ctx.confirmer.unresolved(unit.named) if i not in ctx.gone]
+        if len(pending) <= NEW_PER_PAGE:
+            return False
+        pages = math.ceil(len(pending) / NEW_PER_PAGE) + 1
+        return polls.time_for(len(pending)) < lists.time_for(pages)
 
     async def list_open(self, unit: Unit) -> Mapping[str, ListedOrder]:
         """One complete deep listing of ``unit``, retried until it succeeds."""

@@ -94,7 +94,9 @@ class KillRunner:
         self.proof = (
             None
             if listings is None
-            else FlatProof(lambda: self.config, listings, self.sweeper, store, clock, self._log)
+            else FlatProof(
+                lambda: self.config, listings, self.sweeper, store, clock, self._log, self.budgets
+            )
         )
         self.classifier = (
             None
