@@ -14,21 +14,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+from prometheus_client import Counter, Gauge
 
 from killswitch.clock import Clock
 from killswitch.log import get_logger
-from killswitch.service.metrics import Metrics
 from killswitch.store.state import StateStore, StoreProblem
 
-__all__ = ["StoreWatch"]
+__all__ = ["StoreMetrics", "StoreWatch"]
+
+
+class StoreMetrics(Protocol):
+    """The store's two metrics (the service's :class:`~killswitch.service.metrics.Metrics`
+    has them): ``store/`` imports nothing from ``service/``."""
+
+    store_ok: Gauge
+    store_failures: Counter
 
 
 class StoreWatch:
     def __init__(
         self,
         store: StateStore,
-        prom: Metrics,
+        prom: StoreMetrics,
         clock: Clock,
         *,
         on_change: Callable[[], None] = lambda: None,
