@@ -255,65 +255,82 @@ class KillIntent:
 
 
 class KillIntents:
-    """``<state.db>.kill.<kill_id>.<source>``: an empty file per kill whose record is not
-    committed yet (contract §9: the latch is durable before the first request leaves).
+    """``<state.db>.intent``: a slot holding the last kill decided (contract §9: the latch
+    is durable before the kill's first request leaves).
 
-    :meth:`create` runs on the trigger path, before the first ``cancel_all`` is
-    written: one ``open(O_CREAT)``, no fsync.  A file created in the page cache
-    survives a crash of the process (SIGKILL, a segfault); the writer thread's
-    directory fsync of the latch marker (the same directory) follows within a
-    batch and makes it survive a power loss too.  The writer removes the file
-    once the kill's own record is committed; a file left over at start is a kill
-    whose record was lost, which the daemon resumes by proof.
+    The file is created and filled with :data:`SIZE` zero bytes at start (its
+    data block allocated and synced, so a full disk cannot refuse it later) and
+    kept open.  :meth:`create` runs on the trigger path, before the first
+    ``cancel_all`` is written: one ``pwrite`` of ``<kill_id> <source> <time>``
+    over the slot, a few microseconds and no fsync.  What is written survives a
+    crash of the process (SIGKILL) from the page cache; the writer thread's
+    directory and marker fsyncs follow within a batch.  At start, a slot naming
+    a kill that has no record is a kill whose record was lost: the daemon
+    resumes it by proof.  A reset clears the slot.
     """
 
-    PREFIX = ".kill."
+    SIZE = 128
 
     def __init__(self, db_path: Path) -> None:
-        self.directory = db_path.parent
-        self.stem = db_path.name + self.PREFIX
+        self.path = db_path.with_name(db_path.name + ".intent")
+        self._fd: int | None = None
 
-    def _path(self, kill_id: str, source: str) -> Path:
-        return self.directory / f"{self.stem}{kill_id}.{source}"
+    def open(self) -> None:
+        """Create (zeroed, synced) or open the slot; may raise OSError (then no slot)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            if os.fstat(fd).st_size < self.SIZE:
+                os.pwrite(fd, bytes(self.SIZE), 0)
+                os.fsync(fd)
+                _sync_directory(self.path.parent)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def create(self, kill_id: str, source: str) -> None:
         """The kill is decided (may raise OSError: the caller goes on, the store reports)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        os.close(os.open(self._path(kill_id, source), flags, 0o600))
+        if self._fd is None:
+            return
+        record = f"{kill_id} {source} {time.time():.3f}\n".encode()
+        os.pwrite(self._fd, record.ljust(self.SIZE, b"\0")[: self.SIZE], 0)
 
-    def remove(self, kill_id: str) -> None:
-        """The kill's record is committed (no sync: a stale file only costs a check at start)."""
-        for intent in self.pending():
-            if intent.kill_id == kill_id:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._path(intent.kill_id, intent.source))
+    def clear(self) -> None:
+        """A reset: no kill is decided any more."""
+        if self._fd is not None:
+            os.pwrite(self._fd, bytes(self.SIZE), 0)
 
     def pending(self) -> list[KillIntent]:
-        """Every intent file, oldest first (none when the directory cannot be read)."""
-        found: list[KillIntent] = []
+        """The kill the slot names (none when it is clear or cannot be read)."""
         try:
-            names = os.listdir(self.directory)
+            if self._fd is not None:
+                raw = os.pread(self._fd, self.SIZE, 0)
+            else:
+                with open(self.path, "rb") as f:
+                    raw = f.read(self.SIZE)
         except OSError:
-            return found
-        for name in names:
-            if not name.startswith(self.stem):
-                continue
-            kill_id, _, source = name[len(self.stem) :].partition(".")
-            if not kill_id or not source:
-                continue
-            try:
-                mtime = os.stat(self.directory / name, follow_symlinks=False).st_mtime
-            except OSError:
-                continue
-            found.append(KillIntent(kill_id, source, mtime))
-        return sorted(found, key=lambda i: i.started_at)
+            return []
+        fields = raw.rstrip(b"\0").decode("ascii", "replace").split()
+        if len(fields) != 3:
+            return []
+        try:
+            return [KillIntent(fields[0], fields[1], float(fields[2]))]
+        except ValueError:
+            return []
 
 
 class LatchMarker:
     """``<state.db>.tripped``: an empty file that exists while the switch is latched.
 
-    A kill's intent file (:class:`KillIntents`) counts as a set latch too: it is
-    created before the kill's first request leaves, this marker a batch later.
+    A kill named in the intent slot (:class:`KillIntents`) counts as a set latch
+    too: it is written before the kill's first request leaves, this marker a
+    batch later.
     """
 
     def __init__(self, db_path: Path) -> None:

@@ -57,30 +57,29 @@ class StateStore(StoreWriter):
 
     def set_latch(self, tripped: bool, kill_id: str | None = None) -> Future[None]:
         value = json.dumps({"tripped": tripped, "kill_id": kill_id})
-        stale = [] if tripped else self.marker.intents.pending()  # a reset: no kill runs
-
-        def run(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('latch', ?)", (value,))
-
-        def committed() -> None:
-            for intent in stale:
-                self.marker.intents.remove(intent.kill_id)
-
-        return self._call(run, latch=tripped, committed=committed)
+        if not tripped:  # a reset: no kill is decided (on this thread, as intend() writes)
+            try:
+                self.marker.intents.clear()
+            except OSError:
+                self.write_failures += 1
+        return self._write(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('latch', ?)", value, latch=tripped
+        )
 
     def intend(self, kill_id: str, source: str) -> None:
         """On the trigger path, before the kill's first request: the kill is decided.
 
-        Synchronous (one file created, no fsync: :class:`~killswitch.store.file.KillIntents`);
-        never raises (a store that cannot create it reports through its own writes)."""
+        Synchronous (one ``pwrite`` into a slot opened at start, no fsync:
+        :class:`~killswitch.store.file.KillIntents`); never raises (a store that cannot
+        write it reports through its own writes)."""
         try:
             self.marker.intents.create(kill_id, source)
         except OSError:
             self.write_failures += 1
 
     def lost_kill(self) -> KillIntent | None:
-        """The newest kill decided whose record never reached the database (contract §9:
-        resumed by proof); intents whose record is there are removed."""
+        """The last kill decided, when its record never reached the database (contract
+        §9: resumed by proof)."""
         if not self.persisting:
             return None
         intents = self.marker.intents.pending()
@@ -96,9 +95,6 @@ class StateStore(StoreWriter):
 
         recorded: set[str] = self._read(fn, set[str]())
         lost = [i for i in intents if i.kill_id not in recorded]
-        for intent in intents:
-            if intent.kill_id in recorded or (lost and intent is not lost[-1]):
-                self.marker.intents.remove(intent.kill_id)  # older lost ones: the newest sweeps
         return lost[-1] if lost else None
 
     def latch(self) -> tuple[bool, str | None]:
@@ -137,7 +133,7 @@ class StateStore(StoreWriter):
                 (json.dumps({"tripped": True, "kill_id": kill_id}),),
             )
 
-        return self._call(run, latch=True, committed=lambda: self.marker.intents.remove(kill_id))
+        return self._call(run, latch=True)
 
     def sweep_acked(
         self,

@@ -50,7 +50,6 @@ class _Op:
     latch: bool | None = None  # also set the latch marker (before the transaction)
     read: bool = False  # needs an answer: fails, instead of being dropped, without a database
     after: Callable[[], Any] | None = None  # run on the writer thread after the transaction
-    committed: Callable[[], None] | None = None  # run once ``fn`` is committed (not if it failed)
 
 
 class StoreUnavailable(Exception):
@@ -109,6 +108,13 @@ class StoreWriter:
         way the caller fails closed.
         """
         self._db, self.problem = open_database(self.path)
+        if self._db is not None:
+            try:
+                self.marker.intents.open()
+            except OSError as exc:
+                self.write_failures += 1
+                if self.on_error is not None:
+                    self.on_error(exc, 1)
         self._thread = threading.Thread(target=self._work, name="killswitch-store", daemon=True)
         self._thread.start()
         return self.problem
@@ -254,9 +260,6 @@ class StoreWriter:
         self.batches += 1
         failed = [error for _, _, error in results if error is not None]
         for op, value, error in results:
-            if error is None and op.committed is not None:
-                with contextlib.suppress(OSError):
-                    op.committed()
             if error is None:
                 op.future.set_result(value)
             else:
@@ -278,12 +281,11 @@ class StoreWriter:
         read: bool = False,
         latch: bool | None = None,
         after: Callable[[], T] | None = None,
-        committed: Callable[[], None] | None = None,
     ) -> Future[T]:
         if self._thread is None:
             raise RuntimeError("the state store is not open")
         future: Future[T] = Future()
-        self._queue.put(_Op(fn, future, latch=latch, read=read, after=after, committed=committed))
+        self._queue.put(_Op(fn, future, latch=latch, read=read, after=after))
         return future
 
     def _write(self, sql: str, *params: object, latch: bool | None = None) -> Future[None]:
@@ -309,3 +311,4 @@ class StoreWriter:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        self.marker.intents.close()
