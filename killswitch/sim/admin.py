@@ -24,15 +24,26 @@ Errors answer 400 ``{"error": "bad_request", "message": ...}`` naming the field.
   "on_cancel_all"?: bool}`` or ``{"stop": true}`` → the trader's state
   (:mod:`killswitch.sim.trader`): one order per symbol now (or right after the
   next ``cancel_all``) and one more every ``interval`` s, ``n`` per symbol
+- ``POST /_sim/positions`` ``{"positions": {"SYM": {"side": "LONG"|"SHORT", "size": "0.5",
+  "entry_price": "60000", "mark_price"?: str, "stops"?: n, "take_profits"?: n}},
+  "exchange"?}`` → ``{"positions": [...], "stop_ids": [...]}``: open positions, each
+  with ``stops`` STOP_MARKET and ``take_profits`` TAKE_PROFIT_MARKET orders resting
+  (``cancel_all`` cancels them)
+- ``POST /_sim/late_fill`` ``{"symbol", "side": "BUY"|"SELL", "quantity": str, "after":
+  "cancel_all"|"positions"|"place_order", "exchange"?}``: a fill that lands right after
+  the next request to ``after`` is served (between the cancel and the read)
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from killswitch.sim.venue import LateFill
 
 if TYPE_CHECKING:
     from killswitch.sim.server import SimExchange
@@ -183,6 +194,55 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         )
         return sim.trader.to_json()
 
+    def positions(body: dict[str, Any]) -> dict[str, Any]:
+        wanted = body.get("positions")
+        exchange = _optional(body, "exchange", str, "a string") or sim.config.exchange
+        if not isinstance(wanted, dict):
+            raise _BadRequest('positions: expected {"SYMBOL": {"side", "size", ...}}')
+        stop_ids: list[str] = []
+        opened = []
+        for symbol, spec in wanted.items():
+            if not isinstance(spec, dict) or spec.get("side") not in ("LONG", "SHORT"):
+                raise _BadRequest(f"positions.{symbol}.side: expected LONG or SHORT")
+            try:
+                size = Decimal(str(spec.get("size")))
+                entry = Decimal(str(spec.get("entry_price", "100")))
+                mark = spec.get("mark_price")
+                mark_price = None if mark is None else Decimal(str(mark))
+            except InvalidOperation:
+                raise _BadRequest(f"positions.{symbol}: size and prices are numbers") from None
+            stops, tps = spec.get("stops", 0), spec.get("take_profits", 0)
+            if not (_is_int(stops) and _is_int(tps)):
+                raise _BadRequest(f"positions.{symbol}: stops and take_profits are counts")
+            sim.book.exchanges.add(exchange)
+            opened.append(
+                sim.book.positions.open(
+                    exchange, symbol, spec["side"], size, entry, sim.clock.now_ms(), mark_price
+                ).to_json()
+            )
+            close = "SELL" if spec["side"] == "LONG" else "BUY"
+            below, above = str(entry * Decimal("0.9")), str(entry * Decimal("1.1"))
+            stop_at, tp_at = (below, above) if close == "SELL" else (above, below)
+            for kind, count, trigger in (("STOP_MARKET", stops, stop_at),
+                                         ("TAKE_PROFIT_MARKET", tps, tp_at)):  # fmt: skip
+                for _ in range(count):
+                    stop_ids.append(sim.book.place_stop(exchange, symbol, kind, close, trigger))
+        return {"positions": opened, "stop_ids": stop_ids}
+
+    def late_fill(body: dict[str, Any]) -> dict[str, Any]:
+        symbol, side, after = body.get("symbol"), body.get("side"), body.get("after")
+        if not isinstance(symbol, str) or side not in ("BUY", "SELL"):
+            raise _BadRequest("symbol, side: expected a symbol and BUY or SELL")
+        if after not in ("cancel_all", "positions", "place_order"):
+            raise _BadRequest('after: expected "cancel_all", "positions" or "place_order"')
+        try:
+            quantity = Decimal(str(body.get("quantity")))
+        except InvalidOperation:
+            raise _BadRequest("quantity: expected a number string") from None
+        exchange = _optional(body, "exchange", str, "a string") or sim.config.exchange
+        sim.venue.late_fills.append(LateFill(exchange, symbol, side, quantity, after))
+        return {"late_fills": [f.to_json() for f in sim.venue.late_fills]}
+
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(sim.stats())
 
@@ -198,6 +258,8 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         "behaviour": behaviour,
         "reject": reject,
         "trader": trader,
+        "positions": positions,
+        "late_fill": late_fill,
     }
     return [
         *(web.post(f"/_sim/{name}", _json_route(fn)) for name, fn in posts.items()),
