@@ -139,8 +139,8 @@ class Flattener:
         """Flatten one symbol; the number of positions closed."""
         key = (sym.exchange, sym.symbol)
         earlier = pending.get(key, [])
-        if not sym.positions and not earlier:
-            return 0
+        if sym.positions == () and not earlier:
+            return 0  # read, and no position (None would be unknown: read again below)
         if not sym.flat_of_orders:
             self._finish(sym, "skipped", why="not proven flat of orders")
             self._log.warning("flatten.skipped", symbol=sym.symbol, why="not proven flat of orders")
