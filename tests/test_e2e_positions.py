@@ -135,6 +135,10 @@ async def test_exposure_long_and_short_with_a_cancelled_stop(
     assert status["positions"]["positions_open"] == 2
     assert {p["symbol"] for p in status["positions"]["positions"]} == {"BTCUSDT", "ETHUSDT"}
     assert {"positions", "place_order"} <= set(status["rate_limit"])
+    text = (await _cli("status", "--config", str(workdir / "killswitch.toml"))).stdout
+    assert "position:BTCUSDT" in text
+    assert "LONG 0.5" in text
+    assert "1 TP/SL cancelled by the kill: UNPROTECTED" in text
     truth = _truth(sim)
     assert _open(truth) == {"BTCUSDT": ("LONG", "0.5"), "ETHUSDT": ("SHORT", "3")}
     assert truth["requests"]["place_order"] == 0
