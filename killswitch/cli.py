@@ -335,6 +335,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             orders=args.orders,
             fill_ratio=args.fill_ratio,
             partial_fill_ratio=args.partial_fill_ratio,
+            flatten=args.flatten,
         )
     )
 
@@ -395,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.05,
         help="share that end PARTIALLY_EXECUTED (terminal on futures)",
+    )
+    p.add_argument(
+        "--flatten",
+        action="store_true",
+        help="also close the two seeded positions after the kill ([flatten] enabled)",
     )
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser(

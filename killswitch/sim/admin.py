@@ -196,38 +196,10 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
 
     def positions(body: dict[str, Any]) -> dict[str, Any]:
         wanted = body.get("positions")
-        exchange = _optional(body, "exchange", str, "a string") or sim.config.exchange
+        exchange = _optional(body, "exchange", str, "a string")
         if not isinstance(wanted, dict):
             raise _BadRequest('positions: expected {"SYMBOL": {"side", "size", ...}}')
-        stop_ids: list[str] = []
-        opened = []
-        for symbol, spec in wanted.items():
-            if not isinstance(spec, dict) or spec.get("side") not in ("LONG", "SHORT"):
-                raise _BadRequest(f"positions.{symbol}.side: expected LONG or SHORT")
-            try:
-                size = Decimal(str(spec.get("size")))
-                entry = Decimal(str(spec.get("entry_price", "100")))
-                mark = spec.get("mark_price")
-                mark_price = None if mark is None else Decimal(str(mark))
-            except InvalidOperation:
-                raise _BadRequest(f"positions.{symbol}: size and prices are numbers") from None
-            stops, tps = spec.get("stops", 0), spec.get("take_profits", 0)
-            if not (_is_int(stops) and _is_int(tps)):
-                raise _BadRequest(f"positions.{symbol}: stops and take_profits are counts")
-            sim.book.exchanges.add(exchange)
-            opened.append(
-                sim.book.positions.open(
-                    exchange, symbol, spec["side"], size, entry, sim.clock.now_ms(), mark_price
-                ).to_json()
-            )
-            close = "SELL" if spec["side"] == "LONG" else "BUY"
-            below, above = str(entry * Decimal("0.9")), str(entry * Decimal("1.1"))
-            stop_at, tp_at = (below, above) if close == "SELL" else (above, below)
-            for kind, count, trigger in (("STOP_MARKET", stops, stop_at),
-                                         ("TAKE_PROFIT_MARKET", tps, tp_at)):  # fmt: skip
-                for _ in range(count):
-                    stop_ids.append(sim.book.place_stop(exchange, symbol, kind, close, trigger))
-        return {"positions": opened, "stop_ids": stop_ids}
+        return sim.open_positions(wanted, exchange)
 
     def late_fill(body: dict[str, Any]) -> dict[str, Any]:
         symbol, side, after = body.get("symbol"), body.get("side"), body.get("after")

@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from aiohttp import web
@@ -142,6 +143,42 @@ class SimExchange:
         return self.book.seed(
             exchange or self.config.exchange, orders, status, age_days, same_ms=same_ms
         )
+
+    def open_positions(self, wanted: dict[str, Any], exchange: str | None = None) -> dict[str, Any]:
+        """Open positions, ``{"SYM": {"side", "size", "entry_price"?, "mark_price"?, "stops"?,
+        "take_profits"?}}``, each with its resting TP/SL orders; the positions and stop ids.
+        ``ValueError`` names the bad field."""
+        exchange = exchange or self.config.exchange
+        self.book.exchanges.add(exchange)
+        opened, stop_ids = [], []
+        for symbol, spec in wanted.items():
+            if not isinstance(spec, dict) or spec.get("side") not in ("LONG", "SHORT"):
+                raise ValueError(f"positions.{symbol}.side: expected LONG or SHORT")
+            try:
+                size = Decimal(str(spec.get("size")))
+                entry = Decimal(str(spec.get("entry_price", "100")))
+                mark = spec.get("mark_price")
+                mark_price = None if mark is None else Decimal(str(mark))
+            except InvalidOperation:
+                raise ValueError(f"positions.{symbol}: size and prices are numbers") from None
+            stops, tps = spec.get("stops", 0), spec.get("take_profits", 0)
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in (stops, tps)):
+                raise ValueError(f"positions.{symbol}: stops and take_profits are counts")
+            side = spec["side"]
+            position = self.book.positions.open(
+                exchange, symbol, side, size, entry, self.clock.now_ms(), mark_price
+            )
+            opened.append(position.to_json())
+            close = "SELL" if side == "LONG" else "BUY"
+            below, above = str(entry * Decimal("0.9")), str(entry * Decimal("1.1"))
+            stop_at, tp_at = (below, above) if close == "SELL" else (above, below)
+            for kind, count, trigger in (
+                ("STOP_MARKET", stops, stop_at),
+                ("TAKE_PROFIT_MARKET", tps, tp_at),
+            ):
+                for _ in range(count):
+                    stop_ids.append(self.book.place_stop(exchange, symbol, kind, close, trigger))
+        return {"positions": opened, "stop_ids": stop_ids}
 
     def forget(self, order_ids: list[str]) -> int:
         """Forget orders: their status is answered 404 from now on; the number forgotten."""
