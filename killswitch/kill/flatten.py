@@ -331,7 +331,9 @@ class Flattener:
                         return "terminal" if order.status in terminal else "working"
             return "absent"
         except OrderNotFound:
-            return "absent"
+            # An order the venue acknowledged with an id exists: "not found" is the venue
+            # not knowing it *yet*, never proof that it was not placed.
+            return "unknown"
         except ExchangeError:
             return "unknown"
 
