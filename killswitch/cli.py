@@ -298,6 +298,8 @@ def _sim_config(args: argparse.Namespace) -> Any:
         status_limit=args.status_limit,
         open_orders_limit=args.open_orders_limit,
         closed_orders_limit=args.closed_orders_limit,
+        positions_limit=args.positions_limit,
+        place_order_limit=args.place_order_limit,
         fill_ratio=args.fill_ratio,
         partial_fill_ratio=args.partial_fill_ratio,
         expire_ratio=args.expire_ratio,
@@ -417,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "20/60"),
         ("open-orders", "20/60"),
         ("closed-orders", "20/60"),
+        ("positions", "20/60"),
+        ("place-order", "20/60"),
     ):
         p.add_argument(
             f"--{name}-limit",

@@ -300,3 +300,33 @@ async def test_sigkill_between_a_close_and_its_confirmation(
     assert _open(truth) == {}
     assert truth["requests"]["place_order"] == 1
     assert await second.stop() == 0
+
+
+async def test_fills_that_land_after_the_cancel_and_after_the_close(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """A fill lands between the cancel and the read (ETH: 3 short becomes 2), another right
+    after a close (BTC grows by 0.1): each close is for the size last read, the residual
+    gets one more close once the first is proven filled; nothing is over-closed."""
+    sim, url = await _setup(sim_factory, 38)
+    fills = [
+        {"symbol": "ETHUSDT", "side": "BUY", "quantity": "1", "after": "cancel_all"},
+        {"symbol": "BTCUSDT", "side": "BUY", "quantity": "0.1", "after": "place_order"},
+    ]
+    for fill in fills:
+        await _admin(url, "/_sim/late_fill", fill)
+    daemon = DaemonProcess(_config(workdir, url, flatten={"enabled": True}))
+    await daemon.start()
+    done = await _kill(daemon)
+    shown = {p["symbol"]: p["size"] for p in daemon.named("kill.exposure")[-1]["positions"]}
+    assert shown == {"BTCUSDT": "0.5", "ETHUSDT": "2"}
+    assert (done["flattened"], done["positions_open"]) == (2, 0)
+    truth = _truth(sim)
+    assert _open(truth) == {}
+    placed = sorted((p["symbol"], p["side"], p["quantity"]) for p in truth["placed"])
+    assert placed == [
+        ("BTCUSDT", "SELL", "0.1"),
+        ("BTCUSDT", "SELL", "0.5"),
+        ("ETHUSDT", "BUY", "2"),
+    ]
+    assert await daemon.stop() == 0

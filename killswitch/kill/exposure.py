@@ -262,7 +262,8 @@ class AfterFlat:
             symbols=len(exposure.symbols),
         )
         self.publish(exposure)
-        if self._flatten is not None and self._config().flatten.enabled:
+        config = self._config()
+        if self._flatten is not None and config.flatten.enabled and not config.exchange.dry_run:
             await self._flatten(exposure)
             self.publish(exposure)
         self.facts.clear()
