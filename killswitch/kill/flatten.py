@@ -162,21 +162,32 @@ class Flattener:
             )
             if positions is None:
                 return self._failed(sym, f"positions unreadable ({why})")
-        start = positions
+        latest: tuple[Position, ...] = positions
+        handled: set[str] = set()
         closed = 0
-        for position in start:
-            outcome = await self._close(kill_id, sym, position)
-            closed += outcome == "closed"
+        while True:  # one position per side (hedge mode has two), each from the latest read
+            todo = [p for p in latest if p.side not in handled]
+            if not todo:
+                break
+            handled.add(todo[0].side)
+            outcome, latest = await self._close(kill_id, sym, todo[0], latest)
+            sym.positions = latest
             if outcome != "closed":
                 if sym.flatten is None:
                     self._finish(sym, outcome)
                 return closed
-        sym.positions = ()
+            closed += 1
         self._finish(sym, "closed", closed=closed)
         return closed
 
-    async def _close(self, kill_id: str, sym: SymbolExposure, position: Position) -> Outcome:
-        """Close one position: order, read, until gone; the outcome."""
+    async def _close(
+        self,
+        kill_id: str,
+        sym: SymbolExposure,
+        position: Position,
+        latest: tuple[Position, ...],
+    ) -> tuple[Outcome, tuple[Position, ...]]:
+        """Close one position: order, read, until gone; the outcome and the last read."""
         limit = self._config().flatten.max_notional
         current: Position | None = position
         orders = limited = 0
@@ -193,42 +204,41 @@ class Flattener:
                     max_notional=limit,
                     why="notional over flatten.max_notional: left for a human",
                 )
-                sym.positions = (current,)
-                return "refused"
+                return "refused", latest
             if orders >= MAX_ORDERS:
-                sym.positions = (current,)
                 self._failed(sym, f"still open after {orders} close orders")
-                return "failed"
+                return "failed", latest
             close = await self._send(kill_id, sym, current)
             orders += 1
             if isinstance(close, ExchangeError):
-                if isinstance(close, RateLimited) and limited < MAX_429:
+                if isinstance(close, RateLimited):
                     limited += 1
                     orders -= 1  # a 429 placed nothing: the limiter waits, then again
-                    continue
-                if not outcome_unknown(close):
-                    self._log.critical(
-                        "flatten.rejected",
-                        symbol=sym.symbol,
-                        side=current.close_side,
-                        quantity=str(current.size),
-                        http_status=close.status,
-                        message=error_message(close),
-                        error=close.kind,
-                    )
-                    sym.positions = (current,)
-                    return "rejected"
-                continue  # (an unknown outcome never comes back as an error: see _send)
-            fate, now = close
+                    if limited <= MAX_429:
+                        continue
+                    self._failed(sym, f"place order answered 429 {limited} times")
+                    return "failed", latest
+                self._log.critical(
+                    "flatten.rejected",
+                    symbol=sym.symbol,
+                    side=current.close_side,
+                    quantity=str(current.size),
+                    http_status=close.status,
+                    message=error_message(close),
+                    error=close.kind,
+                )
+                return "rejected", latest
+            fate, latest = close
             if fate == "failed":
-                sym.positions = now or (current,)
                 self._failed(sym, "the close order's outcome is still unknown")
-                return "failed"
+                return "failed", latest
+            now = next((p for p in latest if p.side == current.side), None)
             if fate in ("gone", "terminal"):
-                filled += max(Decimal(0), current.size - (now[0].size if now else Decimal(0)))
-            current = now[0] if now else None
-        self._log.info("flatten.done", symbol=sym.symbol, filled_quantity=str(filled))
-        return "closed"
+                filled += max(Decimal(0), current.size - (now.size if now else Decimal(0)))
+            current = now
+        self._log.info("flatten.done", symbol=sym.symbol, side=position.side,
+                       filled_quantity=str(filled))  # fmt: skip
+        return "closed", latest
 
     async def _send(
         self, kill_id: str, sym: SymbolExposure, position: Position
@@ -309,7 +319,14 @@ class Flattener:
                 self._update(record, "done")
                 return "terminal", positions
             if state == "absent":
-                unchanged = close.before is None or positions[0] == close.before
+                before = close.before
+                same = (
+                    None
+                    if before is None
+                    else next((p for p in positions if p.side == before.side), None)
+                )
+                # The size, not the prices: a mark price moves every second.
+                unchanged = before is None or (same is not None and same.size == before.size)
                 absent = absent + 1 if unchanged else 0
                 if absent >= 2:
                     self._update(record, "not_placed", detail="found nowhere, position unchanged")
