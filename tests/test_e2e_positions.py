@@ -330,3 +330,26 @@ async def test_fills_that_land_after_the_cancel_and_after_the_close(
         ("ETHUSDT", "BUY", "2"),
     ]
     assert await daemon.stop() == 0
+
+
+async def test_killswitch_flatten_leaves_a_symbol_that_has_open_orders_again(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """Orders appear on ETH after the kill (the guard has not swept them yet): `killswitch
+    flatten` lists each symbol first, closes BTC, leaves ETH (flatten.skipped), exits 1."""
+    sim, url = await _setup(sim_factory, 39)
+    config = _config(workdir, url)
+    daemon = DaemonProcess(config)
+    await daemon.start()
+    await _kill(daemon)
+    await _admin(url, "/_sim/seed", {"orders": {"ETHUSDT": 2}})
+    result = await _cli("flatten", "--config", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "flatten ETHUSDT: skipped (not proven flat of orders)" in result.stdout
+    stats = sim.stats()
+    truth = stats["position_truth"]
+    assert truth["orders_while_open"] == 0
+    assert [(p["symbol"], p["quantity"]) for p in truth["placed"]] == [("BTCUSDT", "0.5")]
+    assert _open(truth) == {"ETHUSDT": ("SHORT", "3")}
+    assert len(stats["open"]) == 2  # the new orders: the guard's, not the flatten's, to sweep
+    assert await daemon.stop() == 0
