@@ -25,6 +25,7 @@ from bench import (
     hostile,
     idle,
     pnl_breach,
+    positions,
     signal_latency,
     storm,
 )
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, Scenario] = {
     "large": flat.run_large,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "positions": positions.run,
 }
 SLOW_ONLY = ("contract", "flat_poll")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")

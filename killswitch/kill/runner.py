@@ -30,6 +30,7 @@ from killswitch.kill.classify import Classifier
 from killswitch.kill.confirm import Confirmer, RateGate
 from killswitch.kill.context import KillContext, StuckInfo
 from killswitch.kill.events import Announcer, KillEvents, NoEvents
+from killswitch.kill.exposure import KillFacts, PositionsStep
 from killswitch.kill.flat import Listings
 from killswitch.kill.plan import (
     ANNOUNCE_WITHIN,
@@ -71,10 +72,12 @@ class KillRunner:
         listings: Listings | None = None,
         rng: random.Random | None = None,
         budgets: Mapping[str, Budget] | None = None,
+        after_flat: PositionsStep | None = None,
     ) -> None:
         self.config = config  # replaced on reload
         self.events: KillEvents = events or NoEvents()
         self.budgets: Mapping[str, Budget] = budgets or {}
+        self.after_flat = after_flat  # contract §12: the positions step (kill/exposure.py)
         self._exchange = exchange
         self._store = store
         self._clock = clock
@@ -299,6 +302,13 @@ class KillRunner:
                 classified.add_done_callback(lambda _: learned.set())
                 await sleep_or_wake(self._clock, CLASSIFY_GRACE, learned)
             summary = self._summary(ctx)
+            # --- contract §12: the positions the kill leaves (and, opted in, their closes).
+            # The ONE call site of the positions step: after the flat proof, before
+            # kill.completed, which carries positions_open and exposure_read.
+            if self.after_flat is not None:
+                flat = {unit.key: unit.flat for unit in ctx.units.values()}
+                statuses = ctx.confirmer.snapshot().statuses
+                summary.update(await self.after_flat.run(KillFacts(plan.kill_id, statuses, flat)))
             self._log.info("kill.completed", **summary)
             self._store.complete_kill(plan.kill_id, self._clock.time(), summary)
             self.events.kill_completed(plan.kill_id, summary)
