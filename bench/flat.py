@@ -113,7 +113,13 @@ def _figures(settings: Settings, r: dict[str, Any], *, listings: bool) -> list[F
     tag = "" if listings else ".poll"
     what = "flat proof + listings" if listings else "per-id polling only"
     violations = sum(r["violations"].values())
-    details = {"requests": r["requests"], "violations": r["violations"], "kill": r["summary"]}
+    details = {
+        "requests": r["requests"],
+        "violations": r["violations"],
+        "kill": r["summary"],
+        "classified_s": r.get("classified_s"),
+        "unclassified_at_completed": r.get("unclassified_at_completed"),
+    }
     figures = []
     if listings:
         flat_s = r["flat_s"]
