@@ -32,8 +32,6 @@ Per-id polling stays the fallback for whatever no listing resolves.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -54,6 +52,7 @@ from killswitch.kill.outcomes import (
     StatusSource,
     outcome_of,
 )
+from killswitch.kill.schedule import PollSchedule
 from killswitch.log import get_logger
 
 __all__ = [  # the outcome types are killswitch.kill.outcomes', re-exported
@@ -84,6 +83,10 @@ class _Order:
     not_found: int = 0  # 404 answers in a row
     polled: bool = False  # had at least one status request in this run
     version: int = 0  # schedule entries with another version are stale
+
+    @property
+    def resolved(self) -> bool:
+        return self.outcome is not None
 
 
 class Confirmer:
@@ -124,10 +127,7 @@ class Confirmer:
         self._gate_waiting = False
         self._known = VENUE_STATUSES | config.terminal_statuses
         self._orders: dict[str, _Order] = {}
-        # (due, seq, version, order): never-polled orders first, then re-polls.
-        self._fresh: list[tuple[float, int, int, _Order]] = []
-        self._due: list[tuple[float, int, int, _Order]] = []
-        self._seq = itertools.count()
+        self._schedule_of: PollSchedule[_Order] = PollSchedule()
         self._counts = dict.fromkeys(Outcome, 0)
         self.listed = 0  # orders resolved from a listing, without a status request
         self._resolved = 0
@@ -347,32 +347,13 @@ class Confirmer:
         at = max(at, order.hold_until)
         if order.first_polled is not None:
             at = min(at, order.first_polled + self._config.deadline)
-        order.version += 1
-        queue = self._due if order.polled else self._fresh
-        heapq.heappush(queue, (at, next(self._seq), order.version, order))
-
-    def _prune(self) -> None:
-        for queue in (self._fresh, self._due):
-            while queue and (queue[0][3].version != queue[0][2] or queue[0][3].outcome):
-                heapq.heappop(queue)
+        self._schedule_of.put(order, at)
 
     def _take(self) -> _Order:
-        """A due order: never-polled ones first; a re-poll only when no first poll is due."""
-        now = self._clock.monotonic()
-        self._prune()
-        if self._fresh and self._fresh[0][0] <= now:
-            order = heapq.heappop(self._fresh)[3]
-        else:
-            order = heapq.heappop(self._due)[3]
-        order.version += 1  # taken: no entry of it is live until it is scheduled again
-        return order
+        return self._schedule_of.take(self._clock.monotonic())
 
     def _due_in(self) -> float | None:
-        """Seconds until the next poll is due; None when nothing is scheduled."""
-        self._prune()
-        now = self._clock.monotonic()
-        times = [q[0][0] for q in (self._fresh, self._due) if q]
-        return max(0.0, min(times) - now) if times else None
+        return self._schedule_of.due_in(self._clock.monotonic())
 
     async def _wait(self, seconds: float | None) -> None:
         """Sleep ``seconds`` on the clock (None: indefinitely), or until the schedule changes."""
