@@ -21,6 +21,8 @@ import asyncio
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from structlog.typing import FilteringBoundLogger
+
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
 
@@ -43,7 +45,7 @@ class Damper:
         self.per = per
         self._buckets: dict[Hashable, tuple[asyncio.AbstractEventLoop, AsyncLimiter]] = {}
         self._suppressed: dict[Hashable, int] = {}
-        self._last: dict[Hashable, tuple[Any, str, str, dict[str, Any]]] = {}
+        self._last: dict[Hashable, tuple[FilteringBoundLogger, str, str, dict[str, Any]]] = {}
         self._flushing: set[Hashable] = set()
 
     def admit(self, kind: str, key: Hashable = None) -> int | None:
@@ -68,7 +70,15 @@ class Damper:
         _take(limiter)
         return self._suppressed.pop(slot, 0)
 
-    def log(self, log: Any, level: str, event: str, *, key: Hashable = None, **fields: Any) -> bool:
+    def log(
+        self,
+        log: FilteringBoundLogger,
+        level: str,
+        event: str,
+        *,
+        key: Hashable = None,
+        **fields: Any,
+    ) -> bool:
         """Log ``event`` at ``level`` unless its bucket is full; True if it was logged."""
         suppressed = self.admit(event, key)
         if suppressed is None:
@@ -80,7 +90,9 @@ class Damper:
         getattr(log, level)(event, **fields)
         return True
 
-    def _remember(self, slot: Hashable, last: tuple[Any, str, str, dict[str, Any]]) -> None:
+    def _remember(
+        self, slot: Hashable, last: tuple[FilteringBoundLogger, str, str, dict[str, Any]]
+    ) -> None:
         """Keep the last suppressed event; log it with the count when the bucket drips."""
         self._last[slot] = last
         if slot not in self._flushing:
@@ -98,10 +110,14 @@ class Damper:
         key = slot[1] if isinstance(slot, tuple) else None
         self.log(log, level, event, key=key, **fields)  # still full: it re-arms itself
 
-    def warning(self, log: Any, event: str, *, key: Hashable = None, **fields: Any) -> bool:
+    def warning(
+        self, log: FilteringBoundLogger, event: str, *, key: Hashable = None, **fields: Any
+    ) -> bool:
         return self.log(log, "warning", event, key=key, **fields)
 
-    def error(self, log: Any, event: str, *, key: Hashable = None, **fields: Any) -> bool:
+    def error(
+        self, log: FilteringBoundLogger, event: str, *, key: Hashable = None, **fields: Any
+    ) -> bool:
         return self.log(log, "error", event, key=key, **fields)
 
     def suppressed(self, kind: str, key: Hashable = None) -> int:

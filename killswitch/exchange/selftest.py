@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from structlog.typing import FilteringBoundLogger
+
 from killswitch.config.model import Target
 from killswitch.exchange.errors import ExchangeError, RejectedRequest, Unauthorized
 from killswitch.exchange.orders import OrderPage
@@ -53,7 +55,7 @@ async def run_self_test(
     list_one: Callable[[str], Awaitable[OrderPage]],
     targets: Iterable[Target],
     wall_time: float,
-    log: Any,
+    log: FilteringBoundLogger,
 ) -> SelfTest:
     """Call ``list_one(exchange)`` (a signed ``open_orders(limit=1)``) for every target."""
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from structlog.typing import FilteringBoundLogger
+
 from killswitch.clock import Clock
 from killswitch.exchange.errors import ExchangeError
 
@@ -56,7 +58,7 @@ Measure = Callable[[], Awaitable[list[ClockSample | BaseException]]]
 class VenueClock:
     """The offset to the venue's clock, re-measured on demand, one measurement at a time."""
 
-    def __init__(self, clock: Clock, log: Any, measure: Measure) -> None:
+    def __init__(self, clock: Clock, log: FilteringBoundLogger, measure: Measure) -> None:
         self._clock = clock
         self._log = log
         self._measure = measure
