@@ -215,3 +215,21 @@ async def test_forced_reset_abandons_the_running_kill(switch: Any) -> None:
     await settle()
     assert len(runner.plans) == 2
     assert sw.state.value == "KILLING"
+
+
+async def test_explicit_trigger_after_the_sweeps_were_answered_resweeps(switch: Any) -> None:
+    """KILLING, sweeps answered: an explicit trigger sweeps again (resweep: true); an
+    automatic one, or one while the sweeps are unanswered, is only coalesced."""
+    sw, runner, _store = switch
+    sw.trigger("signal", "SIGUSR1")
+    await settle()
+    with capture_logs() as logs:
+        assert sw.trigger("signal", "SIGUSR1") is TriggerOutcome.COALESCED  # unanswered yet
+        runner.answered = True
+        assert sw.trigger("manual", "again") is TriggerOutcome.COALESCED
+        assert sw.trigger("heartbeat", "timeout") is TriggerOutcome.COALESCED
+    fired = [e for e in logs if e["event"] == "trigger.fired"]
+    assert [e.get("resweep", False) for e in fired] == [False, True, False]
+    assert all(e["coalesced"] for e in fired)
+    assert runner.resweeps == 1
+    runner.release.set()
