@@ -97,7 +97,7 @@ async def test_queued_writes_commit_in_batches(tmp_path: Path) -> None:
     kill = store.unfinished_kill()
     assert kill is not None
     assert set(kill.orders.values()) == {"CANCELLED"}
-    assert store.batches < 100
+    assert store.writer.batches < 100
     store.close()
 
 
@@ -192,7 +192,7 @@ async def test_without_a_database_writes_are_dropped_and_the_latch_reads_tripped
     assert store.latch() == (True, None)
     assert store.unfinished_kill() is None
     assert store.recent_sends("cancel_all", 0.0) == []
-    assert store.dropped == 2
+    assert store.writer.dropped == 2
     assert store.health() == {
         "ok": False,
         "problem": problem.describe(),
@@ -239,7 +239,7 @@ async def test_a_lost_write_is_reported_until_acknowledged(tmp_path: Path) -> No
     """A failed write keeps health() not ok, even after good writes, until acknowledge()."""
     store = _open(tmp_path / "s.db")
     seen: list[tuple[str, int]] = []
-    store.on_error = lambda exc, lost: seen.append((type(exc).__name__, lost))
+    store.writer.on_error = lambda exc, lost: seen.append((type(exc).__name__, lost))
     store.start_kill("k", "manual", "x", 1.0, [("EX", None)])
     store.start_kill("k", "manual", "again", 1.0, [("EX", None)])  # fails: same kill_id
     await store.flush()

@@ -61,7 +61,7 @@ async def test_write_failures_are_damped(tmp_path: Path) -> None:
     error = sqlite3.OperationalError("database or disk is full")
     with capture_logs() as logs:
         watch.open(asyncio.get_running_loop())
-        report = store.on_error  # what the writer thread calls
+        report = store.writer.on_error  # what the writer thread calls
         assert report is not None
         for _ in range(5):
             report(error, 3)

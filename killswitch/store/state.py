@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from killswitch.store.file import KillIntent, StoreProblem
-from killswitch.store.writer import StoreUnavailable, StoreWriter
+from killswitch.store.writer import COALESCE, StoreUnavailable, StoreWriter
 
 __all__ = [
     "FlattenRecord",
@@ -74,9 +76,54 @@ class KillRecord:
     leftovers: set[str] = field(default_factory=set)
 
 
-class StateStore(StoreWriter):
+class StateStore:
     """Durable state: the latch, kills, sweeps, orders and send times.  Construct, then
-    :meth:`~killswitch.store.writer.StoreWriter.open`; every write is queued."""
+    :meth:`open`; every write is queued to its :class:`~killswitch.store.writer.StoreWriter`
+    (the thread, the queue, the batches; composed, not inherited)."""
+
+    def __init__(
+        self,
+        path: Path,
+        on_error: Callable[[BaseException, int], None] | None = None,
+        *,
+        coalesce: float = COALESCE,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.writer = StoreWriter(path, on_error, coalesce=coalesce, on_change=on_change)
+        self.path = path
+        self.marker = self.writer.marker
+
+    # ------------------------------------------------------------------ the writer's
+
+    def open(self) -> StoreProblem | None:
+        return self.writer.open()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def flush(self) -> None:
+        await self.writer.flush()
+
+    def retry(self) -> Future[bool]:
+        return self.writer.retry()
+
+    def acknowledge(self) -> None:
+        self.writer.acknowledge()
+
+    def health(self) -> dict[str, Any]:
+        return self.writer.health()
+
+    @property
+    def persisting(self) -> bool:
+        return self.writer.persisting
+
+    @property
+    def problem(self) -> StoreProblem | None:
+        return self.writer.problem
+
+    @property
+    def write_failures(self) -> int:
+        return self.writer.write_failures
 
     # ------------------------------------------------------------------ latch
 
@@ -86,8 +133,8 @@ class StateStore(StoreWriter):
             try:
                 self.marker.intents.clear()
             except OSError:
-                self.write_failures += 1
-        return self._write(
+                self.writer.write_failures += 1
+        return self.writer.write(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('latch', ?)", value, latch=tripped
         )
 
@@ -100,7 +147,7 @@ class StateStore(StoreWriter):
         try:
             self.marker.intents.create(kill_id, source)
         except OSError:
-            self.write_failures += 1
+            self.writer.write_failures += 1
 
     def lost_kill(self) -> KillIntent | None:
         """The last kill decided, when its record never reached the database (contract
@@ -118,7 +165,7 @@ class StateStore(StoreWriter):
             )
             return {row[0] for row in found if row is not None}
 
-        recorded: set[str] = self._read(fn, set[str]())
+        recorded: set[str] = self.writer.read(fn, set[str]())
         lost = [i for i in intents if i.kill_id not in recorded]
         return lost[-1] if lost else None
 
@@ -126,7 +173,7 @@ class StateStore(StoreWriter):
         """Tripped if the database or the latch marker says so; without a database, tripped."""
         if not self.persisting:
             return True, None
-        row = self._read(
+        row = self.writer.read(
             lambda db: db.execute("SELECT value FROM meta WHERE key = 'latch'").fetchone(), None
         )
         data: dict[str, Any] = {"tripped": False} if row is None else json.loads(row[0])
@@ -158,7 +205,7 @@ class StateStore(StoreWriter):
                 (json.dumps({"tripped": True, "kill_id": kill_id}),),
             )
 
-        return self._call(run, latch=True)
+        return self.writer.call(run, latch=True)
 
     def sweep_acked(
         self,
@@ -183,11 +230,11 @@ class StateStore(StoreWriter):
                 (acked_at, len(order_ids), kill_id, exchange, symbol or ""),
             )
 
-        return self._call(run)
+        return self.writer.call(run)
 
     def sweep_lost(self, kill_id: str, exchange: str, symbol: str | None) -> Future[None]:
         """A ``cancel_all`` whose answer was lost (5xx, timeout): the cancel may have happened."""
-        return self._write(
+        return self.writer.write(
             "UPDATE sweeps SET lost = 1 WHERE kill_id = ? AND exchange = ? AND symbol = ?",
             kill_id,
             exchange,
@@ -214,7 +261,7 @@ class StateStore(StoreWriter):
                 [(oid, kill_id, exchange, symbol, at) for oid in order_ids],
             )
 
-        return self._call(run)
+        return self.writer.call(run)
 
     def orders_found(
         self, kill_id: str, exchange: str, symbol: str, order_ids: list[str], at: float
@@ -229,11 +276,11 @@ class StateStore(StoreWriter):
                 [(oid, kill_id, exchange, symbol, at) for oid in order_ids],
             )
 
-        return self._call(run)
+        return self.writer.call(run)
 
     def order_status(self, kill_id: str, order_id: str, status: str, at: float) -> Future[None]:
         """The order's latest status; the first one also stamps ``first_polled_at``."""
-        return self._write(
+        return self.writer.write(
             "UPDATE orders SET status = ?, updated_at = ?, "
             "first_polled_at = COALESCE(first_polled_at, ?) WHERE kill_id = ? AND order_id = ?",
             status,
@@ -246,7 +293,7 @@ class StateStore(StoreWriter):
     def complete_kill(
         self, kill_id: str, completed_at: float, summary: dict[str, Any]
     ) -> Future[None]:
-        return self._write(
+        return self.writer.write(
             "UPDATE kills SET completed_at = ?, summary = ? WHERE kill_id = ?",
             completed_at,
             json.dumps(summary),
@@ -255,7 +302,7 @@ class StateStore(StoreWriter):
 
     def classify_kill(self, kill_id: str, summary: dict[str, Any]) -> Future[None]:
         """A completed kill's final counts (``kill.classified``)."""
-        return self._write(
+        return self.writer.write(
             "UPDATE kills SET summary = ? WHERE kill_id = ?", json.dumps(summary), kill_id
         )
 
@@ -301,7 +348,7 @@ class StateStore(StoreWriter):
             ).fetchone()
             return None if row is None else self._kill(db, row)
 
-        return self._read(fn, None)
+        return self.writer.read(fn, None)
 
     def last_kill(self) -> KillRecord | None:
         def fn(db: sqlite3.Connection) -> KillRecord | None:
@@ -311,13 +358,13 @@ class StateStore(StoreWriter):
             ).fetchone()
             return None if row is None else self._kill(db, row)
 
-        return self._read(fn, None)
+        return self.writer.read(fn, None)
 
     # ------------------------------------------------------------------ positions (§12)
 
     def exposure(self, kill_id: str, read_at: float, record: dict[str, Any]) -> Future[None]:
         """The positions a kill left, and what its flatten did (replaced as it goes)."""
-        return self._write(
+        return self.writer.write(
             "INSERT OR REPLACE INTO exposures (kill_id, read_at, record) VALUES (?,?,?)",
             kill_id,
             read_at,
@@ -326,7 +373,7 @@ class StateStore(StoreWriter):
 
     def last_exposure(self) -> dict[str, Any] | None:
         """The newest exposure record (start-up: ``GET /status`` shows it again)."""
-        row = self._read(
+        row = self.writer.read(
             lambda db: db.execute(
                 "SELECT record FROM exposures ORDER BY read_at DESC LIMIT 1"
             ).fetchone(),
@@ -336,7 +383,7 @@ class StateStore(StoreWriter):
 
     def flatten_sending(self, record: FlattenRecord) -> Future[None]:
         """A close order about to leave: await this before sending it (crash rule)."""
-        return self._write(
+        return self.writer.write(
             "INSERT INTO flattens (client_order_id, kill_id, exchange, symbol, side, quantity, "
             "sent_at, state, order_id, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
             record.client_order_id,
@@ -360,7 +407,7 @@ class StateStore(StoreWriter):
         order_id: str | None = None,
         detail: str | None = None,
     ) -> Future[None]:
-        return self._write(
+        return self.writer.write(
             "UPDATE flattens SET state = ?, order_id = COALESCE(?, order_id), "
             "detail = COALESCE(?, detail), updated_at = ? WHERE client_order_id = ?",
             state,
@@ -381,12 +428,14 @@ class StateStore(StoreWriter):
             ).fetchall()
             return [FlattenRecord(*row) for row in rows]
 
-        return self._call(fn, read=True)
+        return self.writer.call(fn, read=True)
 
     # ------------------------------------------------------------------ rate-limit log
 
     def record_send(self, endpoint: str, sent_at: float) -> Future[None]:
-        return self._write("INSERT INTO sends (endpoint, sent_at) VALUES (?, ?)", endpoint, sent_at)
+        return self.writer.write(
+            "INSERT INTO sends (endpoint, sent_at) VALUES (?, ?)", endpoint, sent_at
+        )
 
     def recent_sends(self, endpoint: str, since: float) -> list[float]:
         """Wall-clock send times of ``endpoint`` at or after ``since``; prunes older rows."""
@@ -399,4 +448,4 @@ class StateStore(StoreWriter):
             ).fetchall()
             return [r[0] for r in rows]
 
-        return self._read(fn, [])
+        return self.writer.read(fn, [])

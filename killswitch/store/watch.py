@@ -55,8 +55,8 @@ class StoreWatch:
         self._suppressed = 0
         self._was_ok = True
         self._log = get_logger()
-        store.on_error = self._from_writer(self._write_failed)
-        store.on_change = self._from_writer(self._changed)
+        store.writer.on_error = self._from_writer(self._write_failed)
+        store.writer.on_change = self._from_writer(self._changed)
         prom.store_ok.set_function(lambda: 1.0 if store.health()["ok"] else 0.0)
 
     def _from_writer(self, fn: Callable[..., None]) -> Callable[..., None]:

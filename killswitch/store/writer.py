@@ -4,7 +4,7 @@ Writes go through a single writer thread, so nothing on the path from a
 trigger to the first ``cancel_all`` waits for the disk: the caller enqueues
 and moves on; ``flush()`` waits when it matters (shutdown, tests).  Records
 are committed with ``synchronous=FULL``.  :class:`~killswitch.store.state.StateStore`
-adds the records on top.
+composes it and writes the records through it.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class StoreUnavailable(Exception):
 
 
 class StoreWriter:
-    """The queue and the thread behind :class:`~killswitch.store.state.StateStore`.
+    """The queue and the thread a :class:`~killswitch.store.state.StateStore` writes through.
 
     One writer thread drains the queue: everything queued while it was busy is
     committed in one transaction (one fsync), each operation under its own
@@ -151,7 +151,7 @@ class StoreWriter:
                     self._changed()
             return self._db is not None
 
-        return self._call(None, after=run)
+        return self.call(None, after=run)
 
     def acknowledge(self) -> None:
         """An operator reset the switch: a problem the store recovered from is no longer news.
@@ -274,7 +274,7 @@ class StoreWriter:
             if was is None:
                 self._changed()
 
-    def _call(
+    def call(
         self,
         fn: Callable[[sqlite3.Connection], T] | None,
         *,
@@ -288,22 +288,22 @@ class StoreWriter:
         self._queue.put(_Op(fn, future, latch=latch, read=read, after=after))
         return future
 
-    def _write(self, sql: str, *params: object, latch: bool | None = None) -> Future[None]:
+    def write(self, sql: str, *params: object, latch: bool | None = None) -> Future[None]:
         def run(db: sqlite3.Connection) -> None:
             db.execute(sql, params)
 
-        return self._call(run, latch=latch)
+        return self.call(run, latch=latch)
 
-    def _read(self, fn: Callable[[sqlite3.Connection], T], default: T) -> T:
+    def read(self, fn: Callable[[sqlite3.Connection], T], default: T) -> T:
         """Run ``fn`` on the writer thread and wait; ``default`` without a database."""
         try:
-            return self._call(fn, read=True).result()
+            return self.call(fn, read=True).result()
         except StoreUnavailable:
             return default
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed (or dropped, without a database)."""
-        await asyncio.wrap_future(self._call(None))
+        await asyncio.wrap_future(self.call(None))
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the database."""
