@@ -209,10 +209,10 @@ async def test_a_failing_close_step_does_not_skip_the_others(
     del released[step]  # (the PnL watch's own task also closes its fd when cancelled)
     assert all(released.values()), released
     owner = {
-        "store": daemon.store,
-        "pnl watch": daemon.pnl_watcher,
-        "exchange": daemon.exchange,
-        "control socket": daemon.control,
+        "store": daemon.parts.store,
+        "pnl watch": daemon.parts.pnl_watcher,
+        "exchange": daemon.parts.exchange,
+        "control socket": daemon.parts.control,
     }[step]
     result = real(owner)  # release it now, for the next test
     if asyncio.iscoroutine(result):
@@ -252,16 +252,16 @@ async def test_a_corrupt_store_shows_in_status_metrics_and_systemd_status(
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(workdir / "notify.sock"))
     receiver.setblocking(False)
-    daemon.notifier = Notifier(str(workdir / "notify.sock"))  # what systemd would hear
+    daemon.parts.notifier = Notifier(str(workdir / "notify.sock"))  # what systemd would hear
     task = asyncio.create_task(daemon.serve())
     try:
         await _ready(task, logs)
-        status = daemon.status()
+        status = daemon.parts.status()
         assert status["state"] == "TRIPPED"
         assert status["store"]["ok"] is False
         assert status["store"]["problem"].startswith("corrupt: file is not a database")
-        assert b"killswitch_store_ok 0.0" in daemon.metrics()
-        assert b'killswitch_store_failures_total{kind="corrupt"} 1.0' in daemon.metrics()
+        assert b"killswitch_store_ok 0.0" in daemon.parts.metrics()
+        assert b'killswitch_store_failures_total{kind="corrupt"} 1.0' in daemon.parts.metrics()
         rows = dict(line.split(maxsplit=1) for line in format_status(status).splitlines())
         assert rows["store"].startswith("NOT OK: corrupt: file is not a database")
         datagrams = []
@@ -309,8 +309,8 @@ async def test_a_failed_reload_keeps_the_config_and_sends_ready_again(
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(workdir / "notify.sock"))
     receiver.setblocking(False)
-    daemon.notifier = Notifier(str(workdir / "notify.sock"))
-    old = daemon.config
+    daemon.parts.notifier = Notifier(str(workdir / "notify.sock"))
+    old = daemon.parts.config
     task = asyncio.create_task(daemon.serve())
     try:
         await _ready(task, logs)
@@ -320,7 +320,7 @@ async def test_a_failed_reload_keeps_the_config_and_sends_ready_again(
         async with asyncio.timeout(10):
             while not any(e["event"] == "config.reload_failed" for e in logs):
                 await asyncio.sleep(0.01)
-        assert daemon.config is old
+        assert daemon.parts.config is old
         messages = []
         with contextlib.suppress(BlockingIOError):
             while True:

@@ -28,11 +28,11 @@ async def test_metrics_after_a_kill(running: Any) -> None:  # noqa: F811
     daemon, sim, logs = await running()
     sim.seed({"BTCUSDT": 30})
     await _until(logs, "exchange.self_test")
-    daemon.trigger("metrics")
+    daemon.parts.trigger("metrics")
     done = await _until(logs, "kill.completed")
-    got = samples(daemon.metrics().decode())
+    got = samples(daemon.parts.metrics().decode())
 
-    sent = daemon.exchange.requests_sent
+    sent = daemon.parts.exchange.requests_sent
     assert {"cancel_all", "open_orders", "time"} <= set(sent)
     for endpoint, by_outcome in sent.items():
         for outcome, n in by_outcome.items():

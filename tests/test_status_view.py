@@ -151,7 +151,7 @@ async def test_heartbeat_command_prints_the_state(running: Any) -> None:  # noqa
     """`killswitch heartbeat` prints the state the daemon answered (and that the heartbeat
     trigger is off), and `status` names each trigger's own state."""
     daemon, _, _ = await running()
-    config = str(daemon.config.source)
+    config = str(daemon.parts.config.source)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "killswitch", "heartbeat", "--config", config,
         stdout=asyncio.subprocess.PIPE,
@@ -159,7 +159,7 @@ async def test_heartbeat_command_prints_the_state(running: Any) -> None:  # noqa
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert out.decode().strip() == "heartbeat accepted: state ARMED; the heartbeat trigger is off"
-    got = rows(format_status(daemon.status()))
+    got = rows(format_status(daemon.parts.status()))
     assert got["heartbeat"].startswith("off (last heartbeat ")
     assert got["pnl"].startswith("off (no reading yet")
     assert got["state"] == "ARMED: watching the triggers"
@@ -170,7 +170,7 @@ async def test_permission_denied_names_socket_user_and_remedy(running: Any) -> N
     """A user the 0600 socket refuses is told which socket, which user, and to use sudo or
     the service user, not that no daemon answers."""
     daemon, _, _ = await running()
-    sock = daemon.config.control.socket
+    sock = daemon.parts.config.control.socket
     os.chmod(sock.parent, 0o755)  # noqa: S103  the test's temp dir; the socket stays 0600
     # Imports as root, then the client runs as nobody (uid 65534): what a user not allowed
     # on the 0600 socket sees.

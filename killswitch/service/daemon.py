@@ -26,17 +26,23 @@ import inspect
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from killswitch import __version__
+from killswitch.clock import Clock
 from killswitch.config.load import load_config
 from killswitch.config.model import Config, reloadable
 from killswitch.config.reader import ConfigError
+from killswitch.exchange.credentials import Credentials
 from killswitch.kill.switch import State
-from killswitch.log import configure_logging, install_loop_handler
+from killswitch.log import configure_logging, get_logger, install_loop_handler
 from killswitch.service.control import ControlServer, SocketInUse
+from killswitch.service.notify import Notifier
 from killswitch.service.wiring import Wiring
 from killswitch.triggers import signals
+
+if TYPE_CHECKING:
+    from killswitch.cluster.settings import ClusterSettings
 
 __all__ = ["Daemon"]
 
@@ -45,18 +51,43 @@ class _Stop(Exception):
     """Raised inside the task group to end it on SIGTERM/SIGINT."""
 
 
-class Daemon(Wiring):
-    """The lifecycle: start the parts in order, serve until told to stop, stop in order."""
+class Daemon:
+    """The lifecycle: start the parts in order, serve until told to stop, stop in order.
+
+    The parts are a :class:`~killswitch.service.wiring.Wiring` (``self.parts``), built
+    from the config; the daemon owns only what the lifecycle needs.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        credentials: Credentials,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        cluster: ClusterSettings | None = None,
+    ) -> None:
+        self.parts = Wiring(config, credentials, clock=clock, notifier=notifier, cluster=cluster)
+        self._log = get_logger()
+        self._stop = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._accepting = False  # the switch runs and the exchange client can send
+        self._ready = False
+        self._deferred_triggers = 0  # SIGUSR1s received before _accepting
+        self._reload_wanted = False  # a SIGHUP received before daemon.ready
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     # ------------------------------------------------------------------ reload
 
     def reload(self) -> None:
         """Re-read the config file now; the latch, heartbeat clock and state stay."""
-        self.service.reloading()
+        self.parts.service.reloading()
         try:
-            if self.config.source is None:
+            if self.parts.config.source is None:
                 raise ConfigError("config", "no file to reload from")
-            new = load_config(self.config.source)
+            new = load_config(self.parts.config.source)
         except Exception as exc:  # any failure keeps the old config
             self._reload_failed(exc)
         else:
@@ -66,11 +97,11 @@ class Daemon(Wiring):
         """SIGHUP: :meth:`reload` off the signal handler, the file read in a thread."""
         while True:
             self._reload_again = False
-            self.service.reloading()
+            self.parts.service.reloading()
             try:
-                if self.config.source is None:
+                if self.parts.config.source is None:
                     raise ConfigError("config", "no file to reload from")
-                new = await asyncio.to_thread(load_config, self.config.source)
+                new = await asyncio.to_thread(load_config, self.parts.config.source)
             except Exception as exc:  # any failure keeps the old config
                 self._reload_failed(exc)
             else:
@@ -85,21 +116,21 @@ class Daemon(Wiring):
             self._log.error(
                 "config.reload_failed", key="config", problem=f"{type(exc).__name__}: {exc}"
             )
-        self.service.ready()
+        self.parts.service.ready()
 
     def _apply(self, new: Config) -> None:
-        previous = self.config
-        self.config, ignored = reloadable(previous, new)
-        triggers = self.config.triggers
-        self.runner.config = self.config
-        self.deadman.reconfigure(triggers.heartbeat.timeout, triggers.heartbeat.enabled)
-        self.pnl.threshold = triggers.pnl.threshold
-        self.pnl.stale_after = triggers.pnl.stale_after
-        if self.config.log != previous.log:
-            configure_logging(self.config.log.level, self.config.log.format)
+        previous = self.parts.config
+        self.parts.config, ignored = reloadable(previous, new)
+        triggers = self.parts.config.triggers
+        self.parts.runner.config = self.parts.config
+        self.parts.deadman.reconfigure(triggers.heartbeat.timeout, triggers.heartbeat.enabled)
+        self.parts.pnl.threshold = triggers.pnl.threshold
+        self.parts.pnl.stale_after = triggers.pnl.stale_after
+        if self.parts.config.log != previous.log:
+            configure_logging(self.parts.config.log.level, self.parts.config.log.format)
         self._log.info("config.reloaded", needs_restart=ignored)
-        self.service.ready()
-        self.service.send_status(force=True)
+        self.parts.service.ready()
+        self.parts.service.send_status(force=True)
 
     def _schedule_reload(self) -> None:
         running = self._reloading
@@ -124,7 +155,7 @@ class Daemon(Wiring):
             self._log.info("signal.during_startup", signal=name, action=action)
         if signum == signal.SIGUSR1:
             if self._accepting:
-                self._fire("signal", name)
+                self.parts._fire("signal", name)
             else:
                 self._deferred_triggers += 1
         elif signum == signal.SIGHUP:
@@ -189,30 +220,30 @@ class Daemon(Wiring):
         """Everything before the watchers run; each resource is registered for release
         before it is opened, so a half-done open is released too."""
         # Before touching the state store: is another daemon already running here?
-        ControlServer(self.config.control.socket, self).claim()
+        ControlServer(self.parts.config.control.socket, self.parts).claim()
         self._release(stack, "store", self._close_store)
-        problem = self.store_watch.open(asyncio.get_running_loop())
-        tripped, _ = self.store.latch()
-        unfinished = self.store.unfinished_kill()
-        lost = self.store.lost_kill()  # decided, its record lost in a crash: resumed by proof
-        last = self.store.last_kill()
-        self._build()
+        problem = self.parts.store_watch.open(asyncio.get_running_loop())
+        tripped, _ = self.parts.store.latch()
+        unfinished = self.parts.store.unfinished_kill()
+        lost = self.parts.store.lost_kill()  # decided, its record lost in a crash: resumed by proof
+        last = self.parts.store.last_kill()
+        self.parts._build()
         # Fail closed: a store that could not be used as found may have held a set latch.
-        self.switch.restore(tripped or problem is not None, last, unfinished, lost)
+        self.parts.switch.restore(tripped or problem is not None, last, unfinished, lost)
         if problem is not None:
-            self.store.set_latch(True)
-        self.service.tripped_at = None if last is None else last.completed_at
-        if self.config.triggers.pnl.enabled:
-            self._release(stack, "pnl watch", self.pnl_watcher.close)
-            self.pnl_watcher.open()
-        self._release(stack, "exchange", self.exchange.close)
-        self.exchange.open()  # can send from here; start() (the first clock sync) follows
+            self.parts.store.set_latch(True)
+        self.parts.service.tripped_at = None if last is None else last.completed_at
+        if self.parts.config.triggers.pnl.enabled:
+            self._release(stack, "pnl watch", self.parts.pnl_watcher.close)
+            self.parts.pnl_watcher.open()
+        self._release(stack, "exchange", self.parts.exchange.close)
+        self.parts.exchange.open()  # can send from here; start() (the first clock sync) follows
 
     async def _close_store(self) -> None:
         try:
-            await self.store.flush()
+            await self.parts.store.flush()
         finally:
-            self.store.close()
+            self.parts.store.close()
 
     async def _run(self, stack: contextlib.AsyncExitStack) -> int:
         crash: BaseExceptionGroup[Exception] | None = None
@@ -220,31 +251,31 @@ class Daemon(Wiring):
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self._tasks = {
-                    "switch": tg.create_task(self.switch.run(), name="switch"),
-                    "heartbeat": tg.create_task(self.deadman.run(), name="heartbeat"),
+                    "switch": tg.create_task(self.parts.switch.run(), name="switch"),
+                    "heartbeat": tg.create_task(self.parts.deadman.run(), name="heartbeat"),
                 }
-                if self.config.triggers.pnl.enabled:
-                    self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
-                tg.create_task(self.store_watch.run(self._latch), name="store")
+                if self.parts.config.triggers.pnl.enabled:
+                    self._tasks["pnl"] = tg.create_task(self.parts.pnl_watcher.run(), name="pnl")
+                tg.create_task(self.parts.store_watch.run(self.parts._latch), name="store")
                 # The switch runs and the exchange client can send: SIGUSR1s that came
                 # during start-up fire now (coalesced into one kill), before the first
                 # clock sync, the control socket and daemon.ready.
                 self._accepting = True
                 for _ in range(self._deferred_triggers):
-                    self._fire("signal", "SIGUSR1")
+                    self.parts._fire("signal", "SIGUSR1")
                 self._deferred_triggers = 0
                 # The first clock sync warms the pools; a kill already running does not wait.
-                await self.exchange.start()
+                await self.parts.exchange.start()
                 # The start-up self-test, then clock re-sync every clock_sync_interval
                 # (which keeps the pools warm); the guard sweeps while tripped.
                 self._tasks["exchange"] = tg.create_task(
-                    self._exchange_background(), name="exchange"
+                    self.parts._exchange_background(), name="exchange"
                 )
-                if self.guard is not None:
-                    self._tasks["guard"] = tg.create_task(self.guard.run(), name="guard")
+                if self.parts.guard is not None:
+                    self._tasks["guard"] = tg.create_task(self.parts.guard.run(), name="guard")
                 if not self._stop.is_set():
-                    self._release(stack, "control socket", self.control.close)
-                    await self.control.start()
+                    self._release(stack, "control socket", self.parts.control.close)
+                    await self.parts.control.start()
                     self._announce_ready(tg)
                 await self._stop.wait()
                 await self._shutdown()
@@ -265,28 +296,28 @@ class Daemon(Wiring):
     def _announce_ready(self, tg: asyncio.TaskGroup) -> None:
         self._log.info(
             "daemon.ready",
-            state=self.switch.state.value,
+            state=self.parts.switch.state.value,
             pid=os.getpid(),
             version=__version__,
-            targets=len(self.config.targets),
-            control_socket=str(self.config.control.socket),
-            pnl_watch=self.config.triggers.pnl.enabled,
+            targets=len(self.parts.config.targets),
+            control_socket=str(self.parts.config.control.socket),
+            pnl_watch=self.parts.config.triggers.pnl.enabled,
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop | asyncio
         )
-        self._ready = True
-        self.service.ready()
-        self.service.send_status(force=True)
+        self._ready = self.parts.ready = True
+        self.parts.service.ready()
+        self.parts.service.send_status(force=True)
         # What start-up allocated lives as long as the daemon: out of the collector's reach,
         # a collection on the trigger path has less to scan (LIBRARY-NOTES.md "uvloop").
         gc.freeze()
         tg.create_task(
-            self.service.watchdog(lambda: self._tasks, self._stop.is_set),
+            self.parts.service.watchdog(lambda: self._tasks, self._stop.is_set),
             name="watchdog",
         )
-        if self.notifier.enabled:
-            tg.create_task(self.service.status_loop(), name="status")
-        if self.cluster is not None:
-            tg.create_task(self.cluster.run(), name="cluster")
+        if self.parts.notifier.enabled:
+            tg.create_task(self.parts.service.status_loop(), name="status")
+        if self.parts.cluster is not None:
+            tg.create_task(self.parts.cluster.run(), name="cluster")
         if self._reload_wanted:  # a SIGHUP during start-up: honoured now
             self._reload_wanted = False
             self._schedule_reload()
@@ -294,16 +325,16 @@ class Daemon(Wiring):
     async def _shutdown(self) -> None:
         self._log.info(
             "daemon.stopping",
-            state=self.switch.state.value,
-            grace=self.config.daemon.shutdown_grace,
+            state=self.parts.switch.state.value,
+            grace=self.parts.config.daemon.shutdown_grace,
         )
-        self.service.stopping()
-        finished = await self.switch.drain(self.config.daemon.shutdown_grace)
-        if not finished or self.switch.state is State.KILLING:
-            progress = self.switch.progress()
+        self.parts.service.stopping()
+        finished = await self.parts.switch.drain(self.parts.config.daemon.shutdown_grace)
+        if not finished or self.parts.switch.state is State.KILLING:
+            progress = self.parts.switch.progress()
             self._log.warning(
                 "kill.interrupted",
-                kill_id=self.switch.current_kill_id,
+                kill_id=self.parts.switch.current_kill_id,
                 confirmed=None if progress is None else progress[0],
                 total=None if progress is None else progress[1],
                 note="resumes at the next start",

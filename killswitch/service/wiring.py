@@ -59,7 +59,8 @@ __all__ = ["Wiring"]
 
 
 class Wiring:
-    """The parts of a :class:`~killswitch.service.daemon.Daemon` and their wiring."""
+    """The parts of a daemon and their wiring; a :class:`~killswitch.service.daemon.Daemon`
+    holds one (``daemon.parts``) and says when each part opens, runs and closes."""
 
     def __init__(
         self,
@@ -84,17 +85,9 @@ class Wiring:
             self.store, self.prom, self.clock, on_change=self._store_changed
         )
         self._log = get_logger()
-        self._stop = asyncio.Event()
         self._started = self.clock.monotonic()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self.damper = Damper()  # repeated warnings (ratelimit.wait) a few a minute
-        self._tg: asyncio.TaskGroup | None = None
-        self._accepting = False  # the switch runs and the exchange client can send
-        self._ready = False
-        self._deferred_triggers = 0  # SIGUSR1s received before _accepting
-        self._reload_wanted = False  # a SIGHUP received before daemon.ready
-        self._reloading: asyncio.Task[None] | None = None
-        self._reload_again = False
+        self.ready = False  # daemon.ready was logged (the daemon sets it)
         redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
         if cluster is not None and cluster.credentials is not None:
             # The JWT and the seed (a .creds file's frame lines are not secret).
@@ -103,7 +96,7 @@ class Wiring:
     # ------------------------------------------------------------------ wiring
 
     def _store_changed(self) -> None:
-        if self._ready:  # before that, daemon.ready sends the first STATUS=
+        if self.ready:  # before that, daemon.ready sends the first STATUS=
             self.service.send_status()
 
     def _limiter(self, endpoint: str, limit: RateLimit) -> SlidingWindowLimiter:
