@@ -39,6 +39,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from killswitch.alerts import load_receivers
     from killswitch.log import configure_logging
     from killswitch.service.daemon import Daemon
     from killswitch.service.loop import run as run_loop
@@ -47,10 +48,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _config(args.config)
         credentials = load_credentials(config.exchange)
         cluster = None if config.cluster is None else _cluster_settings(config)
+        alerts = load_receivers(config.alerts)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     configure_logging(config.log.level, config.log.format)
-    return run_loop(Daemon(config, credentials, cluster=cluster).serve())
+    return run_loop(Daemon(config, credentials, cluster=cluster, alerts=alerts).serve())
 
 
 def _cluster_settings(config: Config) -> ClusterSettings | None:

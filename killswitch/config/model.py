@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from killswitch.config.alerting import AlertsConfig, MetricsConfig
+
 __all__ = [
     "DEFAULT_TERMINAL",
     "CancelAllConfig",
@@ -155,6 +157,7 @@ class ControlConfig:
 @dataclass(frozen=True)
 class StateConfig:
     path: Path = Path("/var/lib/killswitch/state.db")
+    keep_kills: int = 1000  # records of the newest kills kept (§16)
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,8 @@ class Config:
     guard: GuardConfig = field(default_factory=GuardConfig)
     source: Path | None = None
     cluster: ClusterConfig | None = None
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def as_dict(value: object) -> Any:
@@ -234,6 +239,8 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
         "triggers.pnl.enabled": pnl_on,
         "cluster": new.cluster != current.cluster,
+        "alerts": new.alerts != current.alerts,
+        "metrics": new.metrics != current.metrics,
     }
     pnl = replace(
         new.triggers.pnl,
@@ -250,5 +257,7 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         control=current.control,
         state=current.state,
         cluster=current.cluster,
+        alerts=current.alerts,
+        metrics=current.metrics,
     )
     return applied, sorted(key for key, changed in restart.items() if changed)
