@@ -18,6 +18,7 @@ from killswitch.config.load import load_config, pnl_directory_problem
 from killswitch.config.model import Config, as_dict
 from killswitch.config.reader import ConfigError
 from killswitch.exchange.credentials import load_credentials
+from killswitch.record.cli import add_record_commands
 from killswitch.service.control import ControlClient, DaemonUnavailable
 from killswitch.service.status_view import format_status  # small; also imported by tests from here
 
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed for ids and outcomes")
     p.set_defaults(fn=cmd_sim)
     add_fleet_commands(sub)
+    add_record_commands(sub)
     return parser
 
 

@@ -1,0 +1,121 @@
+"""End to end: ``killswitch history`` and ``report`` read the record of a real kill from the
+state store, read-only, while the daemon runs and after it died (contract §16)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from killswitch.service.control import ControlClient
+from killswitch.sim import SimExchange
+from tests.harness import DaemonProcess, daemon_env, write_config
+
+pytestmark = pytest.mark.e2e
+
+SimFactory = Callable[..., Awaitable[tuple[SimExchange, str]]]
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "killswitch",
+        *args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=daemon_env(),
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _digest(directory: Path) -> dict[str, str]:
+    """The database and its WAL (the -shm is sqlite's shared index of the WAL, not data:
+    a reader maps it and takes its read lock there)."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.glob("state.db*"))
+        if not p.name.endswith("-shm")
+    }
+
+
+async def test_report_of_a_kill_with_leftovers_partial_fills_a_stuck_sweep_and_a_reset(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """A kill with partial fills, leftovers (a trader that keeps placing), a sweep the venue
+    rejected until the symbol resumed, and a reset: the report names each, order by order,
+    while the daemon runs and, unchanged, after a SIGKILL; the store's bytes are untouched."""
+    sim, url = await sim_factory(partial_fill_ratio=0.3, cancel_delay=(0.05, 0.2), seed=11)
+    sim.seed({"BTCUSDT": 12, "ETHUSDT": 6})
+    sim.reject("ETHUSDT", 422, "symbol ETHUSDT is suspended")
+    config = write_config(
+        workdir, url, targets=[{"exchange": "EXCHANGE_2", "symbols": ["BTCUSDT", "ETHUSDT"]}]
+    )
+    daemon = DaemonProcess(config)
+    await daemon.start()
+    await sim.start_trader({"BTCUSDT": 3}, interval=0.05, on_cancel_all=True)
+    daemon.send(signal.SIGUSR1)
+    await daemon.wait_for("exchange.rejected")
+    sim.reject("ETHUSDT", None)  # the symbol resumes: the next retry (5 s later) succeeds
+    await daemon.wait_for("kill.unstuck", timeout=15)
+    await sim.stop_trader()
+    done = await daemon.wait_for("kill.completed", timeout=30)
+    assert done["leftover"] > 0 and done["partially_filled"] > 0
+    code, _ = await ControlClient(workdir / "ctl.sock").request(
+        "POST", "/reset", {"reason": "venue resumed ETHUSDT; strategy stopped"}
+    )
+    assert code == 200
+    reset = await daemon.wait_for("switch.reset")
+    await asyncio.sleep(0.1)  # the journal's row: one writer batch (5 ms) behind the event
+
+    code, running, err = await _cli("report", "--config", str(config))
+    assert code == 0, err
+    for needle in ("LEFTOVER", "Partial fills", "STUCK: venue rejected", "RESET", "FLAT"):
+        assert needle in running, needle
+    if reset.get("reason"):  # contract §13: the reason a reset carries is in the record
+        assert "venue resumed ETHUSDT" in running
+    assert done["kill_id"] in running
+    history = json.loads((await _cli("history", "--config", str(config), "--json"))[1])
+    assert [k["kill_id"] for k in history] == [done["kill_id"]]
+    assert history[0]["reset"] is not None
+
+    await daemon.kill()
+    before = _digest(workdir)
+    code, dead, _ = await _cli("report", "--config", str(config), done["kill_id"])
+    assert code == 0
+    assert dead.splitlines()[1:] == running.splitlines()[1:]
+    as_json: dict[str, Any] = json.loads(
+        (await _cli("report", "--config", str(config), "--json"))[1]
+    )
+    assert _digest(workdir) == before
+    leftovers = [o for o in as_json["orders"] if o["leftover"]]
+    assert len(leftovers) == done["leftover"]
+    partial = [o for o in as_json["orders"] if o["outcome"] == "partially filled"]
+    assert len(partial) == done["partially_filled"]
+    assert any(e["event"] == "exchange.rejected" for e in as_json["timeline"])
+    print(running)
+
+
+async def test_report_of_no_such_kill_exits_1(workdir: Path, sim_factory: SimFactory) -> None:
+    """``report`` of an id the store does not hold exits 1 naming it; without a store, 1 too."""
+    _sim, url = await sim_factory()
+    config = write_config(workdir, url)
+    code, _, err = await _cli("report", "--config", str(config))
+    assert code == 1 and "no state store" in err
+    daemon = DaemonProcess(config)
+    await daemon.start()
+    await daemon.stop()
+    code, _, err = await _cli("report", "--config", str(config), "feedfacefeedface")
+    assert code == 1 and "feedfacefeedface" in err
+    code, out, _ = await _cli("history", "--config", str(config))
+    assert code == 0 and "No kill" in out
