@@ -70,7 +70,8 @@ async def test_report_of_a_kill_with_leftovers_partial_fills_a_stuck_sweep_and_a
     await daemon.wait_for("kill.unstuck", timeout=15)
     await sim.stop_trader()
     done = await daemon.wait_for("kill.completed", timeout=30)
-    assert done["leftover"] > 0 and done["partially_filled"] > 0
+    assert done["leftover"] > 0
+    assert done["partially_filled"] > 0
     code, _ = await ControlClient(workdir / "ctl.sock").request(
         "POST", "/reset", {"reason": "venue resumed ETHUSDT; strategy stopped"}
     )
@@ -103,7 +104,6 @@ async def test_report_of_a_kill_with_leftovers_partial_fills_a_stuck_sweep_and_a
     partial = [o for o in as_json["orders"] if o["outcome"] == "partially filled"]
     assert len(partial) == done["partially_filled"]
     assert any(e["event"] == "exchange.rejected" for e in as_json["timeline"])
-    print(running)
 
 
 async def test_report_of_no_such_kill_exits_1(workdir: Path, sim_factory: SimFactory) -> None:
@@ -111,11 +111,14 @@ async def test_report_of_no_such_kill_exits_1(workdir: Path, sim_factory: SimFac
     _sim, url = await sim_factory()
     config = write_config(workdir, url)
     code, _, err = await _cli("report", "--config", str(config))
-    assert code == 1 and "no state store" in err
+    assert code == 1
+    assert "no state store" in err
     daemon = DaemonProcess(config)
     await daemon.start()
     await daemon.stop()
     code, _, err = await _cli("report", "--config", str(config), "feedfacefeedface")
-    assert code == 1 and "feedfacefeedface" in err
+    assert code == 1
+    assert "feedfacefeedface" in err
     code, out, _ = await _cli("history", "--config", str(config))
-    assert code == 0 and "No kill" in out
+    assert code == 0
+    assert "No kill" in out
