@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    alerts,
     confirmation,
     deadman,
     flat,
@@ -26,6 +27,7 @@ from bench import (
     idle,
     pnl_breach,
     signal_latency,
+    soak,
     storm,
 )
 from bench.harness import Settings, progress
@@ -46,8 +48,10 @@ SCENARIOS: dict[str, Scenario] = {
     "flat": flat.run,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "alerts": alerts.run,
+    "soak": soak.run,
 }
-SLOW_ONLY = ("contract", "flat_poll")
+SLOW_ONLY = ("contract", "flat_poll", "soak")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 

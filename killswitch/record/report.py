@@ -215,7 +215,9 @@ def report_text(kill: KillSummary, *, partial: bool = False) -> str:
     out += ["", "Sweeps"]
     for w in kill.sweeps:
         state = (
-            f"answered, {w.order_count} order(s)" if w.acked_at is not None else "NEVER answered"
+            f"answered (its last answer named {w.order_count} order(s))"
+            if w.acked_at is not None
+            else "NEVER answered"
         )
         notes = [
             n for n, on in (("leftover sweep", w.leftover), ("an answer was lost", w.lost)) if on
