@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from killswitch import __version__
-from killswitch.alerts import Alerter, Receiver, load_receivers
-from killswitch.alerts.receivers import secret_parts
+from killswitch.alerts import Receiver
 from killswitch.clock import Clock, SystemClock
 from killswitch.config.model import Config, RateLimit
 from killswitch.damping import Damper
@@ -40,14 +39,12 @@ from killswitch.kill.flat import VenueListings
 from killswitch.kill.guard import Guard
 from killswitch.kill.runner import KillRunner
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
-from killswitch.log import add_listener, get_logger, redactor
-from killswitch.record.journal import Journal
+from killswitch.log import get_logger, redactor
 from killswitch.service.control import ControlServer
 from killswitch.service.metrics import Metrics
-from killswitch.service.metrics_http import MetricsListener
 from killswitch.service.notify import Notifier
 from killswitch.service.systemd import Service
-from killswitch.store.retention import prune_kills
+from killswitch.service.telling import Telling
 from killswitch.store.state import StateStore
 from killswitch.store.watch import StoreWatch
 from killswitch.triggers.heartbeat import DeadManSwitch
@@ -102,26 +99,15 @@ class Wiring:
         if cluster is not None and cluster.credentials is not None:
             # The JWT and the seed (a .creds file's frame lines are not secret).
             redactor.register(t for t in cluster.credentials.reveal().split() if len(t) >= 40)
-        receivers = load_receivers(config.alerts) if alerts is None else alerts
-        for receiver in receivers:
-            redactor.register(secret_parts(receiver))
-        self.alerter = Alerter(
-            config.alerts,
-            receivers,
+        self.telling = Telling(  # alerts, the kill's journal, [metrics] listen (contract §16)
+            config,
+            alerts,
             self.store,
             self.clock,
             self._log,
             registry=self.prom.registry,
             current_kill=self._current_kill,
-        )
-        self.journal = Journal(self.store, self._current_kill)  # the record of each kill
-        # Both removed when the daemon stops (Daemon._start registers that for release).
-        self.stop_listeners = [add_listener(self.journal.listen)]
-        if receivers:
-            self.stop_listeners.append(add_listener(self.alerter.listen))
-        listen = config.metrics.listen
-        self.metrics_listener = (
-            None if listen is None else MetricsListener(*listen, self.metrics, self._log)
+            render=self.metrics,
         )
 
     # ------------------------------------------------------------------ wiring
@@ -353,7 +339,7 @@ class Wiring:
                 self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
             self.prom.leftovers.inc(last.get("leftover", 0))
             self.prom.kill_flat.set(1.0 if last.get("flat") else 0.0)
-            prune_kills(self.store, self.config.state.keep_kills)
+            self.telling.kill_recorded(self.config.state.keep_kills)
         self.service.state_changed(state)
         if self.cluster is not None:
             self.cluster.state_changed(state, why)
@@ -434,7 +420,7 @@ class Wiring:
             "triggers": self._triggers_enabled(),
             "trigger_states": self._trigger_states(),
             **({} if self.cluster is None else {"cluster": self.cluster.status()}),
-            **({"alerts": self.alerter.status()} if self.alerter.enabled else {}),
+            **self.telling.status(),
             "uptime": round(self.clock.monotonic() - self._started, 3),
             "pid": os.getpid(),
             "version": __version__,
