@@ -43,6 +43,7 @@ OF_LAST_KILL = frozenset(
     {"switch.reset", "guard.swept", "exchange.rejected", "kill.stuck", "kill.abandoned"}
 )
 EARLY_LIMIT = 100  # events kept before the store opens (start-up: store.unavailable)
+MEMORY = 4096  # (kill, event) slots remembered for numbering and repeats; older ones go
 _DROP_FIELDS = ("_record", "_from_structlog", "exc_info")
 
 
@@ -168,6 +169,9 @@ class Alerter:
             fields.setdefault("kill_id", kill_id)
         n = self._counters.get(slot, 0) + 1
         self._counters[slot] = n
+        if len(self._counters) > MEMORY:  # a daemon that lives through many kills
+            _forget_oldest(self._counters)
+            _forget_oldest(self._last_at)
         key = f"{scope}:{name}:{n}"
         severity = severity_of(name, fields)
         wall = self._clock.time()
@@ -289,3 +293,9 @@ class Alerter:
 
 def _length(queue: ReceiverQueue) -> Callable[[], float]:
     return lambda: float(len(queue))
+
+
+def _forget_oldest(table: dict[tuple[str, str], Any]) -> None:
+    """Keep the newest half of :data:`MEMORY` entries (dicts keep insertion order)."""
+    for old in list(table)[: max(0, len(table) - MEMORY // 2)]:
+        del table[old]

@@ -367,8 +367,8 @@ def history_text(kills: list[KillSummary]) -> str:
             shown = "not reset" if r["completed"] else "RUNNING/unfinished"
         else:
             peer = reset["peer"] or {}
-            by = peer.get("user") or (f"uid {peer['uid']}" if "uid" in peer else "?")
-            shown = f"{_when(reset['at'])[:19]} by {by}"
+            by = peer.get("user") or (f"uid {peer['uid']}" if "uid" in peer else None)
+            shown = _when(reset["at"])[:19] + (f" by {by}" if by else "")
         if r["abandoned"]:
             shown = "ABANDONED; " + shown
         started = _when(k.started_at)[:19]
