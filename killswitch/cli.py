@@ -86,6 +86,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             effective["cluster"]["credentials"] = "found (values not shown)"
         except ConfigError as exc:
             effective["cluster"]["credentials"] = f"NOT USABLE: {exc}"
+    if config.alerts.webhooks:
+        from killswitch.alerts import load_receivers
+
+        try:
+            load_receivers(config.alerts)
+            effective["alerts"]["secrets"] = "found (values not shown)"
+        except ConfigError as exc:
+            effective["alerts"]["secrets"] = f"NOT USABLE: {exc}"
     if not args.online:
         print(json.dumps(effective, indent=2))
         return EXIT_OK

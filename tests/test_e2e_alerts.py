@@ -138,6 +138,7 @@ async def test_each_format_reaches_its_receiver_and_no_secret_is_anywhere(
         check=False,
     )
     assert checked.returncode == 0
+    assert json.loads(checked.stdout)["alerts"]["secrets"] == "found (values not shown)"
     secrets = [plain.token, slack.token, pager.token, PD_KEY]
     _secrets_absent(secrets, daemon, workdir, status, metrics, checked.stdout + checked.stderr)
 
