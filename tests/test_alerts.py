@@ -231,3 +231,15 @@ def test_the_words_say_what_happened_and_what_to_do() -> None:
         assert needle in text, needle
     assert body(alert, "slack") == {"text": text}
     assert body(alert, "json")["dedup_key"] == "k:kill.completed:1"
+
+
+def test_receiver_secrets_from_the_credentials_directory(tmp_path: Path) -> None:
+    """Under systemd ``LoadCredential=`` the URL is the file named by ``url_env`` in
+    ``$CREDENTIALS_DIRECTORY`` (its trailing newline stripped)."""
+    (tmp_path / "KILLSWITCH_SLACK_URL").write_text(URL + "\n")
+    config = parse_config(
+        _base(alerts={"webhook": [{"url_env": "KILLSWITCH_SLACK_URL", "format": "slack"}]})
+    ).alerts
+    (receiver,) = load_receivers(config, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert receiver.url.reveal() == URL
+    assert receiver.name == "KILLSWITCH_SLACK_URL"

@@ -9,7 +9,7 @@ writer thread (queued, never awaited on the loop).  An ``order.status`` is
 kept only when a listing taught it (``via``): the order's last status itself
 is in ``orders``.  A kill that repeats an event for hours (a venue rejecting
 ``cancel_all`` at a growing cadence) keeps its first :data:`PER_EVENT` rows
-of that event, the last one carrying how many were not kept.
+of that event, the last one noting that later ones are not kept.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ RECORDED = frozenset(
     }
 )
 OF_LAST_KILL = frozenset({"switch.reset", "reset.pending", "guard.swept", "exchange.rejected"})
-PER_EVENT = 50  # rows of one event name per kill
+PER_EVENT = 50  # rows of one event name per kill ...
+PER_ORDER_EVENT = 10_000  # ... but an order.status taught by a listing: one per order, like orders
 _SKIP = frozenset({"event", "timestamp", "kill_id", "_record", "_from_structlog", "exc_info"})
 
 
@@ -107,10 +108,11 @@ class Journal:
             slot = (kill_id, str(name))
             seen = self._counts.get(slot, 0) + 1
             self._counts[slot] = seen
-            if seen > PER_EVENT:
+            limit = PER_ORDER_EVENT if name == "order.status" else PER_EVENT
+            if seen > limit:
                 return
             fields = {k: v for k, v in event.items() if k not in _SKIP}
-            if seen == PER_EVENT:
+            if seen == limit:
                 fields["journal_note"] = f"later {name} events of this kill are not kept"
             self._store._write(
                 "INSERT INTO kill_events (kill_id, at, event, fields) VALUES (?,?,?,?)",
