@@ -243,3 +243,22 @@ def test_receiver_secrets_from_the_credentials_directory(tmp_path: Path) -> None
     (receiver,) = load_receivers(config, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert receiver.url.reveal() == URL
     assert receiver.name == "KILLSWITCH_SLACK_URL"
+
+
+async def test_a_store_that_cannot_open_still_alerts_what_start_up_logged(tmp_path: Path) -> None:
+    """``store.unavailable`` is logged before the alerts open: it is kept and queued at open,
+    in memory only (no database to hold it), so it is still sent."""
+    (tmp_path / "file").write_text("")
+    store = StateStore(tmp_path / "file" / "state.db")  # a path under a regular file
+    assert store.open() is not None
+    alerter = Alerter(
+        AlertsConfig(), _receivers("slack"), store, FakeClock(), structlog.get_logger()
+    )
+    alerter.listen(_event("store.unavailable", level="critical", problem="Not a directory"))
+    assert _queued(alerter, "r-slack") == []
+    alerter.open(None)
+    (alert,) = _queued(alerter, "r-slack")
+    assert alert.dedup_key == "daemon:store.unavailable:1"
+    assert alert.critical
+    assert "fails closed" in words(alert)
+    store.close()
