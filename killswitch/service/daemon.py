@@ -191,12 +191,13 @@ class Daemon(Wiring):
         # Before touching the state store: is another daemon already running here?
         ControlServer(self.config.control.socket, self).claim()
         self._release(stack, "store", self._close_store)
+        self._release(stack, "alerts and journal", self.telling.close)
+        self.telling.listen()  # first: a store that cannot open is an alert too
         problem = self.store_watch.open(asyncio.get_running_loop())
         tripped, _ = self.store.latch()
         unfinished = self.store.unfinished_kill()
         last = self.store.last_kill()
         self._build()
-        self._release(stack, "alerts and journal", self.telling.close)
         self.telling.open(None if last is None else last.kill_id)
         # Fail closed: a store that could not be used as found may have held a set latch.
         self.switch.restore(tripped or problem is not None, last, unfinished)

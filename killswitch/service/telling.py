@@ -55,11 +55,16 @@ class Telling:
             current_kill=current_kill,
         )
         self.journal = Journal(store, current_kill)
-        self._listeners = [add_listener(self.journal.listen)]
-        if receivers:
-            self._listeners.append(add_listener(self.alerter.listen))
+        self._listeners: list[Callable[[], None]] = []
         listen = config.metrics.listen
         self.metrics_listener = None if listen is None else MetricsListener(*listen, render, log)
+
+    def listen(self) -> None:
+        """Read the event stream from now on (before the store opens: its problems alert)."""
+        if not self._listeners:
+            self._listeners.append(add_listener(self.journal.listen))
+            if self.alerter.enabled:
+                self._listeners.append(add_listener(self.alerter.listen))
 
     def open(self, last_kill: str | None) -> None:
         """The store is open: the alert queue and the journal restore and create their tables."""
