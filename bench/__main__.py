@@ -26,6 +26,7 @@ from bench import (
     hostile,
     idle,
     pnl_breach,
+    positions,
     signal_latency,
     soak,
     storm,
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "flat": flat.run,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "positions": positions.run,
     "alerts": alerts.run,
     "soak": soak.run,
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from structlog.typing import FilteringBoundLogger
 
 from killswitch.alerts import Alerter, Receiver, load_receivers
@@ -40,6 +40,7 @@ class Telling:
         registry: CollectorRegistry,
         current_kill: Callable[[], str | None],
         render: Callable[[], bytes],
+        last_kill: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         receivers = load_receivers(config.alerts) if receivers is None else receivers
         for receiver in receivers:
@@ -56,6 +57,13 @@ class Telling:
         )
         self.journal = Journal(store, current_kill)
         self._listeners: list[Callable[[], None]] = []
+        self._last_kill = last_kill
+        Gauge(
+            "killswitch_positions_open",
+            "Positions the last kill left open while the switch is not re-armed"
+            " (-1: they could not be read; 0 once reset)",
+            registry=registry,
+        ).set_function(self._positions_open)
         listen = config.metrics.listen
         self.metrics_listener = None if listen is None else MetricsListener(*listen, render, log)
 
@@ -74,6 +82,14 @@ class Telling:
     def kill_recorded(self, keep_kills: int) -> None:
         """A kill ended: the store keeps the records of the newest ``keep_kills`` (queued)."""
         prune_kills(self._store, keep_kills)
+
+    def _positions_open(self) -> float:
+        last = self._last_kill()
+        if last is None:
+            return 0.0
+        if last.get("exposure_read") is False:
+            return -1.0
+        return float(last.get("positions_open") or 0)
 
     def status(self) -> dict[str, Any]:
         """``GET /status`` additions: ``alerts`` by receiver name (never a URL)."""

@@ -1,7 +1,7 @@
 """``[state] keep_kills`` (contract §16): the store keeps the records of the newest kills.
 
 After each kill, the records of older kills (the kill, its sweeps, its orders,
-its alerts and its journal) are removed on the writer thread, in the batch
+its positions and closes, its alerts and its journal) are removed on the writer thread, in the batch
 after the kill's own.  Never removed: the kill the latch names and any kill
 not completed (a restart resumes it).  Alerts not tied to a kill keep their
 newest :data:`KEEP_DAEMON_ALERTS` delivered rows; pending ones stay (their
@@ -19,7 +19,8 @@ from killswitch.store.state import StateStore
 __all__ = ["KEEP_DAEMON_ALERTS", "prune_kills"]
 
 KEEP_DAEMON_ALERTS = 1000
-_BY_KILL = ("sweeps", "orders", "alerts", "kill_events")  # tables with a kill_id column
+# Tables with a kill_id column (exposures and flattens: contract §12's records).
+_BY_KILL = ("sweeps", "orders", "alerts", "kill_events", "exposures", "flattens")
 
 
 def _tables(db: sqlite3.Connection) -> set[str]:
