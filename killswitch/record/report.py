@@ -192,7 +192,7 @@ def report_text(kill: KillSummary, *, partial: bool = False) -> str:
     for p in positions or []:
         out.append(
             f"              {p.get('symbol')} {p.get('side')} {p.get('size')}"
-            f" (notional {p.get('notional')}, unrealised {p.get('unrealised_pnl')})"
+            f" (notional {_num(p.get('notional'))}, unrealised {_num(p.get('unrealised_pnl'))})"
         )
     reset = _reset(kill)
     if reset is None:
@@ -385,3 +385,11 @@ def history_text(kills: list[KillSummary]) -> str:
 def _cell(value: object, width: int) -> str:
     """Left-aligned in ``width``; a negative width right-aligns."""
     return f"{value!s:>{-width}}" if width < 0 else f"{value!s:<{width}}"
+
+
+def _num(value: object) -> str:
+    """A venue's decimal string, to cents (the JSON report keeps it exact)."""
+    try:
+        return f"{float(str(value)):,.2f}"
+    except ValueError:
+        return str(value)
