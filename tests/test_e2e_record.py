@@ -77,10 +77,14 @@ async def test_report_of_a_kill_with_leftovers_partial_fills_a_stuck_sweep_and_a
     )
     assert code == 200
     reset = await daemon.wait_for("switch.reset")
-    await asyncio.sleep(0.1)  # the journal's row: one writer batch (5 ms) behind the event
-
-    code, running, err = await _cli("report", "--config", str(config))
-    assert code == 0, err
+    # The journal's row follows the event by one writer batch (5 ms and an fsync).
+    async with asyncio.timeout(10):
+        while True:
+            code, running, err = await _cli("report", "--config", str(config))
+            assert code == 0, err
+            if "RESET" in running:
+                break
+            await asyncio.sleep(0.05)
     for needle in ("LEFTOVER", "Partial fills", "STUCK: venue rejected", "RESET", "FLAT"):
         assert needle in running, needle
     if reset.get("reason"):  # contract §13: the reason a reset carries is in the record
