@@ -98,7 +98,8 @@ async def test_report_of_a_kill_with_leftovers_partial_fills_a_stuck_sweep_and_a
     before = _digest(workdir)
     code, dead, _ = await _cli("report", "--config", str(config), done["kill_id"])
     assert code == 0
-    assert dead.splitlines()[1:] == running.splitlines()[1:]
+    # The same record (the alerts may have been delivered in between: not compared).
+    assert dead.split("\nAlerts\n")[0] == running.split("\nAlerts\n")[0]
     as_json: dict[str, Any] = json.loads(
         (await _cli("report", "--config", str(config), "--json"))[1]
     )
