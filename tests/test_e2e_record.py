@@ -107,7 +107,9 @@ async def test_report_of_a_kill_with_leftovers_partial_fills_a_stuck_sweep_and_a
     leftovers = [o for o in as_json["orders"] if o["leftover"]]
     assert len(leftovers) == done["leftover"]
     partial = [o for o in as_json["orders"] if o["outcome"] == "partially filled"]
-    assert len(partial) == done["partially_filled"]
+    # At least what kill.completed counted (outcomes learned after it land in the store too),
+    # at most what the venue holds.
+    assert done["partially_filled"] <= len(partial) <= sim.stats()["orders"]["PARTIALLY_EXECUTED"]
     assert any(e["event"] == "exchange.rejected" for e in as_json["timeline"])
 
 
