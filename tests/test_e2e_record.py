@@ -129,3 +129,27 @@ async def test_report_of_no_such_kill_exits_1(workdir: Path, sim_factory: SimFac
     code, out, _ = await _cli("history", "--config", str(config))
     assert code == 0
     assert "No kill" in out
+
+
+async def test_keep_kills_bounds_the_history_of_a_running_daemon(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """With ``keep_kills = 2``, four kills (each reset) leave the newest two in the history,
+    and the report of a removed one exits 1."""
+    sim, url = await sim_factory()
+    config = write_config(workdir, url, state={"keep_kills": 2})
+    daemon = DaemonProcess(config)
+    await daemon.start()
+    kills = []
+    for n in range(1, 5):
+        sim.seed({"BTCUSDT": 2})
+        daemon.send(signal.SIGUSR1)
+        kills.append((await daemon.wait_for("kill.completed", count=n))["kill_id"])
+        code, _ = await ControlClient(workdir / "ctl.sock").request("POST", "/reset")
+        assert code == 200
+    await daemon.stop()
+    history = json.loads((await _cli("history", "--config", str(config), "--json"))[1])
+    assert [k["kill_id"] for k in history] == kills[:1:-1]
+    code, _, err = await _cli("report", "--config", str(config), kills[0])
+    assert code == 1
+    assert kills[0] in err
