@@ -56,7 +56,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _cluster_settings(config: Config) -> ClusterSettings | None:
     from killswitch.cluster.settings import resolve_cluster
 
-    return resolve_cluster(config.cluster)
+    settings = resolve_cluster(config.cluster)
+    sentinel = config.sentinel
+    if settings is not None and sentinel is not None and settings.desk == sentinel.desk:
+        raise ConfigError(
+            "sentinel.desk",
+            f"is this daemon's own desk name {settings.desk!r}: a sentinel has its own "
+            f"(for example cluster.desk = {settings.desk + '-sentinel'!r})",
+        )
+    return settings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from killswitch.clock import Clock
+from killswitch.cluster.liveness import LivenessPublisher, SentinelSubjects
 from killswitch.cluster.messages import (
     InvalidMessage,
     SeenIds,
@@ -47,6 +48,7 @@ from killswitch.cluster.settings import (
     server_label,
     wants_tls,
 )
+from killswitch.cluster.verdict import DeskAgreement
 from killswitch.kill.switch import State, TriggerOutcome
 from killswitch.log import get_logger
 
@@ -74,6 +76,8 @@ class ClusterHost(Protocol):
     def cluster_trigger(self, reason: str, **detail: Any) -> tuple[TriggerOutcome, str | None]: ...
     def cancel_sent(self, kill_id: str) -> asyncio.Future[None]: ...
     def status(self) -> dict[str, Any]: ...
+    def switch_state(self) -> str: ...
+    def sentinel_trigger(self, reason: str, **detail: Any) -> TriggerOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,20 @@ class Cluster:
         self._sessions = 0  # connections made since run() last looked
         self._check_tls_failed = False  # a reconnection came back unencrypted
         self._tls = wants_tls(self.config)
+        # Liveness and the sentinel's verdict (contract §15): killswitch/cluster/liveness.py
+        # and verdict.py; this class only runs them on its connection.
+        self.liveness = LivenessPublisher(
+            self.config, settings.desk, settings.host, host.switch_state, clock
+        )
+        self.sentinel_subjects = SentinelSubjects.of(self.config, settings.desk)
+        self.agreement = DeskAgreement(
+            settings.desk,
+            self.sentinel_subjects.ask,
+            self.config.max_age,
+            clock,
+            host.sentinel_trigger,
+        )
+        self._reconnected = asyncio.Event()
         r = registry if registry is not None else CollectorRegistry()
         self.m_connected = Gauge(
             "killswitch_cluster_connected", "1 while connected to NATS", registry=r
@@ -189,7 +207,13 @@ class Cluster:
             "last_trigger": self._last_trigger,
             "events_buffered": len(self._events),
             "events_dropped": self._dropped_total + self._dropped,
+            "liveness": self.liveness.status(),
+            "sentinel_verdict": self.agreement.last,
         }
+
+    async def leave(self) -> bool:
+        """A clean stop: the last liveness message says ``leaving`` (contract §15)."""
+        return await self.liveness.leave(self._nc)
 
     # ------------------------------------------------------------------ triggers
 
@@ -311,6 +335,7 @@ class Cluster:
             reconnect_time_wait=RECONNECT_WAIT,
             connect_timeout=2,
             no_echo=True,  # our own broadcasts and events do not come back to us
+            inbox_prefix=f"_INBOX.{self.settings.desk}",  # the desk's replies, and only its own
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
@@ -339,9 +364,17 @@ class Cluster:
                     await nc.subscribe(self.subjects.desk_trigger, cb=obey_desk)
                 await nc.subscribe(self.subjects.status, cb=self._on_status)
                 subscriptions.append(self.subjects.status)
+
+                async def verdict(msg: Msg) -> None:
+                    if self._secure(nc):
+                        self.agreement.receive(msg.data, "broadcast")
+
+                await nc.subscribe(self.sentinel_subjects.verdict, cb=verdict)  # in "liveness"
                 await nc.flush(timeout=5)
                 self._subscribed = subscriptions
                 self._connected_event(reconnected=False)
+                answers.create_task(self.liveness.run(nc), name="liveness")
+                answers.create_task(self._ask_sentinel(nc), name="ask-sentinel")
                 await self._publish_forever(nc)
         finally:
             self._nc = None
@@ -352,6 +385,14 @@ class Cluster:
                     await nc.close()
             except Exception as exc:
                 self._log.info("cluster.close_failed", error=type(exc).__name__)
+
+    async def _ask_sentinel(self, nc: NatsClient) -> None:
+        """At every (re)connection: did our sentinel kill the account meanwhile?"""
+        while True:
+            self._reconnected.clear()
+            if self._secure(nc):
+                await self.agreement.ask(nc)
+            await self._reconnected.wait()
 
     async def _publish_forever(self, nc: NatsClient) -> None:
         """Send our broadcasts, then the buffered event lines, while connected."""
@@ -473,6 +514,7 @@ class Cluster:
             self._poke()  # the publisher ends the session; run() connects afresh
             return
         self._connected_event(reconnected=True)
+        self._reconnected.set()
 
     async def _on_closed(self) -> None:
         self.m_connected.set(0)

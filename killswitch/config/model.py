@@ -28,6 +28,7 @@ __all__ = [
     "LogConfig",
     "PnlTrigger",
     "RateLimit",
+    "SentinelConfig",
     "SignalTrigger",
     "StateConfig",
     "Target",
@@ -182,6 +183,19 @@ class ClusterConfig:
     follow: frozenset[str] = frozenset({"firm", "desk"})
     propagate: bool = False
     max_age: float = 30.0
+    liveness_interval: float = 0.5  # seconds between this desk's liveness messages (§15)
+
+
+@dataclass(frozen=True)
+class SentinelConfig:
+    """``[sentinel]``: this daemon watches another desk's liveness and kills its account when
+    the desk falls silent (contract §15).  ``reconnect_grace``: the longest reconnect delay
+    the desks are configured with, waited on top of ``timeout`` after the bus comes back."""
+
+    desk: str
+    timeout: float = 3.0
+    kill_on_leave: bool = False
+    reconnect_grace: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +213,7 @@ class Config:
     guard: GuardConfig = field(default_factory=GuardConfig)
     source: Path | None = None
     cluster: ClusterConfig | None = None
+    sentinel: SentinelConfig | None = None
 
 
 def as_dict(value: object) -> Any:
@@ -234,6 +249,7 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
         "triggers.pnl.enabled": pnl_on,
         "cluster": new.cluster != current.cluster,
+        "sentinel": new.sentinel != current.sentinel,
     }
     pnl = replace(
         new.triggers.pnl,
@@ -250,5 +266,6 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         control=current.control,
         state=current.state,
         cluster=current.cluster,
+        sentinel=current.sentinel,
     )
     return applied, sorted(key for key, changed in restart.items() if changed)

@@ -286,6 +286,8 @@ class Daemon(Wiring):
             tg.create_task(self.service.status_loop(), name="status")
         if self.cluster is not None:
             tg.create_task(self.cluster.run(), name="cluster")
+        if self.sentinel is not None:
+            tg.create_task(self.sentinel.run(), name="sentinel")
         if self._reload_wanted:  # a SIGHUP during start-up: honoured now
             self._reload_wanted = False
             self._schedule_reload()
@@ -307,6 +309,8 @@ class Daemon(Wiring):
                 total=None if progress is None else progress[1],
                 note="resumes at the next start",
             )
+        if self.cluster is not None:  # the last liveness says leaving: a sentinel stands down
+            await self.cluster.leave()
         for name, task in self._tasks.items():
             task.cancel(f"daemon stopping ({name})")
 
