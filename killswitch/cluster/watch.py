@@ -12,14 +12,16 @@ clock (every time here is the sentinel's monotonic clock):
   ``blind`` (``sentinel.blind``) and nothing it did not hear counts against the desk.
 - :meth:`Watch.alive`: a liveness message of the desk arrived (receipt time).
 
-The desk is judged silent only over a proven window: from ``quiet_from`` =
-max(last liveness, ``up_since`` + ``reconnect_grace``) to ``proven_until``.
-After an outage the sentinel therefore waits a full ``timeout`` plus the desks'
-reconnect delay again.  Silent for ``timeout`` → fire (once; disarmed until the
-next liveness).  A leaving desk stands the sentinel down (or, ``kill_on_leave``,
-fires).  A desk never seen since start is ``sentinel.never_seen``, critical and
-no kill: a wrong desk name or a sentinel started before its desk must page a
-human, not flatten a healthy account.
+The desk is judged silent only over a proven window, from ``quiet_from`` to
+``proven_until``: ``quiet_from`` is the last liveness if it came after the link
+came up, else ``up_since`` + ``reconnect_grace``.  After an outage the sentinel
+therefore waits a full ``timeout`` plus the desks' reconnect delay again, unless
+it has heard the desk since (then the desk is not reconnecting).  Silent for
+``timeout`` → fire (once; disarmed until the next liveness).  A leaving desk
+stands the sentinel down (or, ``kill_on_leave``, fires).  A desk never seen
+since start is ``sentinel.never_seen``, critical and no kill: a wrong desk name
+or a sentinel started before its desk must page a human, not flatten a healthy
+account.
 """
 
 from __future__ import annotations
@@ -145,9 +147,10 @@ class Watch:
             return
         if self.mode not in (Mode.STARTING, Mode.WATCHING):
             return
-        quiet_from = self.up_since + self.config.reconnect_grace
-        if self.last_seen is not None:
-            quiet_from = max(quiet_from, self.last_seen)
+        if self.last_seen is not None and self.last_seen >= self.up_since:
+            quiet_from = self.last_seen  # heard since the link came up: not reconnecting
+        else:  # not heard since: the desk may be reconnecting on its own, slower schedule
+            quiet_from = self.up_since + self.config.reconnect_grace
         if self.proven_until - quiet_from < self.config.timeout:
             return
         if self.last_seen is None:
