@@ -193,17 +193,29 @@ async def test_dead_desk_is_killed_and_a_restarted_desk_agrees(pair: Pair) -> No
     assert fired["learned_by"] in ("answer", "broadcast")
 
 
-async def test_bus_outage_blinds_the_sentinel_and_the_desk_still_kills(pair: Pair) -> None:
-    """nats-server down for 3 x timeout: sentinel.blind, no sentinel kill; SIGUSR1 on the desk
-    still kills; after the bus is back the sentinel waits, watches, and never fires."""
-    await pair.nats.stop()
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
+async def test_bus_outage_blinds_the_sentinel_and_the_desk_still_kills(
+    pair: Pair, outage: str
+) -> None:
+    """nats-server stopped (or SIGSTOPped: the nats-py flush trap) for 3 x timeout:
+    sentinel.blind, no sentinel kill; SIGUSR1 on the desk still kills; after the bus is
+    back the sentinel proves its link again and never fires."""
+    server = pair.nats.proc
+    assert server is not None
+    if outage == "stopped":
+        await pair.nats.stop()
+    else:
+        server.send_signal(signal.SIGSTOP)
     blind = await pair.sentinel.wait_for("sentinel.blind")
     pair.desk.send(signal.SIGUSR1)
     done = await pair.desk.wait_for("kill.completed")
     await asyncio.sleep(3 * TIMEOUT)
-    await pair.nats.start()
+    if outage == "stopped":
+        await pair.nats.start()
+        await pair.desk.wait_for("cluster.connected", lambda e: e["reconnected"])
+    else:
+        server.send_signal(signal.SIGCONT)
     await pair.sentinel.wait_for("sentinel.link_restored")
-    await pair.desk.wait_for("cluster.connected", lambda e: e["reconnected"])
     # Long enough for a wrong kill: the full timeout plus the reconnect grace, and more.
     await asyncio.sleep(TIMEOUT + 2.0 + 1.0)
 
