@@ -25,6 +25,7 @@ from bench import (
     hostile,
     idle,
     pnl_breach,
+    sentinel,
     signal_latency,
     storm,
 )
@@ -46,6 +47,8 @@ SCENARIOS: dict[str, Scenario] = {
     "flat": flat.run,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "sentinel": sentinel.run,
+    "sentinel_soak": sentinel.run_soak,  # 10 minutes (--quick: 60 s)
 }
 SLOW_ONLY = ("contract", "flat_poll")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")
