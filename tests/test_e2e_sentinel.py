@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from killswitch.service.control import ControlClient
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, daemon_env, write_config
 from tests.natsserver import NatsServer, NatsUser, desk_permissions, sentinel_permissions
@@ -228,7 +229,18 @@ async def test_bus_outage_blinds_the_sentinel_and_the_desk_still_kills(
 
 
 async def test_clean_stop_stands_down_and_a_restart_is_watched_again(pair: Pair) -> None:
-    """SIGTERM of the desk: sentinel.standdown, no kill; the desk started again: watching."""
+    """SIGTERM of the desk: sentinel.standdown, no kill; the desk started again: watching.
+    (And the sentinel's GET /status and metrics say what it watches.)"""
+    control = ControlClient(pair.root / SENTINEL / "ctl.sock")
+    _, status = await control.request("GET", "/status")
+    _, metrics = await control.request("GET", "/metrics", parse=bytes)
+    assert status["sentinel"]["desk"] == DESK
+    assert status["sentinel"]["state"] == "watching"
+    assert status["sentinel"]["blind"] is False
+    assert status["sentinel"]["last_seen_s"] < 2 * TIMEOUT
+    assert b"killswitch_sentinel_blind 0.0" in metrics
+    assert b"killswitch_sentinel_watching 1.0" in metrics
+
     assert await pair.desk.stop() == 0
     standdown = await pair.sentinel.wait_for("sentinel.standdown")
     assert len(pair.desk.named("liveness.left")) == 1

@@ -223,3 +223,17 @@ def test_a_desk_never_seen_is_reported_not_killed() -> None:
     assert bench.fires == []
     assert [(e["event"], e["log_level"]) for e in logs] == [("sentinel.never_seen", "critical")]
     assert bench.watch.status()["state"] == "never_seen"
+
+
+def test_killswitch_status_shows_the_sentinel_row() -> None:
+    """killswitch status on a sentinel: its state, desk, when last heard, and BLIND."""
+    from killswitch.cli import format_status
+
+    base: dict[str, Any] = {"state": "ARMED", "last_kill": None, "rate_limit": {}}
+    watching = {"desk": "desk-a", "state": "watching", "last_seen_s": 0.2, "blind": False}
+    text = format_status({**base, "sentinel": watching})
+    blind = format_status({**base, "sentinel": {**watching, "blind": True}})
+    assert "sentinel" not in format_status(base)
+    assert "watching desk desk-a, last heard" in text
+    assert "BLIND" not in text
+    assert "BLIND" in blind
