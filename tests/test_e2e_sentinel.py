@@ -123,6 +123,9 @@ async def _pair(
             if daemon.returncode is None:
                 assert await daemon.stop() == 0
             assert all(e.get("event") != "<unparsed>" for e in daemon.events)
+            # Every subject each one uses is within the permissions the README gives it.
+            refused = [e for e in daemon.events if "ermission" in str(e.get("detail"))]
+            assert refused == []
     finally:
         for daemon in (desk, sentinel):
             if daemon.returncode is None and daemon.proc is not None:
