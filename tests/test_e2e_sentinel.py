@@ -220,8 +220,8 @@ async def test_bus_outage_blinds_the_sentinel_and_the_desk_still_kills(
     else:
         server.send_signal(signal.SIGCONT)
     await pair.sentinel.wait_for("sentinel.link_restored")
-    # Long enough for a wrong kill: the full timeout plus the reconnect grace, and more.
-    await asyncio.sleep(TIMEOUT + 2.0 + 1.0)
+    # Long enough for a wrong kill: the full timeout plus the reconnect grace (2 s), and more.
+    await asyncio.sleep(TIMEOUT + 2.0 + 0.5)
 
     assert "problem" in blind
     assert done["flat"] is True

@@ -167,9 +167,8 @@ class Sentinel:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._verdicts(nc))
                 await self._probe_forever(nc)
-        finally:
+        finally:  # blind is for run() to say: a clean stop is not an outage to alert on
             self._nc = None
-            self.watch.link_lost("the sentinel's connection ended")
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await nc.close()
