@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,6 +69,32 @@ def test_sentinel_change_needs_a_restart() -> None:
     applied, ignored = reloadable(old, new)
     assert applied.sentinel == old.sentinel
     assert ignored == ["sentinel"]
+
+
+def test_a_sentinel_named_like_its_desk_by_the_environment_exits_2(tmp_path: Path) -> None:
+    """$KILLSWITCH_DESK = the watched desk (a copied unit): one 'sentinel.desk' line, exit 2."""
+    path = tmp_path / "k.toml"
+    path.write_text(
+        '[[targets]]\nexchange = "X"\n[cluster]\nservers = ["nats://h"]\nfirm = "a"\n'
+        '[sentinel]\ndesk = "desk-a"\n'
+    )
+    env = {
+        "KILLSWITCH_API_KEY": "k",
+        "KILLSWITCH_API_SECRET": "ab" * 32,
+        "KILLSWITCH_DESK": "desk-a",
+        "PATH": "/usr/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "killswitch", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("config error: sentinel.desk: ")
+    assert len(result.stderr.splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- messages
