@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from killswitch.clock import Clock
+from killswitch.cluster.flush import PatientFlush
 from killswitch.cluster.liveness import LivenessPublisher, SentinelSubjects
 from killswitch.cluster.messages import encode_trigger, new_trigger
 from killswitch.cluster.obey import Decision, Obedience
@@ -123,6 +124,7 @@ class Cluster:
             host.sentinel_trigger,
         )
         self._reconnected = asyncio.Event()
+        self._flush = PatientFlush()  # never nc.flush(timeout): it can leave the client deaf
         r = registry if registry is not None else CollectorRegistry()
         self.m_connected = Gauge(
             "killswitch_cluster_connected", "1 while connected to NATS", registry=r
@@ -275,7 +277,8 @@ class Cluster:
                         self.agreement.receive(msg.data, "broadcast")
 
                 await nc.subscribe(self.sentinel_subjects.verdict, cb=verdict)  # in "liveness"
-                await nc.flush(timeout=5)
+                if not await self._flush(nc, FLUSH_TIMEOUT):
+                    raise TimeoutError("the NATS server did not confirm the subscriptions")
                 self._subscribed = subscriptions
                 self._connected_event(reconnected=False)
                 answers.create_task(self.liveness.run(nc), name="liveness")
@@ -290,6 +293,7 @@ class Cluster:
                     await nc.close()
             except Exception as exc:
                 self._log.info("cluster.close_failed", error=type(exc).__name__)
+            await self._flush.close()
 
     async def _ask_sentinel(self, nc: NatsClient) -> None:
         """At every (re)connection: did our sentinel kill the account meanwhile?"""
@@ -319,9 +323,12 @@ class Cluster:
                     # Replies share nats-py's outgoing buffer: never let events pile up
                     # in front of an acknowledgement.  Wait for the server to take them.
                     try:
-                        await nc.flush(timeout=FLUSH_TIMEOUT)
+                        answered = await self._flush(nc, FLUSH_TIMEOUT)
+                        error = None if answered else "FlushTimeoutError"
                     except Exception as exc:
-                        self._log.warning("cluster.slow", error=type(exc).__name__)
+                        error = type(exc).__name__
+                    if error is not None:
+                        self._log.warning("cluster.slow", error=error)
                         break  # the buffer grows meanwhile; drops are counted
                     continue
                 line = self._events[0].encode()

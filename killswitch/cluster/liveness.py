@@ -171,6 +171,8 @@ class LivenessPublisher:
             return False
         try:
             await nc.publish(self.subject, self.message(leaving=True))
+            # nc.flush(timeout) may leave the client deaf (cluster/flush.py); harmless
+            # here: the connection is closed right after this last message.
             await nc.flush(timeout=LEAVE_FLUSH)
         except Exception as exc:  # the stop goes on; the sentinel will see silence instead
             self._log.warning("liveness.leave_unsent", reason=type(exc).__name__)
