@@ -17,6 +17,7 @@ from killswitch.service.control import ControlClient
 from killswitch.sim import SimExchange
 from tests.harness import DaemonProcess, daemon_env, write_config
 from tests.natsserver import NatsServer, NatsUser, desk_permissions, sentinel_permissions
+from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +44,7 @@ class Pair:
     desk: DaemonProcess
     sentinel: DaemonProcess
     root: Path
+    proxy: TcpProxy | None = None  # between the desk and nats-server, if asked for
 
     def sentinel_fired(self) -> list[dict[str, Any]]:
         return [e for e in self.sentinel.named("trigger.fired") if e.get("source") == "sentinel"]
@@ -88,12 +90,15 @@ def _daemon(
 
 
 async def _pair(
-    workdir: Path, sim_factory: SimFactory, *, venue_limits: bool = False
+    workdir: Path, sim_factory: SimFactory, *, venue_limits: bool = False, proxy: bool = False
 ) -> AsyncIterator[Pair]:
     desk_user = NatsUser.new(desk_permissions(PREFIX, DESK))
     sentinel_user = NatsUser.new(sentinel_permissions(PREFIX, SENTINEL, DESK))
     server = NatsServer(workdir, [desk_user, sentinel_user])
     await server.start()
+    between = TcpProxy(server.port) if proxy else None
+    if between is not None:
+        await between.start()
     if venue_limits:  # the venue's own strict windows (VENUE.md): 10 / 20 / 20 per 60 s
         sim, url = await sim_factory()
     else:
@@ -105,7 +110,8 @@ async def _pair(
         )
     sim.seed({"BTCUSDT": ORDERS})
     role = "split" if venue_limits else None
-    desk = _daemon(workdir, DESK, url, server.url, desk_user.seed, role)
+    desk_url = server.url if between is None else between.url
+    desk = _daemon(workdir, DESK, url, desk_url, desk_user.seed, role)
     sentinel = _daemon(
         workdir,
         SENTINEL,
@@ -118,7 +124,7 @@ async def _pair(
     try:
         await asyncio.gather(desk.start(), sentinel.start())
         await sentinel.wait_for("sentinel.watching")
-        yield Pair(server, sim, desk, sentinel, workdir)
+        yield Pair(server, sim, desk, sentinel, workdir, between)
         for daemon in (desk, sentinel):
             if daemon.returncode is None:
                 assert await daemon.stop() == 0
@@ -131,6 +137,8 @@ async def _pair(
             if daemon.returncode is None and daemon.proc is not None:
                 daemon.send(signal.SIGCONT)
                 await daemon.kill()
+        if between is not None:
+            await between.stop()
         await server.stop()
 
 
@@ -195,6 +203,28 @@ async def test_dead_desk_is_killed_and_a_restarted_desk_agrees(pair: Pair) -> No
     fired = await pair.desk.wait_for("trigger.fired", lambda e: e.get("source") == "sentinel")
     await pair.desk.wait_for("switch.state", lambda e: e["state"] == "TRIPPED")
     assert fired["learned_by"] in ("answer", "broadcast")
+
+
+async def test_desk_cut_off_is_killed_and_trips_within_2s_of_reconnecting(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """The desk's host cut off from the network (its NATS connection reset, new ones
+    refused): the sentinel kills; network restored: the desk asks at reconnection and is
+    TRIPPED (source sentinel) within 2 s of it."""
+    async for pair in _pair(workdir, sim_factory, proxy=True):
+        assert pair.proxy is not None
+        pair.proxy.cut()
+        cut_at = time.time()
+        done = await _killed_by_the_sentinel(pair, cut_at)
+        await pair.sentinel.wait_for("switch.state", lambda e: e["state"] == "TRIPPED")
+        pair.proxy.restore()
+
+        back = await pair.desk.wait_for("cluster.connected", lambda e: e["reconnected"])
+        fired = await pair.desk.wait_for("trigger.fired", lambda e: e.get("source") == "sentinel")
+        tripped = await pair.desk.wait_for("switch.state", lambda e: e["state"] == "TRIPPED")
+        assert fired["sentinel_kill_id"] == done["kill_id"]
+        assert fired["learned_by"] in ("answer", "broadcast")  # asked at reconnection, or heard
+        assert _at(tripped) - _at(back) <= 2.0
 
 
 @pytest.mark.parametrize("outage", ["stopped", "frozen"])
