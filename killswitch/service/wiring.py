@@ -187,8 +187,8 @@ class Wiring:
         if self.switch.state is State.ARMED:
             return None
         kill_id = self.switch.current_kill_id or (self.switch.last_kill or {}).get("kill_id")
-        if kill_id is None:  # tripped without a record (a store that failed closed)
-            kill_id = "unknown"
+        if kill_id is None:  # tripped without a kill (a store that failed closed): no verdict
+            return None
         source = self.switch.kill_source or (self.switch.last_kill or {}).get("source")
         return kill_id, source, self.switch.state.value
 
