@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -12,12 +13,12 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from killswitch.cluster.liveness import Alive, encode_alive, parse_alive
+from killswitch.cluster.liveness import Alive, LivenessPublisher, encode_alive, parse_alive
 from killswitch.cluster.messages import InvalidMessage
 from killswitch.cluster.verdict import DeskAgreement, Verdict, encode_verdict, parse_verdict
 from killswitch.cluster.watch import Mode, Watch
 from killswitch.config.load import parse_config
-from killswitch.config.model import SentinelConfig, reloadable
+from killswitch.config.model import ClusterConfig, SentinelConfig, reloadable
 from killswitch.config.reader import ConfigError
 from killswitch.kill.switch import TriggerOutcome
 from tests.fakes import FakeClock
@@ -266,3 +267,51 @@ def test_killswitch_status_shows_the_sentinel_row() -> None:
     assert "watching desk desk-a, last heard" in text
     assert "BLIND" not in text
     assert "BLIND" in blind
+
+
+# --------------------------------------------------------------------------- the desk's side
+
+
+class FakeNats:
+    """Records publishes; ``is_connected`` is the test's to switch."""
+
+    def __init__(self) -> None:
+        self.is_connected = True
+        self.published: list[tuple[str, Alive]] = []
+        self.flushed = 0
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.published.append((subject, parse_alive(data)))
+
+    async def flush(self, timeout: int = 2) -> None:
+        self.flushed += 1
+
+
+async def test_liveness_every_interval_none_while_reconnecting_and_a_last_leaving() -> None:
+    """One alive per interval with the switch's state; none while nats-py is reconnecting
+    (a buffered one would lie later); leave(): one leaving message, flushed, then silence."""
+    clock = FakeClock()
+    state = ["ARMED"]
+    config = ClusterConfig(servers=("nats://h",), firm="acme", liveness_interval=0.5)
+    publisher = LivenessPublisher(config, "desk-a", "h1", lambda: state[0], clock)
+    nc = FakeNats()
+    task = asyncio.create_task(publisher.run(nc))  # type: ignore[arg-type]
+    await clock.advance(2.0)
+    assert len(nc.published) == 5  # t = 0, 0.5, 1.0, 1.5, 2.0
+    nc.is_connected = False
+    await clock.advance(2.0)
+    assert len(nc.published) == 5
+    nc.is_connected, state[0] = True, "TRIPPED"
+    await clock.advance(0.5)
+    assert await publisher.leave(nc) is True  # type: ignore[arg-type]
+    await clock.advance(2.0)
+    await task
+
+    subjects = {subject for subject, _ in nc.published}
+    alive = [a for _, a in nc.published]
+    assert subjects == {"killswitch.acme.desk-a.alive"}
+    assert [a.seq for a in alive] == sorted(a.seq for a in alive)
+    assert alive[-2].state == "TRIPPED"
+    assert [a.leaving for a in alive].count(True) == 1
+    assert alive[-1].leaving
+    assert nc.flushed == 1
