@@ -63,6 +63,19 @@ def test_bad_sentinel_values_name_their_key(data: dict[str, Any], key: str) -> N
     assert err.value.key == key
 
 
+def test_the_shipped_sentinel_config_loads_with_its_share_of_the_limits() -> None:
+    """config/sentinel-desk-a.toml: a sentinel of desk-a with 3 + 6 + 6 of the venue's limits."""
+    from killswitch.config.load import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "config" / "sentinel-desk-a.toml")
+    assert config.sentinel == SentinelConfig(desk="desk-a", timeout=3.0)
+    assert config.cancel_all.rate_limit.requests == 3
+    assert config.confirm.rate_limit.requests == 6
+    assert config.flat.rate_limit.requests == 6
+    assert config.cluster is not None
+    assert config.cluster.desk is None  # from the unit's KILLSWITCH_DESK
+
+
 def test_sentinel_change_needs_a_restart() -> None:
     """SIGHUP keeps the running [sentinel] and names it as needing a restart."""
     old = parse_config({**MINIMAL, "cluster": CLUSTER, "sentinel": {"desk": "desk-a"}})
