@@ -25,6 +25,7 @@ from bench import (
     hostile,
     idle,
     pnl_breach,
+    positions,
     sentinel,
     signal_latency,
     storm,
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, Scenario] = {
     "flat": flat.run,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "positions": positions.run,
     "sentinel": sentinel.run,
     "sentinel_soak": sentinel.run_soak,  # 10 minutes (--quick: 60 s)
 }

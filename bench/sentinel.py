@@ -55,7 +55,10 @@ class Pair:
         self.sentinel_user = NatsUser.new(sentinel_permissions(PREFIX, SENTINEL, DESK))
         self.nats = NatsServer(directory, [self.desk_user, self.sentinel_user])
         self.sim = SimProcess(
-            directory, cancel_all_limit=[100_000, 1.0], status_limit=[100_000, 1.0]
+            directory,
+            cancel_all_limit=[100_000, 1.0],
+            status_limit=[100_000, 1.0],
+            positions_limit=[100_000, 1.0],
         )
         self.desk: DaemonProcess | None = None
         self.sentinel: DaemonProcess | None = None
@@ -69,6 +72,7 @@ class Pair:
             {
                 "cancel_all": {"rate_limit": FAST},
                 "confirm": {"rate_limit": FAST},
+                "positions": {"rate_limit": FAST},
                 "guard": {"interval": 1},
                 "cluster": {
                     "servers": [self.nats.url],

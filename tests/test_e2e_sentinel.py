@@ -32,8 +32,8 @@ ORDERS = 5
 FAST = {"requests": 1000, "per_seconds": 1, "margin": 0.05}
 # One key, two daemons: the venue's limit per 60 s split between the desk and its sentinel.
 VENUE_SPLIT = {
-    "desk": {"cancel_all": 7, "confirm": 14, "flat": 14},
-    "sentinel": {"cancel_all": 3, "confirm": 6, "flat": 6},
+    "desk": {"cancel_all": 7, "confirm": 14, "flat": 14, "positions": 14, "flatten": 14},
+    "sentinel": {"cancel_all": 3, "confirm": 6, "flat": 6, "positions": 6, "flatten": 6},
 }
 
 
@@ -56,12 +56,15 @@ def _limits(role: str | None) -> dict[str, Any]:
             "cancel_all": {"rate_limit": FAST},
             "confirm": {"rate_limit": FAST},
             "flat": {"rate_limit": FAST},
+            "positions": {"rate_limit": FAST},
         }
     split = VENUE_SPLIT[role]
     return {
         "cancel_all": {"rate_limit": {"requests": split["cancel_all"], "per_seconds": 60}},
         "confirm": {"rate_limit": {"requests": split["confirm"], "per_seconds": 60}},
         "flat": {"rate_limit": {"requests": split["flat"], "per_seconds": 60}},
+        "positions": {"rate_limit": {"requests": split["positions"], "per_seconds": 60}},
+        "flatten": {"rate_limit": {"requests": split["flatten"], "per_seconds": 60}},
     }
 
 
@@ -107,6 +110,7 @@ async def _pair(
             cancel_all_limit=(1000, 1.0),
             open_orders_limit=(1000, 1.0),
             closed_orders_limit=(1000, 1.0),
+            positions_limit=(1000, 1.0),
         )
     sim.seed({"BTCUSDT": ORDERS})
     role = "split" if venue_limits else None

@@ -72,6 +72,8 @@ def test_the_shipped_sentinel_config_loads_with_its_share_of_the_limits() -> Non
     assert config.cancel_all.rate_limit.requests == 3
     assert config.confirm.rate_limit.requests == 6
     assert config.flat.rate_limit.requests == 6
+    assert config.positions.rate_limit.requests == 6
+    assert config.flatten.rate_limit.requests == 6
     assert config.cluster is not None
     assert config.cluster.desk is None  # from the unit's KILLSWITCH_DESK
 
