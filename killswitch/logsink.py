@@ -246,11 +246,24 @@ def install_std_streams() -> bool:
     if _sinks:
         return False
     for fd, name in ((1, "stdout"), (2, "stderr")):
-        # A closed fd is no exception: its writes fail (EBADF) and are counted as dropped.
+        _hold(fd)
         _sinks[name] = sink = LineSink(fd, name)
         setattr(sys, name, SinkStream(sink))
     atexit.register(drain_all, EXIT_FLUSH)
     return True
+
+
+def _hold(fd: int) -> None:
+    """Started with ``fd`` closed (``killswitch run >&-``): /dev/null takes it, so no file
+    the daemon opens later (the state store) can become fd 1 and receive the log."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def installed() -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import os
 import re
@@ -74,6 +75,10 @@ class _Lines(asyncio.Protocol):
                 await self.changed.wait()
 
 
+def _same(lines: _Lines) -> _Lines:
+    return lines
+
+
 def _event_name(line: bytes) -> str:
     if line.startswith(b"{"):
         try:
@@ -113,9 +118,8 @@ class _Daemon:
         for name, (read_end, write_end) in pipes.items():
             os.close(write_end)
             lines = _Lines()
-            transport, _ = await loop.connect_read_pipe(
-                lambda lines=lines: lines, os.fdopen(read_end, "rb", buffering=0)
-            )
+            pipe = os.fdopen(read_end, "rb", buffering=0)
+            transport, _ = await loop.connect_read_pipe(functools.partial(_same, lines), pipe)
             daemon.streams[name] = (transport, lines)
         return daemon
 

@@ -139,9 +139,10 @@ class Daemon(Wiring):
 
     def _on_stop(self, why: str) -> None:
         first = not self._stop.is_set()
-        self._stop.set()  # before the event: a stop is honoured even if logging it failed
+        self._stop.set()  # before the event, and whatever logging it does: the stop is honoured
         if first:
-            self._log.info("daemon.stop_requested", signal=why)
+            with contextlib.suppress(Exception):
+                self._log.info("daemon.stop_requested", signal=why)
 
     # ------------------------------------------------------------------ serve
 

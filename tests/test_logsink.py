@@ -1,0 +1,205 @@
+"""The log sink: bounded, counted, never blocking or raising (issue 17 §1).
+
+The writer is injected: a write that blocks until the test lets it go (a
+full pipe), one that fails (EPIPE: the reader is gone), or a real pipe.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from killswitch.config.load import load_config
+from killswitch.config.reader import ConfigError
+from killswitch.exchange.credentials import load_credentials
+from killswitch.logsink import LineSink, SinkStream
+from killswitch.service.daemon import Daemon
+from killswitch.service.notify import Notifier
+from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET
+from tests.harness import write_config
+
+TIMEOUT = 10.0  # only ever reached when the behaviour is broken
+
+
+class GatedWrite:
+    """A write(2) that blocks while the gate is closed, and records what it wrote."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.written = bytearray()
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        self.entered.set()
+        assert self.gate.wait(TIMEOUT)
+        self.written += data
+        return len(data)
+
+
+@pytest.fixture
+def gated() -> Iterator[GatedWrite]:
+    write = GatedWrite()
+    yield write
+    write.gate.set()  # never leave a writer thread waiting
+
+
+def _broken_pipe(fd: int, data: memoryview) -> int:
+    raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+def test_a_blocked_writer_never_blocks_put_and_the_overflow_is_counted(
+    gated: GatedWrite,
+) -> None:
+    """While the write hangs, put() returns at once; past the capacity lines are dropped."""
+    sink = LineSink(1, "stdout", capacity=3, write=gated)
+    assert sink.put(b"first\n")
+    assert gated.entered.wait(TIMEOUT)  # the writer holds "first" and waits on the pipe
+    results = [sink.put(f"line {i}\n".encode()) for i in range(10)]
+    assert results == [True] * 3 + [False] * 7
+    health = sink.health()
+    assert health.dropped == 7
+    assert health.pending == 4  # three queued, one being written
+    assert health.blocked_s is not None
+
+
+def test_one_report_once_writing_works_again(gated: GatedWrite) -> None:
+    """The dropped count is reported once, after the first write that succeeds again."""
+    reports: list[tuple[str, int, int]] = []
+    sink = LineSink(1, "stdout", capacity=2, write=gated)
+
+    def report(name: str, dropped: int, total: int) -> None:
+        reports.append((name, dropped, total))
+        sink.put(f"dropped {dropped}\n".encode())  # a report is a line like any other
+
+    sink.reporter = report
+    sink.put(b"a\n")
+    assert gated.entered.wait(TIMEOUT)
+    for i in range(5):
+        sink.put(f"{i}\n".encode())
+    assert reports == []  # nothing was written yet: nothing to report to
+    gated.gate.set()
+    assert sink.drain(TIMEOUT)
+    assert reports == [("stdout", 3, 3)]
+    # The report found the queue full and still got in: it is the last line, after the kept ones.
+    assert bytes(gated.written) == b"a\n0\n1\ndropped 3\n"
+    assert sink.health().dropped == 3
+
+
+def test_a_broken_pipe_is_counted_never_raised() -> None:
+    """EPIPE (the reader went away): put() and the stream's write and flush still succeed."""
+    sink = LineSink(1, "stdout", write=_broken_pipe)
+    stream = SinkStream(sink)
+    for i in range(5):
+        assert stream.write(f"event {i}\n") == len(f"event {i}\n")
+        stream.flush()
+    assert sink.drain(TIMEOUT)
+    health = sink.health()
+    assert health.dropped == 5
+    assert health.broken is True
+    assert health.pending == 0
+
+
+def test_drain_is_bounded_when_the_writer_never_returns(gated: GatedWrite) -> None:
+    """Shutdown's flush gives up after its timeout instead of joining a stuck writer."""
+    sink = LineSink(1, "stdout", write=gated)
+    sink.put(b"stuck\n")
+    assert gated.entered.wait(TIMEOUT)
+    assert sink.drain(0.05) is False
+    gated.gate.set()
+    assert sink.drain(TIMEOUT) is True
+
+
+def test_lines_reach_a_real_pipe_in_order_and_whole() -> None:
+    """With a reader that keeps up, every line arrives once, in order, and nothing is dropped."""
+    read_end, write_end = os.pipe()
+    try:
+        sink = LineSink(write_end, "stdout", capacity=10_000)
+        stream = SinkStream(sink)
+        lines = [f'{{"event": "e", "n": {i}, "text": "é"}}\n' for i in range(2000)]
+        received = bytearray()
+        reader = threading.Thread(target=_read_all, args=(read_end, received, len("".join(lines))))
+        reader.start()
+        for line in lines:
+            stream.write(line)
+        assert sink.drain(TIMEOUT)
+        reader.join(TIMEOUT)
+        assert received.decode() == "".join(lines)
+        assert sink.health().dropped == 0
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _read_all(fd: int, into: bytearray, chars: int) -> None:
+    while len(into.decode(errors="ignore")) < chars:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        into += chunk
+
+
+def test_a_partial_write_then_epipe_counts_only_the_lines_not_written(
+    gated: GatedWrite,
+) -> None:
+    """The file took the first line and part of the second, then the reader went away."""
+    calls: list[bytes] = []
+
+    def write(fd: int, data: memoryview) -> int:
+        if not calls:
+            gated(fd, data)  # the first batch waits until the next three are queued
+        calls.append(bytes(data))
+        if len(calls) == 2:
+            return 7  # "one\n" and "thr" of "three\n"
+        if len(calls) == 3:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        return len(data)
+
+    sink = LineSink(1, "stdout", write=write)
+    sink.put(b"zero\n")
+    assert gated.entered.wait(TIMEOUT)
+    for line in (b"one\n", b"three\n", b"five\n"):
+        sink.put(line)
+    gated.gate.set()
+    assert sink.drain(TIMEOUT)
+    assert calls == [b"zero\n", b"one\nthree\nfive\n", b"ee\nfive\n"]
+    assert sink.health().dropped == 2  # "zero" and "one" went out whole; the rest did not
+
+
+class _RaisingLogger:
+    """A logger whose every call fails as a write into a closed pipe did before issue 17."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> None:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        return fail
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_signal_is_honoured_when_logging_it_fails(
+    workdir: Path, signum: signal.Signals
+) -> None:
+    """SIGTERM/SIGINT: the stop is recorded even though every log call raises."""
+    config = load_config(write_config(workdir, "http://127.0.0.1:9"))
+    creds = load_credentials(
+        config.exchange,
+        {"KILLSWITCH_API_KEY": DEMO_API_KEY, "KILLSWITCH_API_SECRET": DEMO_API_SECRET},
+    )
+    daemon = Daemon(config, creds, notifier=Notifier(None))
+    daemon._log = _RaisingLogger()
+    daemon._on_signal(signum)  # before daemon.ready: signal.during_startup is logged first
+    assert daemon._stop.is_set()
+
+
+def test_buffer_lines_is_a_whole_number_of_at_least_one(workdir: Path) -> None:
+    """log.buffer_lines defaults to 10000; 0 is refused naming the key."""
+    assert load_config(write_config(workdir, "http://127.0.0.1:9")).log.buffer_lines == 10_000
+    with pytest.raises(ConfigError, match=r"log\.buffer_lines"):
+        load_config(write_config(workdir, "http://127.0.0.1:9", log={"buffer_lines": 0}))
