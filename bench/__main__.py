@@ -24,6 +24,7 @@ from bench import (
     fleet,
     hostile,
     idle,
+    logpipe,
     pnl_breach,
     signal_latency,
     storm,
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, Scenario] = {
     "flat": flat.run,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "logpipe": logpipe.run,
 }
 SLOW_ONLY = ("contract", "flat_poll")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")

@@ -10,6 +10,7 @@ own truth and ``GET /status`` (the state store's record) say so, not the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import functools
 import json
@@ -97,12 +98,17 @@ class _Daemon:
         self.streams: dict[str, tuple[asyncio.ReadTransport, _Lines]] = {}
 
     @classmethod
-    async def start(cls, config: Path, *, pipe_size: int | None = None) -> _Daemon:
+    async def start(
+        cls, config: Path, *, pipe_size: int | None = None, full: bool = False
+    ) -> _Daemon:
         loop = asyncio.get_running_loop()
         pipes = {"stdout": os.pipe(), "stderr": os.pipe()}
         if pipe_size is not None:
             for _, write_end in pipes.values():
                 fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, pipe_size)
+        if full:  # the reader hung before the daemon started: not one byte more fits
+            for _, write_end in pipes.values():
+                _fill(write_end)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -146,8 +152,18 @@ class _Daemon:
             return await self.proc.wait()
 
     def kill(self) -> None:
+        """The test's cleanup: no daemon left running, no pipe left open."""
         if self.proc.returncode is None:
             self.proc.kill()
+        self.close_output()
+
+
+def _fill(fd: int) -> None:
+    os.set_blocking(fd, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(fd, b"x" * 4096)
+    os.set_blocking(fd, True)  # the daemon inherits the same open file: blocking, as usual
 
 
 async def _status(ctl: ControlClient) -> dict[str, Any]:
@@ -256,5 +272,32 @@ async def test_full_log_pipe_never_blocks_heartbeats_or_the_kill(
             assert b"dropped=" in reports[0]
             assert b"total=" in reports[0]
         assert "daemon.stopped" in daemon.stdout.names  # the bounded exit flush wrote it
+    finally:
+        daemon.kill()
+
+
+async def test_a_pipe_full_from_the_start_never_stops_start_up_or_the_exit(
+    workdir: Path, sim_factory: SimFactory
+) -> None:
+    """daemon.starting and every later line meet a full pipe: the daemon comes up, kills,
+    and SIGTERM exits 0 after the bounded exit flush, the pipe never read."""
+    seeded = 20
+    sim, url = await sim_factory(status_limit=(2000, 1.0), cancel_delay=(0.01, 0.05), seed=8)
+    sim.seed({"BTCUSDT": seeded})
+    daemon = await _Daemon.start(write_config(workdir, url), pipe_size=4096, full=True)
+    try:
+        daemon.pause_output()
+        ctl = ControlClient(workdir / "ctl.sock")
+        async with asyncio.timeout(30):
+            while not (workdir / "ctl.sock").exists():
+                await asyncio.sleep(0.05)
+        status = await _status(ctl)
+        assert status["state"] == "ARMED"
+        daemon.proc.send_signal(signal.SIGUSR1)
+        status = await _until_tripped(ctl)
+        _assert_killed(status, sim, seeded)
+        assert status["log"]["streams"]["stdout"]["pending"] > 0  # nothing got out yet
+        assert await daemon.stop() == 0
+        assert b"daemon.starting" not in daemon.stdout.data  # never read: the proof it was full
     finally:
         daemon.kill()
