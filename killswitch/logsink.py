@@ -41,6 +41,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_CAPACITY",
     "EXIT_FLUSH",
+    "MAX_QUEUED_BYTES",
     "LineSink",
     "SinkHealth",
     "SinkStream",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 DEFAULT_CAPACITY = 10_000  # lines held while the reader is slow (~3 MB of events)
+MAX_QUEUED_BYTES = 16 << 20  # and never more bytes than this, however long the lines
 EXIT_FLUSH = 2.0  # seconds the process waits at exit for its last lines, at most
 
 _reporting = threading.local()  # set while a writer thread reports: that line has room
@@ -94,6 +96,7 @@ class LineSink:
         self._write = write
         self._clock = clock
         self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
         # Reentrant: a signal handler that logs while the main thread is inside put().
         lock = threading.RLock()
         self._work = threading.Condition(lock)  # the writer waits here for lines
@@ -108,12 +111,16 @@ class LineSink:
     def put(self, data: bytes) -> bool:
         """Queue one line; False when it was dropped (and counted) instead."""
         with self._work:
-            full = len(self._queue) >= self.capacity and not getattr(_reporting, "active", False)
+            full = (
+                len(self._queue) >= self.capacity
+                or self._queued_bytes + len(data) > MAX_QUEUED_BYTES
+            ) and not getattr(_reporting, "active", False)
             if full or not self._running():
                 self._dropped += 1
                 self._unreported += 1
                 return False
             self._queue.append(data)
+            self._queued_bytes += len(data)
             self._work.notify()
         return True
 
@@ -155,6 +162,7 @@ class LineSink:
                     self._work.wait()
                 batch = list(self._queue)
                 self._queue.clear()
+                self._queued_bytes = 0
                 self._inflight = len(batch)
                 self._busy_since = self._clock()
             written = self._write_batch(batch)

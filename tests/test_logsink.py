@@ -19,7 +19,7 @@ import pytest
 from killswitch.config.load import load_config
 from killswitch.config.reader import ConfigError
 from killswitch.exchange.credentials import load_credentials
-from killswitch.logsink import LineSink, SinkStream
+from killswitch.logsink import MAX_QUEUED_BYTES, LineSink, SinkStream
 from killswitch.service.daemon import Daemon
 from killswitch.service.notify import Notifier
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET
@@ -67,6 +67,16 @@ def test_a_blocked_writer_never_blocks_put_and_the_overflow_is_counted(
     assert health.dropped == 7
     assert health.pending == 4  # three queued, one being written
     assert health.blocked_s is not None
+
+
+def test_the_queue_is_bounded_in_bytes_too(gated: GatedWrite) -> None:
+    """However few the lines, the queue never holds more than MAX_QUEUED_BYTES."""
+    sink = LineSink(1, "stdout", write=gated)
+    sink.put(b"first\n")
+    assert gated.entered.wait(TIMEOUT)
+    half = b"x" * (MAX_QUEUED_BYTES // 2)
+    assert [sink.put(half), sink.put(half), sink.put(b"!")] == [True, True, False]
+    assert sink.health().dropped == 1
 
 
 def test_one_report_once_writing_works_again(gated: GatedWrite) -> None:
