@@ -137,9 +137,13 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     numeric = logging.getLevelNamesMapping()[level.upper()]
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    exceptions = structlog.processors.ExceptionRenderer(
+    exceptions: Processor = structlog.processors.ExceptionRenderer(
         structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
     )
+    if fmt == "console":
+        # ConsoleRenderer takes the traceback as text (a dict traceback made it raise
+        # TypeError on every logged exception); as text before the redactor, no locals.
+        exceptions = structlog.processors.format_exc_info
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

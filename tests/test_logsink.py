@@ -7,18 +7,25 @@ full pipe), one that fails (EPIPE: the reader is gone), or a real pipe.
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import signal
+import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import pytest
+import structlog
 
+from killswitch import logsink
 from killswitch.config.load import load_config
 from killswitch.config.reader import ConfigError
 from killswitch.exchange.credentials import load_credentials
+from killswitch.log import configure_logging, get_logger
 from killswitch.logsink import MAX_QUEUED_BYTES, LineSink, SinkStream
 from killswitch.service.daemon import Daemon
 from killswitch.service.notify import Notifier
@@ -213,3 +220,74 @@ def test_buffer_lines_is_a_whole_number_of_at_least_one(workdir: Path) -> None:
     assert load_config(write_config(workdir, "http://127.0.0.1:9")).log.buffer_lines == 10_000
     with pytest.raises(ConfigError, match=r"log\.buffer_lines"):
         load_config(write_config(workdir, "http://127.0.0.1:9", log={"buffer_lines": 0}))
+
+
+class SwitchableWrite:
+    """A file that refuses every write (EPIPE) until ``works`` is set; records what it took."""
+
+    def __init__(self) -> None:
+        self.works = False
+        self.written = bytearray()
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        if not self.works:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        self.written += data
+        return len(data)
+
+
+@pytest.fixture
+def restored() -> Iterator[None]:
+    """Every global configure_logging() touches is put back after the test."""
+    root = logging.getLogger()
+    saved = (
+        sys.excepthook,
+        sys.unraisablehook,
+        threading.excepthook,
+        list(root.handlers),
+        root.level,
+        structlog.get_config(),
+    )
+    yield
+    logging.captureWarnings(False)
+    sys.excepthook, sys.unraisablehook, threading.excepthook = saved[:3]
+    root.handlers[:] = saved[3]
+    root.setLevel(saved[4])
+    structlog.configure(**saved[5])
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_every_kind_of_line_into_a_broken_pipe_is_counted_then_reported_once(
+    restored: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """structlog, stdlib logging, a warning and a traceback meet EPIPE: nothing raises, no
+    "--- Logging error ---"; once the file works again one log.dropped says how many."""
+    write = SwitchableWrite()
+    sink = LineSink(1, "stdout", write=write)
+    monkeypatch.setitem(logsink._sinks, "stdout", sink)  # the daemon's stdout, as installed
+    configure_logging("info", fmt, cast(TextIO, SinkStream(sink)))
+    get_logger().info("kill.started", kill_id="k1")
+    logging.getLogger("aiohttp.server").error("Error handling request")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("careful", UserWarning, stacklevel=1)
+    try:
+        raise KeyError("boom")
+    except KeyError:
+        sys.excepthook(*sys.exc_info())
+    assert sink.drain(TIMEOUT)
+    assert sink.health().dropped == 4
+    assert capsys.readouterr().err == ""
+    write.works = True
+    get_logger().info("kill.completed", kill_id="k1")
+    assert sink.drain(TIMEOUT)
+    assert sink.drain(TIMEOUT)  # the report is queued by the writer after that write
+    lines = bytes(write.written).decode().splitlines()
+    assert len(lines) == 2
+    assert "kill.completed" in lines[0]
+    assert "log.dropped" in lines[1]
+    if fmt == "json":
+        report = json.loads(lines[1])
+        assert (report["dropped"], report["total"], report["level"]) == (4, 4, "warning")
+    else:
+        assert "dropped=4" in lines[1]
