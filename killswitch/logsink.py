@@ -30,6 +30,7 @@ import contextlib
 import io
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -58,6 +59,7 @@ DEFAULT_CAPACITY = 10_000  # lines held while the reader is slow (~3 MB of event
 MAX_QUEUED_BYTES = 16 << 20  # and never more bytes than this, however long the lines
 EXIT_FLUSH = 2.0  # seconds the process waits at exit for its last lines, at most
 
+_SIGNALS = (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)  # _early.SIGNALS
 _reporting = threading.local()  # set while a writer thread reports: that line has room
 
 Reporter = Callable[[str, int, int], None]  # (stream name, dropped since last report, total)
@@ -156,6 +158,9 @@ class LineSink:
             )
 
     def _run(self) -> None:
+        # The daemon's signals go to a thread that is not stuck in write(2) on a full pipe.
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         while True:
             with self._work:
                 while not self._queue:
