@@ -19,6 +19,12 @@ non-blocking after the daemon exits.  A writer blocked forever on a full pipe
 is harmless because nothing joins it: it is a daemon thread, and
 :meth:`LineSink.drain` waits at most its timeout.
 
+Not ``logging.handlers.QueueHandler``/``QueueListener``: they carry only the
+standard library's records (not structlog's writes, ``print``, or what the
+interpreter itself writes to ``sys.stderr``), a full bounded queue makes the
+handler print "--- Logging error ---" to stderr, and ``QueueListener.stop()``
+joins its thread without a bound.
+
 Standard library only, and cheap to import: ``killswitch/_early.py`` installs
 the sinks at the package's first line, before ``daemon.starting``.
 """
