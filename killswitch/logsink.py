@@ -42,8 +42,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -71,8 +70,7 @@ _reporting = threading.local()  # set while a writer thread reports: that line h
 Reporter = Callable[[str, int, int], None]  # (stream name, dropped since last report, total)
 
 
-@dataclass(frozen=True)
-class SinkHealth:
+class SinkHealth(NamedTuple):  # not a dataclass: dataclasses costs ~7 ms at the first line
     """What ``GET /status`` and the metrics show of one sink."""
 
     dropped: int  # lines lost since start (queue full, or the file refused them)
@@ -322,5 +320,5 @@ def status() -> dict[str, Any]:
         "dropped": sum(h.dropped for h in streams.values()),
         "pending": sum(h.pending for h in streams.values()),
         "blocked_s": max(blocked) if blocked else None,
-        "streams": {name: asdict(h) for name, h in streams.items()},
+        "streams": {name: h._asdict() for name, h in streams.items()},
     }
