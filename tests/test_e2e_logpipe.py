@@ -257,6 +257,10 @@ async def test_full_log_pipe_never_blocks_heartbeats_or_the_kill(
         dropped = status["log"]["dropped"]
         assert dropped > 0
         assert status["log"]["blocked_s"] is not None  # the writer waits on the full pipe
+        _, metrics = await ctl.request("GET", "/metrics", parse=bytes.decode)
+        blocked = re.search(r'killswitch_log_blocked_seconds\{stream="stdout"\} (\S+)', metrics)
+        assert blocked is not None
+        assert float(blocked.group(1)) > 0
         assert daemon.stdout.names.count("log.dropped") == 0
         daemon.resume_output()
         await daemon.stdout.wait_for("log.dropped")

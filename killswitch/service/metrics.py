@@ -211,8 +211,15 @@ class _LogDropped(Collector):
             "Log lines queued for stdout or stderr and not yet written",
             labels=["stream"],
         )
+        blocked = GaugeMetricFamily(
+            "killswitch_log_blocked_seconds",
+            "How long the write to stdout or stderr in progress has waited (0: none waits)",
+            labels=["stream"],
+        )
         for name, health in sorted(self._health().items()):
             dropped.add_metric([name], health.dropped)
             pending.add_metric([name], health.pending)
+            blocked.add_metric([name], health.blocked_s or 0.0)
         yield dropped
         yield pending
+        yield blocked
