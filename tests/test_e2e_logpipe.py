@@ -59,9 +59,9 @@ class _Lines(asyncio.Protocol):
         """The JSON events called ``name`` (json format only)."""
         found = []
         for line in bytes(self.data).splitlines():
-            with_name = json.loads(line)
-            if with_name.get("event") == name:
-                found.append(with_name)
+            event = json.loads(line)
+            if event.get("event") == name:
+                found.append(event)
         return found
 
     def lines(self, name: str) -> list[bytes]:
@@ -246,6 +246,9 @@ async def test_full_log_pipe_never_blocks_heartbeats_or_the_kill(
         daemon.pause_output()  # the log consumer hangs
         ctl = ControlClient(workdir / "ctl.sock")  # the CLI's own client and timeout
         daemon.proc.send_signal(signal.SIGUSR1)
+        async with asyncio.timeout(20):  # the kill's events fill the pipe: the writer is stuck
+            while (await _status(ctl))["log"]["blocked_s"] is None:
+                await asyncio.sleep(0.02)
         answered = []
         for _ in range(5):
             code, body = await ctl.request("POST", "/heartbeat")  # raises on its timeout
