@@ -6,6 +6,7 @@ full pipe), one that fails (EPIPE: the reader is gone), or a real pipe.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -13,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +293,28 @@ def test_every_kind_of_line_into_a_broken_pipe_is_counted_then_reported_once(
         assert (report["dropped"], report["total"], report["level"]) == (4, 4, "warning")
     else:
         assert "dropped=4" in lines[1]
+
+
+def test_a_pipe_someone_made_non_blocking_is_waited_on_not_dropped_from() -> None:
+    """O_NONBLOCK set on the shared pipe by another process: EAGAIN waits, loses nothing."""
+    read_end, write_end = os.pipe()
+    try:
+        os.set_blocking(write_end, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(write_end, b"." * 4096)
+        sink = LineSink(write_end, "stdout")
+        assert sink.put(b"after the wait\n")
+        assert sink.drain(0.05) is False  # no room: the writer waits, the line is kept
+        received = bytearray()
+        os.set_blocking(read_end, False)
+        deadline = time.monotonic() + TIMEOUT
+        while not received.endswith(b"after the wait\n") and time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                received += os.read(read_end, 1 << 20)
+        assert received.endswith(b"after the wait\n")
+        assert sink.drain(TIMEOUT)
+        assert sink.health().dropped == 0
+    finally:
+        os.close(read_end)
+        os.close(write_end)
