@@ -24,6 +24,7 @@ from bench import (
     fleet,
     hostile,
     idle,
+    logpipe,
     pnl_breach,
     positions,
     sentinel,
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "flat": flat.run,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "logpipe": logpipe.run,
     "positions": positions.run,
     "sentinel": sentinel.run,
     "sentinel_soak": sentinel.run_soak,  # 10 minutes (--quick: 60 s)

@@ -39,6 +39,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from killswitch import logsink
     from killswitch.log import configure_logging
     from killswitch.service.daemon import Daemon
     from killswitch.service.loop import run as run_loop
@@ -49,7 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster = None if config.cluster is None else _cluster_settings(config)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
-    configure_logging(config.log.level, config.log.format)
+    logsink.install_std_streams()  # already done at the package's first line, when run as the CLI
+    configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     return run_loop(Daemon(config, credentials, cluster=cluster).serve())
 
 

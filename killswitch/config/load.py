@@ -397,6 +397,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         level=lg.choice(  # type: ignore[arg-type]
             "level", "info", ("debug", "info", "warning", "error", "critical")
         ),
+        buffer_lines=lg.integer("buffer_lines", LogConfig().buffer_lines, maximum=1_000_000),
     )
     lg.finish()
     dm = root.table("daemon")

@@ -187,6 +187,7 @@ class StateConfig:
 class LogConfig:
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    buffer_lines: int = 10_000  # held while stdout/stderr's reader is slow; more are dropped
 
 
 @dataclass(frozen=True)

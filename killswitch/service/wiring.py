@@ -41,6 +41,8 @@ from killswitch.kill.order_facts import RecordingListings, RecordingStatus
 from killswitch.kill.runner import KillRunner
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.log import get_logger, redactor
+from killswitch.logsink import health as log_health
+from killswitch.logsink import status as log_status
 from killswitch.service.control import ControlServer
 from killswitch.service.metrics import Metrics
 from killswitch.service.notify import Notifier
@@ -293,6 +295,7 @@ class Wiring:
         self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
         self.prom.watch_requests(lambda: self.exchange.requests_sent)
         self.prom.self_test_ok.set_function(self._self_test_gauge)
+        self.prom.watch_log(log_health)
 
     # ------------------------------------------------------------------ positions (§12)
 
@@ -461,6 +464,7 @@ class Wiring:
             "trigger_states": self._trigger_states(),
             **({} if self.cluster is None else {"cluster": self.cluster.status()}),
             **({} if self.sentinel is None else {"sentinel": self.sentinel.status()}),
+            "log": log_status(),
             "uptime": round(self.clock.monotonic() - self._started, 3),
             "pid": os.getpid(),
             "version": __version__,
