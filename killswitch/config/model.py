@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from killswitch.config.alerting import AlertsConfig, MetricsConfig
+
 __all__ = [
     "DEFAULT_TERMINAL",
     "CancelAllConfig",
@@ -30,6 +32,7 @@ __all__ = [
     "PnlTrigger",
     "PositionsConfig",
     "RateLimit",
+    "SentinelConfig",
     "SignalTrigger",
     "StateConfig",
     "Target",
@@ -180,12 +183,14 @@ class ControlConfig:
 @dataclass(frozen=True)
 class StateConfig:
     path: Path = Path("/var/lib/killswitch/state.db")
+    keep_kills: int = 1000  # records of the newest kills kept (§16)
 
 
 @dataclass(frozen=True)
 class LogConfig:
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    buffer_lines: int = 10_000  # held while stdout/stderr's reader is slow; more are dropped
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,19 @@ class ClusterConfig:
     follow: frozenset[str] = frozenset({"firm", "desk"})
     propagate: bool = False
     max_age: float = 30.0
+    liveness_interval: float = 0.5  # seconds between this desk's liveness messages (§15)
+
+
+@dataclass(frozen=True)
+class SentinelConfig:
+    """``[sentinel]``: this daemon watches another desk's liveness and kills its account when
+    the desk falls silent (contract §15).  ``reconnect_grace``: the longest reconnect delay
+    the desks are configured with, waited on top of ``timeout`` after the bus comes back."""
+
+    desk: str
+    timeout: float = 3.0
+    kill_on_leave: bool = False
+    reconnect_grace: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -226,6 +244,9 @@ class Config:
     flatten: FlattenConfig = field(default_factory=FlattenConfig)
     source: Path | None = None
     cluster: ClusterConfig | None = None
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sentinel: SentinelConfig | None = None
 
 
 def as_dict(value: object) -> Any:
@@ -263,6 +284,9 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
         "triggers.pnl.enabled": pnl_on,
         "cluster": new.cluster != current.cluster,
+        "alerts": new.alerts != current.alerts,
+        "metrics": new.metrics != current.metrics,
+        "sentinel": new.sentinel != current.sentinel,
     }
     pnl = replace(
         new.triggers.pnl,
@@ -281,5 +305,8 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         control=current.control,
         state=current.state,
         cluster=current.cluster,
+        alerts=current.alerts,
+        metrics=current.metrics,
+        sentinel=current.sentinel,
     )
     return applied, sorted(key for key, changed in restart.items() if changed)

@@ -42,6 +42,7 @@ from killswitch.service.wiring import Wiring
 from killswitch.triggers import signals
 
 if TYPE_CHECKING:
+    from killswitch.alerts import Receiver
     from killswitch.cluster.settings import ClusterSettings
 
 __all__ = ["Daemon"]
@@ -66,8 +67,11 @@ class Daemon:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         cluster: ClusterSettings | None = None,
+        alerts: tuple[Receiver, ...] | None = None,
     ) -> None:
-        self.parts = Wiring(config, credentials, clock=clock, notifier=notifier, cluster=cluster)
+        self.parts = Wiring(
+            config, credentials, clock=clock, notifier=notifier, cluster=cluster, alerts=alerts
+        )
         self._log = get_logger()
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -127,7 +131,8 @@ class Daemon:
         self.parts.pnl.threshold = triggers.pnl.threshold
         self.parts.pnl.stale_after = triggers.pnl.stale_after
         if self.parts.config.log != previous.log:
-            configure_logging(self.parts.config.log.level, self.parts.config.log.format)
+            log = self.parts.config.log
+            configure_logging(log.level, log.format, buffer_lines=log.buffer_lines)
         self._log.info("config.reloaded", needs_restart=ignored)
         self.parts.service.ready()
         self.parts.service.send_status(force=True)
@@ -152,7 +157,8 @@ class Daemon:
         else:
             action = "stops"
         if not self._ready:
-            self._log.info("signal.during_startup", signal=name, action=action)
+            with contextlib.suppress(Exception):  # the signal is acted on whatever the log does
+                self._log.info("signal.during_startup", signal=name, action=action)
         if signum == signal.SIGUSR1:
             if self._accepting:
                 self.parts._fire("signal", name)
@@ -167,9 +173,11 @@ class Daemon:
             self._on_stop(name)
 
     def _on_stop(self, why: str) -> None:
-        if not self._stop.is_set():
-            self._log.info("daemon.stop_requested", signal=why)
-        self._stop.set()
+        first = not self._stop.is_set()
+        self._stop.set()  # before the event, and whatever logging it does: the stop is honoured
+        if first:
+            with contextlib.suppress(Exception):
+                self._log.info("daemon.stop_requested", signal=why)
 
     # ------------------------------------------------------------------ serve
 
@@ -222,12 +230,15 @@ class Daemon:
         # Before touching the state store: is another daemon already running here?
         ControlServer(self.parts.config.control.socket, self.parts).claim()
         self._release(stack, "store", self._close_store)
+        self._release(stack, "alerts and journal", self.parts.telling.close)
+        self.parts.telling.listen()  # first: a store that cannot open is an alert too
         problem = self.parts.store_watch.open(asyncio.get_running_loop())
         tripped, _ = self.parts.store.latch()
         unfinished = self.parts.store.unfinished_kill()
         lost = self.parts.store.lost_kill()  # decided, its record lost in a crash: resumed by proof
         last = self.parts.store.last_kill()
         self.parts._build()
+        self.parts.telling.open(None if last is None else last.kill_id)
         # Fail closed: a store that could not be used as found may have held a set latch.
         self.parts.switch.restore(tripped or problem is not None, last, unfinished, lost)
         if problem is not None:
@@ -257,6 +268,7 @@ class Daemon:
                 if self.parts.config.triggers.pnl.enabled:
                     self._tasks["pnl"] = tg.create_task(self.parts.pnl_watcher.run(), name="pnl")
                 tg.create_task(self.parts.store_watch.run(self.parts._latch), name="store")
+                tg.create_task(self.parts.telling.alerter.run(), name="alerts")  # beside the kill
                 # The switch runs and the exchange client can send: SIGUSR1s that came
                 # during start-up fire now (coalesced into one kill), before the first
                 # clock sync, the control socket and daemon.ready.
@@ -276,6 +288,10 @@ class Daemon:
                 if not self._stop.is_set():
                     self._release(stack, "control socket", self.parts.control.close)
                     await self.parts.control.start()
+                    metrics = self.parts.telling.metrics_listener
+                    if metrics is not None:
+                        self._release(stack, "metrics listener", metrics.close)
+                        await metrics.start()
                     self._announce_ready(tg)
                 await self._stop.wait()
                 await self._shutdown()
@@ -318,6 +334,8 @@ class Daemon:
             tg.create_task(self.parts.service.status_loop(), name="status")
         if self.parts.cluster is not None:
             tg.create_task(self.parts.cluster.run(), name="cluster")
+        if self.parts.sentinel is not None:
+            tg.create_task(self.parts.sentinel.run(), name="sentinel")
         if self._reload_wanted:  # a SIGHUP during start-up: honoured now
             self._reload_wanted = False
             self._schedule_reload()
@@ -339,6 +357,8 @@ class Daemon:
                 total=None if progress is None else progress[1],
                 note="resumes at the next start",
             )
+        if self.parts.cluster is not None:  # the last liveness says leaving: a sentinel stands down
+            await self.parts.cluster.leave()
         for name, task in self._tasks.items():
             task.cancel(f"daemon stopping ({name})")
 

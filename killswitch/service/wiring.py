@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from killswitch import __version__
+from killswitch.alerts import Receiver
 from killswitch.clock import Clock, SystemClock
 from killswitch.config.model import Config, RateLimit
 from killswitch.damping import Damper
@@ -40,11 +41,14 @@ from killswitch.kill.order_facts import RecordingListings, RecordingStatus
 from killswitch.kill.runner import KillRunner
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.log import get_logger, redactor
+from killswitch.logsink import health as log_health
+from killswitch.logsink import status as log_status
 from killswitch.service.control import ControlServer
 from killswitch.service.metrics import Metrics
 from killswitch.service.notify import Notifier
 from killswitch.service.positions import PositionsService
 from killswitch.service.systemd import Service
+from killswitch.service.telling import Telling
 from killswitch.store.state import StateStore
 from killswitch.store.watch import StoreWatch
 from killswitch.store.writer import coalesce_from_env
@@ -53,6 +57,7 @@ from killswitch.triggers.pnl import PnlMonitor, PnlWatcher
 
 if TYPE_CHECKING:
     from killswitch.cluster.connection import Cluster
+    from killswitch.cluster.sentinel import Sentinel
     from killswitch.cluster.settings import ClusterSettings
 
 __all__ = ["Wiring"]
@@ -70,10 +75,12 @@ class Wiring:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         cluster: ClusterSettings | None = None,
+        alerts: tuple[Receiver, ...] | None = None,
     ) -> None:
         self.config = config
         self.cluster_settings = cluster
         self.cluster: Cluster | None = None
+        self.sentinel: Sentinel | None = None
         self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._sent_kills: deque[str] = deque(maxlen=16)
         self.credentials = credentials
@@ -92,8 +99,28 @@ class Wiring:
         if cluster is not None and cluster.credentials is not None:
             # The JWT and the seed (a .creds file's frame lines are not secret).
             redactor.register(t for t in cluster.credentials.reveal().split() if len(t) >= 40)
+        self.telling = Telling(  # alerts, the kill's journal, [metrics] listen (contract §16)
+            config,
+            alerts,
+            self.store,
+            self.clock,
+            self._log,
+            registry=self.prom.registry,
+            current_kill=self._current_kill,
+            render=self.metrics,
+            last_kill=self._tripped_by,
+        )
 
     # ------------------------------------------------------------------ wiring
+
+    def _tripped_by(self) -> dict[str, Any] | None:
+        """The last kill's summary while it keeps the switch tripped (None once reset)."""
+        switch: KillSwitch | None = getattr(self, "switch", None)
+        return None if switch is None or switch.state is State.ARMED else switch.last_kill
+
+    def _current_kill(self) -> str | None:
+        switch: KillSwitch | None = getattr(self, "switch", None)  # None before _build()
+        return None if switch is None else switch.current_kill_id
 
     def _store_changed(self) -> None:
         if self.ready:  # before that, daemon.ready sends the first STATUS=
@@ -157,6 +184,29 @@ class Wiring:
         outcome = self.switch.trigger("cluster", reason, **detail)
         self.prom.triggers.labels("cluster", outcome.value).inc()
         return outcome, self.switch.current_kill_id
+
+    # ------------------------------------------------------------------ sentinel (§15)
+
+    def switch_state(self) -> str:
+        """The switch's state, for this desk's liveness messages."""
+        return self.switch.state.value
+
+    def sentinel_trigger(self, reason: str, **detail: Any) -> TriggerOutcome:
+        """Source ``sentinel``: this daemon's sentinel found its desk silent, or (on a desk)
+        the desk's sentinel says it killed the account while the desk was away."""
+        outcome = self.switch.trigger("sentinel", reason, **detail)
+        self.prom.triggers.labels("sentinel", outcome.value).inc()
+        return outcome
+
+    def account_killed(self) -> tuple[str, str | None, str] | None:
+        """(kill_id, source, state) while this daemon holds a kill; the sentinel's verdict."""
+        if self.switch.state is State.ARMED:
+            return None
+        kill_id = self.switch.current_kill_id or (self.switch.last_kill or {}).get("kill_id")
+        if kill_id is None:  # tripped without a kill (a store that failed closed): no verdict
+            return None
+        source = self.switch.kill_source or (self.switch.last_kill or {}).get("source")
+        return kill_id, source, self.switch.state.value
 
     def _build(self) -> None:
         cfg = self.config
@@ -236,6 +286,12 @@ class Wiring:
 
             self.cluster = Cluster(self.cluster_settings, self, self.clock, self.prom.registry)
             add_tap(self.cluster.tap)
+            if cfg.sentinel is not None:
+                from killswitch.cluster.sentinel import Sentinel
+
+                self.sentinel = Sentinel(
+                    self.cluster_settings, cfg.sentinel, self, self.clock, self.prom.registry
+                )
         self.prom.watch(
             heartbeat_age=self.deadman.age,
             pnl=lambda: self.pnl.value,
@@ -247,6 +303,7 @@ class Wiring:
         self.prom.kill_stuck.set_function(lambda: 0.0 if self.runner.stuck_info() is None else 1.0)
         self.prom.watch_requests(lambda: self.exchange.requests_sent)
         self.prom.self_test_ok.set_function(self._self_test_gauge)
+        self.prom.watch_log(log_health)
 
     # ------------------------------------------------------------------ positions (§12)
 
@@ -342,6 +399,7 @@ class Wiring:
                 self.prom.flat_seconds.observe(last["flat_ms"] / 1000)
             self.prom.leftovers.inc(last.get("leftover", 0))
             self.prom.kill_flat.set(1.0 if last.get("flat") else 0.0)
+            self.telling.kill_recorded(self.config.state.keep_kills)
         self.service.state_changed(state)
         if self.cluster is not None:
             self.cluster.state_changed(state, why)
@@ -425,6 +483,9 @@ class Wiring:
             "triggers": self._triggers_enabled(),
             "trigger_states": self._trigger_states(),
             **({} if self.cluster is None else {"cluster": self.cluster.status()}),
+            **({} if self.sentinel is None else {"sentinel": self.sentinel.status()}),
+            "log": log_status(),
+            **self.telling.status(),
             "uptime": round(self.clock.monotonic() - self._started, 3),
             "pid": os.getpid(),
             "version": __version__,
