@@ -28,7 +28,6 @@ from structlog.typing import FilteringBoundLogger
 
 from killswitch.clock import Clock
 from killswitch.config.model import ExchangeConfig, Target
-from killswitch.exchange.answers import data_of, document_of, status_error
 from killswitch.exchange.endpoints import (
     CANCEL_ALL,
     CLOSED_ORDERS,
@@ -47,13 +46,13 @@ from killswitch.exchange.orders import (
 )
 from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.exchange.selftest import SelfTest, TargetCheck, run_self_test
+from killswitch.exchange.signed import CallLog, SignedRequests
 from killswitch.exchange.signing import Signer
 from killswitch.exchange.transport import (
     CANCEL_POOL,
     MAX_RETRY_AFTER,
     MESSAGE_CHARS,
     STATUS_POOL,
-    Answer,
     Transport,
 )
 from killswitch.exchange.venue_clock import ClockSample, VenueClock, server_time_ms
@@ -114,7 +113,6 @@ class ExchangeClient:
         if missing:
             raise ValueError(f"no limiter for {', '.join(missing)}")
         self._config = config
-        self._signer = signer
         # Any further limiter (positions, place order: exchange/positions.py) is kept too.
         self.limiters: dict[str, SlidingWindowLimiter] = {
             **{e: limiters[e] for e in ENDPOINTS},
@@ -122,24 +120,31 @@ class ExchangeClient:
         }
         self._clock = clock
         self._log = get_logger(component="exchange") if log is None else log
+        self._calls = CallLog(clock)
         self._transport = Transport(
             config,
             clock,
             self._log,
             status_pool_size=status_pool_size,
             cancel_pool_size=cancel_pool_size,
-            on_attempt=self._count,
+            on_attempt=self._calls.count,
         )
         self._cancel_warm = cancel_warm_connections
         self._prefix = self._transport.prefix
         self._started = False
         self._opened = False
         self._venue_clock = VenueClock(clock, self._log, self._measure)
-        self._last_call: dict[str, Any] | None = None
+        self._requests = SignedRequests(
+            self._transport, signer, self._venue_clock, self.limiters, clock, self._log, self._calls
+        )
         self._self_test: SelfTest | None = None
         self._self_test_mono: float | None = None
         self._targets: tuple[Target, ...] | None = None
-        self.requests_sent: dict[str, dict[str, int]] = {}
+
+    @property
+    def requests_sent(self) -> dict[str, dict[str, int]]:
+        """Requests that left the daemon, by endpoint and outcome."""
+        return self._calls.requests_sent
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -242,12 +247,12 @@ class ExchangeClient:
         answer = await self._transport.request(TIME, "GET", path, pool, limiter=None, headers=dict)
         rtt = self._clock.monotonic() - started
         if not 200 <= answer.status < 300:
-            raise self._fail(TIME, self._status_error(TIME, answer))
+            raise self._calls.fail(TIME, self._calls.status_error(TIME, answer))
         try:
-            server_ms = server_time_ms(self._document(TIME, answer))
+            server_ms = server_time_ms(self._calls.document(TIME, answer))
         except ValueError as exc:
-            raise self._fail(TIME, BadResponse(TIME, str(exc))) from None
-        self._count(TIME, "ok")
+            raise self._calls.fail(TIME, BadResponse(TIME, str(exc))) from None
+        self._calls.count(TIME, "ok")
         return ClockSample.measured(server_ms, wall, rtt)
 
     # ------------------------------------------------------------------ endpoints
@@ -268,31 +273,33 @@ class ExchangeClient:
         path = self._prefix + self._config.cancel_all_path
         if self._dry_run("POST", path, body):
             return []
-        answer = await self._signed(
+        answer = await self._requests.send(
             CANCEL_ALL, "POST", path, CANCEL_POOL, data=json.dumps(body).encode(), on_sent=on_sent
         )
-        document = self._document(CANCEL_ALL, answer)
+        document = self._calls.document(CANCEL_ALL, answer)
         data = document.get("data")
         if data is None:
             data = {k: v for k, v in document.items() if k != "data"}
         if not isinstance(data, dict):
-            raise self._fail(CANCEL_ALL, BadResponse(CANCEL_ALL, "data is not an object"))
+            raise self._calls.fail(CANCEL_ALL, BadResponse(CANCEL_ALL, "data is not an object"))
         ids = data.get("orders_ids")
         if ids is None:
             # Empty or missing orders_ids is "nothing was open" (VENUE.md) -- but only in
             # an answer that says nothing else: {"data": {"ids": [...]}} is a shape we do
             # not know, an unknown outcome for the listing to resolve, never "none".
             if any(k != "orders_ids" for k in data):
-                raise self._fail(CANCEL_ALL, BadResponse(CANCEL_ALL, "data has no orders_ids"))
+                raise self._calls.fail(
+                    CANCEL_ALL, BadResponse(CANCEL_ALL, "data has no orders_ids")
+                )
             ids = []
         if not isinstance(ids, list) or not all(
             (isinstance(i, str) and i) or (isinstance(i, int) and not isinstance(i, bool))
             for i in ids
         ):
-            raise self._fail(
+            raise self._calls.fail(
                 CANCEL_ALL, BadResponse(CANCEL_ALL, "data.orders_ids is not a list of ids")
             )
-        self._succeeded(CANCEL_ALL, answer)
+        self._calls.succeeded(CANCEL_ALL, answer)
         return [str(i) for i in ids]
 
     async def order_status(self, order_id: str) -> VenueOrder:
@@ -302,20 +309,20 @@ class ExchangeClient:
         path = f"{self._prefix}{self._config.order_status_path}?order_id={quote(order_id, safe='')}"
         if self._dry_run("GET", path, None):
             return VenueOrder(order_id, "", "", DRY_RUN_STATUS, 0, None, None, None, {})
-        answer = await self._signed(ORDER_STATUS, "GET", path, STATUS_POOL)
-        data = self._data(ORDER_STATUS, answer)
+        answer = await self._requests.send(ORDER_STATUS, "GET", path, STATUS_POOL)
+        data = self._calls.data(ORDER_STATUS, answer)
         order = data.get("order", data)
         if isinstance(order, dict) and "order_id" not in order:
             order = {**order, "order_id": order_id}  # the answer is about the id asked for
         try:
             parsed = parse_order(order, need_created_at=False)
         except ValueError as exc:
-            raise self._fail(ORDER_STATUS, BadResponse(ORDER_STATUS, str(exc))) from None
+            raise self._calls.fail(ORDER_STATUS, BadResponse(ORDER_STATUS, str(exc))) from None
         if parsed.order_id != order_id:
-            raise self._fail(
+            raise self._calls.fail(
                 ORDER_STATUS, BadResponse(ORDER_STATUS, "answer is about another order_id")
             )
-        self._succeeded(ORDER_STATUS, answer)
+        self._calls.succeeded(ORDER_STATUS, answer)
         return parsed
 
     async def open_orders(
@@ -368,15 +375,15 @@ class ExchangeClient:
         path = self._prefix + config_path
         if self._dry_run("POST", path, body):
             return OrderPage((), None)
-        answer = await self._signed(
+        answer = await self._requests.send(
             endpoint, "POST", path, STATUS_POOL, data=json.dumps(body).encode()
         )
-        data = self._data(endpoint, answer)
+        data = self._calls.data(endpoint, answer)
         try:
             page = parse_page(data)
         except ValueError as exc:
-            raise self._fail(endpoint, BadResponse(endpoint, str(exc))) from None
-        self._succeeded(endpoint, answer)
+            raise self._calls.fail(endpoint, BadResponse(endpoint, str(exc))) from None
+        self._calls.succeeded(endpoint, answer)
         return page
 
     async def signed_call(
@@ -400,15 +407,15 @@ class ExchangeClient:
         if self._dry_run(method, full, body):
             return None
         data = None if body is None else json.dumps(body).encode()
-        answer = await self._signed(
+        answer = await self._requests.send(
             endpoint, method, full, STATUS_POOL, data=data, retry_stale=retry_stale
         )
-        document = self._document(endpoint, answer)
+        document = self._calls.document(endpoint, answer)
         try:
             value = parse(document)
         except ValueError as exc:
-            raise self._fail(endpoint, BadResponse(endpoint, str(exc))) from None
-        self._succeeded(endpoint, answer)
+            raise self._calls.fail(endpoint, BadResponse(endpoint, str(exc))) from None
+        self._calls.succeeded(endpoint, answer)
         return value
 
     # ------------------------------------------------------------------ self-test and health
@@ -434,7 +441,7 @@ class ExchangeClient:
             "rtt_ms": None if sample is None else sample.rtt_ms,
             "synced_at": None if sample is None else round(sample.at, 3),
             "sync_failures": self._venue_clock.failures,
-            "last_call": None if self._last_call is None else dict(self._last_call),
+            "last_call": None if self._calls.last_call is None else dict(self._calls.last_call),
             "self_test": None if self._self_test is None else self._self_test.as_dict(),
             "dry_run": self._config.dry_run,
         }
@@ -445,107 +452,3 @@ class ExchangeClient:
         if self._config.dry_run:
             self._log.info("exchange.dry_run", method=method, path=path, body=body)
         return self._config.dry_run
-
-    def _headers(self, method: str, path: str) -> dict[str, str]:
-        headers = self._signer.headers(method, path, self.venue_now_ms())
-        headers["Content-Type"] = "application/json"
-        return headers
-
-    async def _signed(
-        self,
-        endpoint: str,
-        method: str,
-        path: str,
-        pool: str,
-        *,
-        data: bytes | None = None,
-        on_sent: Callable[[], None] | None = None,
-        retry_stale: bool = True,
-    ) -> Answer:
-        """A signed request with its answer mapped to an error; one re-sync + retry on 401.
-
-        POSTs are retried once at once on a stale pooled connection (a listing is as safe
-        to repeat as cancel_all); aiohttp re-sends a GET itself, through the limiter
-        (see the transport).
-        """
-        limiter = self.limiters[endpoint]
-        signed_with = self._venue_clock.generation
-
-        def headers() -> dict[str, str]:
-            nonlocal signed_with
-            signed_with = self._venue_clock.generation  # after the limiter's wait, at sending
-            return self._headers(method, path)
-
-        try:
-            for attempt in (1, 2):
-                answer = await self._transport.request(
-                    endpoint,
-                    method,
-                    path,
-                    pool,
-                    limiter=limiter,
-                    headers=headers,
-                    data=data,
-                    retry_stale=retry_stale and method == "POST",
-                    on_sent=on_sent,
-                )
-                if answer.status == 429:
-                    retry_after = answer.retry_after_seconds(self._clock.time())
-                    limiter.rate_limited(retry_after, sent_at=answer.sent_at)
-                else:
-                    limiter.answered(sent_at=answer.sent_at)
-                if answer.status == 401 and attempt == 1:
-                    self._count(endpoint, "unauthorized")
-                    self._log.warning(
-                        "exchange.unauthorized_resync",
-                        endpoint=endpoint,
-                        message=answer.message(),
-                    )
-                    # A burst of 401s signed with the same offset costs one re-sync.
-                    await self._venue_clock.resync_after(signed_with)
-                    continue
-                if not 200 <= answer.status < 300:
-                    raise self._fail(endpoint, self._status_error(endpoint, answer))
-                return answer
-        except ExchangeError as error:
-            self._record_call(endpoint, False, error.status, error.message)
-            raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _succeeded(self, endpoint: str, answer: Answer) -> None:
-        self._count(endpoint, "ok")
-        self._record_call(endpoint, True, answer.status, None)
-
-    def _record_call(
-        self, endpoint: str, ok: bool, http_status: int | None, message: str | None
-    ) -> None:
-        self._last_call = {
-            "endpoint": endpoint,
-            "ok": ok,
-            "http_status": http_status,
-            "message": message,
-            "at": round(self._clock.time(), 3),
-        }
-
-    def _count(self, endpoint: str, outcome: str) -> None:
-        by_outcome = self.requests_sent.setdefault(endpoint, {})
-        by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
-
-    def _fail(self, endpoint: str, error: ExchangeError) -> ExchangeError:
-        self._count(endpoint, error.kind)
-        return error
-
-    def _status_error(self, endpoint: str, answer: Answer) -> ExchangeError:
-        return status_error(endpoint, answer, self._clock.time())
-
-    def _document(self, endpoint: str, answer: Answer) -> dict[str, Any]:
-        try:
-            return document_of(endpoint, answer)
-        except ExchangeError as error:
-            raise self._fail(endpoint, error) from None
-
-    def _data(self, endpoint: str, answer: Answer) -> dict[str, Any]:
-        try:
-            return data_of(endpoint, answer)
-        except ExchangeError as error:
-            raise self._fail(endpoint, error) from None
