@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from killswitch.config.access import parse_control, parse_halt
 from killswitch.config.model import (
     CancelAllConfig,
     ClusterConfig,
@@ -326,8 +327,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
     triggers = _triggers(root.table("triggers"), base)
 
     c = root.table("control")
-    control = ControlConfig(socket=_path(c, "socket", ControlConfig().socket, base))
-    c.finish()
+    control = parse_control(c, _path(c, "socket", ControlConfig().socket, base))
+    halt = parse_halt(root.table("halt"))
     s = root.table("state")
     state = StateConfig(path=_path(s, "path", StateConfig().path, base))
     s.finish()
@@ -358,6 +359,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         daemon=daemon,
         flat=flat,
         guard=guard,
+        halt=halt,
         cluster=cluster,
     )
 
