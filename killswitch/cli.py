@@ -266,12 +266,6 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_halt_helper(args: argparse.Namespace) -> int:
-    from killswitch.service.halt_helper import keep_halted
-
-    return keep_halted(Path(args.config))
-
-
 def cmd_sim(args: argparse.Namespace) -> int:
     from killswitch.sim import run_sim
 
@@ -381,10 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", default=None, help="why (recorded in switch.reset)")
     p.set_defaults(fn=cmd_reset)
-    with_config(
-        "halt-helper",
-        "(run as root by killswitch-halt.service) stop the [halt] units while tripped",
-    ).set_defaults(fn=cmd_halt_helper)
     p = sub.add_parser("demo", help="run a kill against the built-in simulated exchange")
     p.add_argument("--orders", type=int, default=300, help="open orders to seed (default 300)")
     p.add_argument("--fill-ratio", type=float, default=0.02, help="share that fill instead")

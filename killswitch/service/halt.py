@@ -29,11 +29,9 @@ from typing import Any
 from killswitch.clock import Clock
 from killswitch.kill.switch import State
 from killswitch.log import get_logger
+from killswitch.service.halt_helper import MARKER, RESULT
 
-__all__ = ["MARKER", "RESULT", "RESULT_TIMEOUT", "Halt"]
-
-MARKER = "halt"
-RESULT = "halt.result"
+__all__ = ["RESULT_TIMEOUT", "Halt"]
 RESULT_TIMEOUT = 10.0  # seconds to wait for killswitch-halt.service's answer
 POLL = 0.02  # seconds between reads of the result while waiting for it
 

@@ -1,4 +1,5 @@
-"""``killswitch halt-helper``: what ``killswitch-halt.service`` runs, as root (contract §14).
+"""What ``killswitch-halt.service`` runs, as root (contract §14):
+``python -m killswitch.service.halt_helper --config PATH``.
 
 ``killswitch-halt.path`` starts it when the daemon's marker (``<state dir>/halt``)
 appears.  It reads ``[halt] units`` from the config file itself — never from the
@@ -7,11 +8,14 @@ them all at once with ``systemctl stop``, writes the outcome to
 ``halt.result`` beside the marker (the daemon logs ``halt.stopped`` /
 ``halt.failed`` from it), and stays while the marker exists, so the path unit
 does not start it again in a loop; a new kill's marker (another ``kill_id``)
-stops the units again.  It exits once the marker is gone (a reset).
+stops the units again.  It exits once the marker is gone (a reset).  It imports only the config
+reader (about 70 ms to start, against 300 ms for the whole CLI): the units stop
+within the contract's second of the trigger.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -21,9 +25,11 @@ from pathlib import Path
 
 from killswitch.config.load import load_config
 from killswitch.config.reader import ConfigError
-from killswitch.service.halt import MARKER, RESULT
 
-__all__ = ["keep_halted", "stop_units"]
+__all__ = ["MARKER", "RESULT", "keep_halted", "main", "stop_units"]
+
+MARKER = "halt"  # in the daemon's state directory, beside state.db
+RESULT = "halt.result"
 
 STOP_TIMEOUT = 60.0  # seconds for every unit to stop
 
@@ -99,3 +105,17 @@ def keep_halted(config_path: Path, *, poll: float = 0.1, systemctl: str = "syste
             done = kill_id
         time.sleep(poll)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m killswitch.service.halt_helper",
+        description="(run as root by killswitch-halt.service) stop the [halt] units while"
+        " the switch is tripped",
+    )
+    parser.add_argument("--config", required=True, metavar="PATH", help="the TOML config file")
+    return keep_halted(Path(parser.parse_args(argv).config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
