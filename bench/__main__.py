@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    access,
     confirmation,
     deadman,
     flat,
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, Scenario] = {
     "flat": flat.run,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "access": access.run,
 }
 SLOW_ONLY = ("contract", "flat_poll")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")
