@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from killswitch.config.load import parse_config
 from killswitch.config.reader import ConfigError
 from killswitch.kill.switch import State
-from killswitch.service.access import Peer, peer_of
+from killswitch.service.access import AccessGuard, Peer, peer_of
 from killswitch.service.activation import listening_socket
 from killswitch.service.approvals import ResetApprovals
 from killswitch.service.halt import RESULT_TIMEOUT, Halt
@@ -99,6 +99,24 @@ def test_peer_credentials_come_from_the_kernel() -> None:
     assert (peer.uid, peer.gid, peer.pid) == (os.getuid(), os.getgid(), os.getpid())
     assert set(os.getgroups()) | {os.getgid()} == set(peer.groups)
     assert peer.as_dict() == {"uid": os.getuid(), "user": None, "pid": os.getpid()}
+
+
+def test_rights_by_uid_or_any_group_root_and_own_user_hold_all() -> None:
+    """A peer holds a right by its uid or any of its groups; root and the daemon's own user
+    hold every right; a right nobody was given is refused."""
+    config = parse_config({**BASE, "control": {"access": {"heartbeat": [4242], "status": ["@0"]}}})
+    guard = AccessGuard(lambda: config.control)
+    listed = Peer(4242, 4242, 1, frozenset({4242}))
+    in_group = Peer(5000, 5000, 1, frozenset({5000, 0}))  # root's group as a supplementary one
+    other = Peer(5001, 5001, 1, frozenset({5001}))
+    assert guard.allowed(listed, "heartbeat")
+    assert not guard.allowed(listed, "status")
+    assert guard.allowed(in_group, "status")
+    assert not guard.allowed(other, "heartbeat")
+    assert not guard.allowed(other, "reset")
+    for right in ("status", "heartbeat", "trigger", "reset"):
+        assert guard.allowed(Peer(0, 0, 1, frozenset({0})), right)
+        assert guard.allowed(Peer(os.geteuid(), 9, 1, frozenset()), right)
 
 
 # --------------------------------------------------------------- four eyes

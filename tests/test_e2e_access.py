@@ -9,6 +9,7 @@ strategy user, two risk officers and an outsider.  Needs root; skipped without.
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import os
 import secrets
@@ -84,7 +85,6 @@ def host() -> Iterator[Host]:
             extra = ["-G", member[role]] if member[role] else []
             _run("useradd", "-M", "-s", "/usr/sbin/nologin", *extra, name)
             made_users.append(name)
-        import grp
         import pwd
 
         def user(name: str) -> User:
@@ -154,6 +154,7 @@ async def _daemon(
         control={
             "socket": str(workdir / "ctl.sock"),
             "socket_mode": "0666",
+            "socket_group": host.trading,
             "approval_window": 1.0,
             "access": rights,
         },
@@ -174,6 +175,8 @@ async def test_every_right_is_decided_by_the_peer(
     """status, heartbeat, trigger, reset: the holder gets through, anyone else gets 403."""
     daemon, sock, config = await _daemon(sim_factory, workdir, host)
     st, r1, out = host.strategy, host.risk1, host.outsider
+    shown = sock.stat()
+    assert (shown.st_mode & 0o777, shown.st_gid) == (0o666, grp.getgrnam(host.trading).gr_gid)
 
     assert await codes(st, sock, "GET", "/status") == [200]  # @trading
     assert await codes(out, sock, "GET", "/status") == [403]
