@@ -280,7 +280,7 @@ class ControlServer:
             self.claim()
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.access is not None:
-            self.access.prime()
+            await asyncio.to_thread(self.access.prime)  # the daemon's own name: NSS, off the loop
         soft, hard = raise_fd_limit()
         self.max_connections = connection_cap(soft)
         self._runner = web.AppRunner(
