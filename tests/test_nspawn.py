@@ -640,50 +640,87 @@ def test_enable_now_brings_the_socket_and_the_halt(box: Machine) -> None:
     assert c.show(UNIT, "TriggeredBy")["TriggeredBy"] == "killswitch.socket"
 
 
-def _sender(m: Machine, stop: str) -> subprocess.Popen[str]:
-    """The heartbeat sender (tests/nspawn/heartbeats.py) running inside the container."""
-    m.c.write("/root/heartbeats.py", HEARTBEATS.read_bytes())
+def _sender(m: Machine, stop: str, uid: int, gid: int) -> subprocess.Popen[str]:
+    """The heartbeat sender (tests/nspawn/heartbeats.py) inside the container, as uid:gid."""
+    m.c.write("/srv/heartbeats.py", HEARTBEATS.read_bytes())
     m.c.run("rm", "-f", stop)
     assert m.c.init_pid is not None
-    enter = ["nsenter", "-t", str(m.c.init_pid), "-a", "--"]
+    enter = ["nsenter", "-t", str(m.c.init_pid), "-a", "-S", str(uid), "-G", str(gid), "--"]
     return subprocess.Popen(
-        [*enter, "/usr/bin/python3", "/root/heartbeats.py", "/run/killswitch/control.sock", stop],
+        [*enter, "/usr/bin/python3", "/srv/heartbeats.py", "/run/killswitch/control.sock", stop],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
 
 
+SOCKET_DROP_IN = "/etc/systemd/system/killswitch.socket.d/trading.conf"
+
+
+def _strategy_user(m: Machine) -> tuple[int, int]:
+    """The README's set-up: group trading, user strategy in it, the socket opened to it."""
+    c = m.c
+    if c.run("getent", "passwd", "strategy", check=False).returncode != 0:
+        c.run("groupadd", "--system", "trading")
+        c.run("useradd", "--system", "--no-create-home", "-g", "trading", "strategy")
+    c.write(SOCKET_DROP_IN, "[Socket]\nSocketGroup=trading\nSocketMode=0660\n")
+    c.systemctl("daemon-reload")
+    uid = int(c.run("id", "-u", "strategy").stdout)
+    gid = int(c.run("id", "-g", "strategy").stdout)
+    return uid, gid
+
+
 def test_heartbeats_are_answered_across_restart_and_kill_9(box: Machine) -> None:
-    """A heartbeat every 100 ms through `systemctl restart` and a `kill -9` of the main
-    process: every one is answered 200 by the next daemon, none refused."""
+    """The strategy user (socket group, [control.access]) heartbeats every 100 ms through
+    `systemctl restart` and a `kill -9` of the main process: every one answered 200 by the
+    next daemon, none refused; a reset it may not do is refused by its peer credentials."""
     c = box.c
-    first = start(box)
-    stop = "/root/heartbeats.stop"
-    sender = _sender(box, stop)
+    uid, gid = _strategy_user(box)
+    config = "/etc/killswitch/killswitch.toml"
+    rights = {"heartbeat": ["strategy"], "status": ["@trading"], "reset": ["root"]}
+    box.install_config("killswitch", box.config(control={"access": rights}))
+    stop = "/srv/heartbeats.stop"  # where the strategy user can see it
     try:
-        c.wait_for("the first heartbeat", lambda: _status(box)["heartbeat_age"] is not None)
-        c.systemctl("restart", UNIT, timeout=60)
-        second = box.main_pid()
-        assert second != first
-        c.run("/bin/sh", "-c", f"kill -9 {second}")
-        c.wait_for(
-            "the daemon restarted after kill -9",
-            lambda: (
-                box.main_pid() not in (0, second)
-                and c.show(UNIT, "ActiveState")["ActiveState"] == "active"
-            ),
-            timeout=45,
+        first = start(box)
+        sender = _sender(box, stop, uid, gid)
+        try:
+            c.wait_for("the first heartbeat", lambda: _status(box)["heartbeat_age"] is not None)
+            c.systemctl("restart", UNIT, timeout=60)
+            second = box.main_pid()
+            assert second != first
+            c.run("/bin/sh", "-c", f"kill -9 {second}")
+            c.wait_for(
+                "the daemon restarted after kill -9",
+                lambda: (
+                    box.main_pid() not in (0, second)
+                    and c.show(UNIT, "ActiveState")["ActiveState"] == "active"
+                ),
+                timeout=45,
+            )
+            c.run(KILLSWITCH, "heartbeat", "--config", config)
+        finally:
+            c.run("touch", stop)
+            out, err = sender.communicate(timeout=60)
+        result = json.loads(out)
+        print(f"heartbeats across restart and kill -9: {result}")
+        assert result["failed"] == [], err
+        assert result["sent"] >= 10
+        assert c.show(UNIT, "NRestarts")["NRestarts"] == "1"  # the kill -9 (restart is a job)
+        # The same user under the real sandbox: its own uid, not 65534 (no PrivateUsers=).
+        enter = ["nsenter", "-t", str(c.init_pid), "-a", "-S", str(uid), "-G", str(gid), "--"]
+        refused = subprocess.run(
+            [*enter, KILLSWITCH, "reset", "--config", config],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
-        c.run(KILLSWITCH, "heartbeat", "--config", "/etc/killswitch/killswitch.toml")
+        assert refused.returncode == 1
+        assert "user strategy" in refused.stderr, refused.stderr
+        assert "'reset'" in refused.stderr
     finally:
-        c.run("touch", stop)
-        out, err = sender.communicate(timeout=60)
-    result = json.loads(out)
-    print(f"heartbeats across restart and kill -9: {result}")
-    assert result["failed"] == [], err
-    assert result["sent"] >= 10
-    assert c.show(UNIT, "NRestarts")["NRestarts"] == "1"  # the kill -9 (restart is a job)
+        c.run("rm", "-f", SOCKET_DROP_IN)
+        c.systemctl("daemon-reload")
 
 
 def _status(m: Machine) -> dict[str, Any]:
