@@ -73,6 +73,9 @@ class Peer:
         return self.uid in principals.uids or not principals.gids.isdisjoint(self.groups)
 
 
+PEER_KEY = web.RequestKey("peer", Peer)  # the peer the guard recorded on a request
+
+
 def peer_of(sock: Any) -> Peer:
     """``sock``'s peer from ``SO_PEERCRED`` and ``SO_PEERGROUPS`` (without a name)."""
     pid, uid, gid = _UCRED.unpack(
@@ -167,8 +170,7 @@ class AccessGuard:
 
     def peer(self, request: web.Request) -> Peer | None:
         """The peer the guard recorded on ``request`` (None on a route that needs no right)."""
-        peer = request.get("killswitch.peer")
-        return peer if isinstance(peer, Peer) else None
+        return request.get(PEER_KEY)
 
     def allowed(self, peer: Peer, right: str) -> bool:
         access = self._current()
@@ -201,7 +203,7 @@ class AccessGuard:
             peer = Peer(peer.uid, peer.gid, peer.pid, peer.groups, user)
         if not allowed:
             return self._deny(peer, right)
-        request["killswitch.peer"] = peer
+        request[PEER_KEY] = peer
         return await handler(request)
 
     def _deny(self, peer: Peer, right: str) -> web.Response:
