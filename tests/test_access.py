@@ -15,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from killswitch.config.load import parse_config
+from killswitch.config.model import Config
 from killswitch.config.reader import ConfigError
 from killswitch.kill.switch import State
 from killswitch.service.access import AccessGuard, Peer, peer_of
@@ -27,7 +28,7 @@ from tests.fakes import FakeClock
 BASE = {"targets": [{"exchange": "EXCHANGE_2"}]}
 
 
-def _config(control: dict[str, object]) -> object:
+def _config(control: dict[str, object]) -> Config:
     return parse_config({**BASE, "control": control})
 
 
@@ -309,3 +310,25 @@ def test_helper_answers_once_per_kill_and_leaves_without_a_marker(tmp_path: Path
     assert not (tmp_path / RESULT).exists()
     (tmp_path / "bad.toml").write_text("[halt]\nunits = 3\n")
     assert keep_halted(tmp_path / "bad.toml") == 2
+
+
+def test_reload_applies_rights_at_once_and_the_socket_at_restart() -> None:
+    """SIGHUP: [control.access] and approval_window apply now; socket, mode, group need a
+    restart (and are named so)."""
+    from killswitch.config.model import reloadable
+
+    before = _config({})
+    after = _config(
+        {
+            "socket": "/run/other.sock",
+            "socket_mode": "0660",
+            "approval_window": 60,
+            "access": {"reset": ["root"], "reset_approvals": 2},
+        }
+    )
+    applied, restart = reloadable(before, after)
+    assert restart == ["control"]
+    assert applied.control.access == after.control.access
+    assert applied.control.approval_window == 60
+    assert applied.control.socket == before.control.socket
+    assert applied.control.socket_mode == 0o600

@@ -40,6 +40,26 @@ class ResetApprovals:
         self._timer: asyncio.TimerHandle | None = None
         self._log = get_logger()
 
+    def decide(
+        self, running: bool, armed: bool, peer: dict[str, Any] | None, reason: str | None
+    ) -> tuple[tuple[int, dict[str, Any]] | None, dict[str, Any]]:
+        """A reset asked for: (the HTTP status and answer when it does not happen now, the
+        ``switch.reset`` fields when it does).  ``running``: a kill runs and the reset is
+        not forced (409); ``armed``: nothing to approve."""
+        if running:
+            return (409, {"reset": "refused"}), {}
+        detail: dict[str, Any] = {"reason": reason}
+        if armed or peer is None:
+            return None, detail
+        approvals = self.approve(peer, reason)
+        if approvals is None:
+            return (202, {"pending": True, "approvals": 1, "needed": 2}), {}
+        detail["peer"] = approvals[-1].peer
+        if len(approvals) > 1:
+            detail["peers"] = [a.peer for a in approvals]
+            detail["reason"] = "; ".join(a.reason for a in approvals if a.reason) or None
+        return None, detail
+
     def approve(self, peer: dict[str, Any], reason: str | None) -> list[Approval] | None:
         """The approvals that complete a reset now, or None while one more is needed."""
         now = self.clock.monotonic()

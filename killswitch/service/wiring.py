@@ -396,19 +396,14 @@ class Wiring:
     ) -> tuple[int, dict[str, Any]]:
         """200 reset (or already armed), 409 refused while a kill runs, 202 one approval
         of the two a four-eyes reset needs (contract §13)."""
-        state = self.switch.state
-        if state is State.KILLING and not force:
-            return 409, {"reset": ResetOutcome.REFUSED.value, **self.status()}
-        detail: dict[str, Any] = {"reason": reason}
-        if state is not State.ARMED and peer is not None:
-            approvals = self.approvals.approve(peer.as_dict(), reason)
-            if approvals is None:
-                pending = {"pending": True, "approvals": 1, "needed": 2}
-                return 202, {**pending, **self.status()}
-            detail["peer"] = approvals[-1].peer
-            if len(approvals) > 1:
-                detail["peers"] = [a.peer for a in approvals]
-                detail["reason"] = "; ".join(a.reason for a in approvals if a.reason) or None
+        refusal, detail = self.approvals.decide(
+            self.switch.state is State.KILLING and not force,
+            self.switch.state is State.ARMED,
+            None if peer is None else peer.as_dict(),
+            reason,
+        )
+        if refusal is not None:  # 409 while a kill runs, 202 one approval of two
+            return refusal[0], {**refusal[1], **self.status()}
         outcome = self.switch.reset(force=force, **detail)
         ok = outcome is not ResetOutcome.REFUSED
         if ok:
