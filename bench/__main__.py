@@ -26,6 +26,7 @@ from bench import (
     hostile,
     idle,
     pnl_breach,
+    positions,
     signal_latency,
     storm,
 )
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
     "access": access.run,
+    "positions": positions.run,
 }
 SLOW_ONLY = ("contract", "flat_poll")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")

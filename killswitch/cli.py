@@ -266,6 +266,33 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+FLATTEN_TIMEOUT = 120.0  # seconds a flatten may take (reads, closes, reads again)
+
+
+def cmd_flatten(args: argparse.Namespace) -> int:
+    """``POST /flatten`` (contract §12): exit 0 when every position named is closed."""
+    client = _control(args)
+    if isinstance(client, int):
+        return client
+    client.timeout = FLATTEN_TIMEOUT
+    body = {} if args.symbol is None else {"symbol": args.symbol}
+    try:
+        status, answer = asyncio.run(client.request("POST", "/flatten", body))
+    except DaemonUnavailable as exc:
+        return _fail(f"killswitch: {exc}", EXIT_FAIL)
+    if status != 200:
+        return _fail(f"killswitch: flatten refused: {answer.get('error')}", EXIT_FAIL)
+    positions = answer.get("positions") or {}
+    for symbol, outcome in sorted((positions.get("flatten") or {}).items()):
+        why = f" ({outcome['why']})" if outcome.get("why") else ""
+        print(f"flatten {symbol}: {outcome.get('outcome')}{why}")
+    for symbol in positions.get("unreadable", []):
+        print(f"flatten {symbol}: positions unreadable (unknown, not closed)")
+    left = positions.get("positions_open", 0)
+    print(f"flatten: {'every position closed' if answer.get('closed') else f'{left} left open'}")
+    return EXIT_OK if answer.get("closed") else EXIT_FAIL
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from killswitch.sim import run_sim
 
@@ -288,6 +315,8 @@ def _sim_config(args: argparse.Namespace) -> Any:
         status_limit=args.status_limit,
         open_orders_limit=args.open_orders_limit,
         closed_orders_limit=args.closed_orders_limit,
+        positions_limit=args.positions_limit,
+        place_order_limit=args.place_order_limit,
         fill_ratio=args.fill_ratio,
         partial_fill_ratio=args.partial_fill_ratio,
         expire_ratio=args.expire_ratio,
@@ -325,6 +354,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             orders=args.orders,
             fill_ratio=args.fill_ratio,
             partial_fill_ratio=args.partial_fill_ratio,
+            flatten=args.flatten,
         )
     )
 
@@ -375,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", default=None, help="why (recorded in switch.reset)")
     p.set_defaults(fn=cmd_reset)
+    p = with_config("flatten", "close the positions a kill left (while TRIPPED)")
+    p.add_argument("--symbol", metavar="S", help="only this symbol")
+    p.set_defaults(fn=cmd_flatten)
     p = sub.add_parser("demo", help="run a kill against the built-in simulated exchange")
     p.add_argument("--orders", type=int, default=300, help="open orders to seed (default 300)")
     p.add_argument("--fill-ratio", type=float, default=0.02, help="share that fill instead")
@@ -383,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.05,
         help="share that end PARTIALLY_EXECUTED (terminal on futures)",
+    )
+    p.add_argument(
+        "--flatten",
+        action="store_true",
+        help="also close the two seeded positions after the kill ([flatten] enabled)",
     )
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser(
@@ -399,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "20/60"),
         ("open-orders", "20/60"),
         ("closed-orders", "20/60"),
+        ("positions", "20/60"),
+        ("place-order", "20/60"),
     ):
         p.add_argument(
             f"--{name}-limit",

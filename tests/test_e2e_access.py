@@ -186,8 +186,9 @@ async def test_every_right_is_decided_by_the_peer(
     assert await codes(out, sock, "POST", "/trigger") == [403]
     assert not daemon.named("trigger.fired")
     assert await codes(st, sock, "POST", "/reset") == [403]  # the strategy cannot re-arm
+    assert await codes(st, sock, "POST", "/flatten") == [403]  # nor flatten (the reset right)
 
-    denied = await daemon.wait_for("control.denied", count=5)
+    denied = await daemon.wait_for("control.denied", count=6)
     assert {(e["right"], e["peer"]["user"]) for e in daemon.named("control.denied")} == {
         ("status", out.name),
         ("heartbeat", r1.name),

@@ -28,11 +28,13 @@ from killswitch.config.model import (
     DaemonConfig,
     ExchangeConfig,
     FlatConfig,
+    FlattenConfig,
     GuardConfig,
     HeaderNames,
     HeartbeatTrigger,
     LogConfig,
     PnlTrigger,
+    PositionsConfig,
     RateLimit,
     SignalTrigger,
     StateConfig,
@@ -123,6 +125,8 @@ def _exchange(t: Table) -> ExchangeConfig:
         open_orders_path=_url_path(t, "open_orders_path", d.open_orders_path),
         closed_orders_path=_url_path(t, "closed_orders_path", d.closed_orders_path),
         time_path=_url_path(t, "time_path", d.time_path),
+        positions_path=_url_path(t, "positions_path", d.positions_path),
+        place_order_path=_url_path(t, "place_order_path", d.place_order_path),
         clock_sync_interval=_at_most(
             t, "clock_sync_interval", d.clock_sync_interval, MAX_CLOCK_SYNC_INTERVAL
         ),
@@ -213,6 +217,31 @@ def _flat(t: Table) -> FlatConfig:
     config = FlatConfig(
         rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
         lookback_days=_at_most(t, "lookback_days", d.lookback_days, MAX_LOOKBACK_DAYS),
+    )
+    t.finish()
+    return config
+
+
+def _positions(t: Table) -> PositionsConfig:
+    d = PositionsConfig()
+    symbols = t.strings("symbols")
+    for symbol in symbols:
+        if not symbol.strip():
+            raise ConfigError(t.key("symbols"), "expected symbol names, got an empty string")
+    config = PositionsConfig(
+        symbols=tuple(dict.fromkeys(symbols)),
+        rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
+    )
+    t.finish()
+    return config
+
+
+def _flatten(t: Table) -> FlattenConfig:
+    d = FlattenConfig()
+    config = FlattenConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        max_notional=t.number("max_notional", d.max_notional, minimum=0.0),
+        rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
     )
     t.finish()
     return config
@@ -324,6 +353,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
     confirm = _confirm(root.table("confirm"))
     flat = _flat(root.table("flat"))
     guard = _guard(root.table("guard"))
+    positions = _positions(root.table("positions"))
+    flatten = _flatten(root.table("flatten"))
     triggers = _triggers(root.table("triggers"), base)
 
     c = root.table("control")
@@ -360,6 +391,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         flat=flat,
         guard=guard,
         halt=halt,
+        positions=positions,
+        flatten=flatten,
         cluster=cluster,
     )
 

@@ -23,12 +23,14 @@ __all__ = [
     "DaemonConfig",
     "ExchangeConfig",
     "FlatConfig",
+    "FlattenConfig",
     "GuardConfig",
     "HaltConfig",
     "HeaderNames",
     "HeartbeatTrigger",
     "LogConfig",
     "PnlTrigger",
+    "PositionsConfig",
     "Principals",
     "RateLimit",
     "SignalTrigger",
@@ -68,6 +70,8 @@ class ExchangeConfig:
     open_orders_path: str = "/trade/api/v2/futures/orders/open"
     closed_orders_path: str = "/trade/api/v2/futures/orders/closed"
     time_path: str = "/trade/api/v2/time"
+    positions_path: str = "/trade/api/v2/futures/positions"  # contract §12
+    place_order_path: str = "/trade/api/v2/futures/order"  # POST; GET is the order status
     clock_sync_interval: float = 60.0
     request_timeout: float = 5.0
     dry_run: bool = False
@@ -113,6 +117,27 @@ class FlatConfig:
 
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
     lookback_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class PositionsConfig:
+    """``[positions]`` (contract §12): symbols read after every kill, besides the targets'
+    symbols and every symbol the kill's orders were on; the positions endpoint's window."""
+
+    symbols: tuple[str, ...] = ()
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
+
+
+@dataclass(frozen=True)
+class FlattenConfig:
+    """``[flatten]`` (contract §12): close the positions a kill leaves (opt-in).
+
+    ``max_notional``: USDT per symbol; a larger position is left for a human (0: no limit).
+    ``rate_limit``: the place-order endpoint's window."""
+
+    enabled: bool = False
+    max_notional: float = 0.0
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
 
 
 @dataclass(frozen=True)
@@ -236,6 +261,8 @@ class Config:
     flat: FlatConfig = field(default_factory=FlatConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     halt: HaltConfig = field(default_factory=HaltConfig)
+    positions: PositionsConfig = field(default_factory=PositionsConfig)
+    flatten: FlattenConfig = field(default_factory=FlattenConfig)
     source: Path | None = None
     cluster: ClusterConfig | None = None
 
@@ -268,6 +295,8 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "cancel_all": new.cancel_all != current.cancel_all,
         "confirm.rate_limit": new.confirm.rate_limit != current.confirm.rate_limit,
         "flat.rate_limit": new.flat.rate_limit != current.flat.rate_limit,
+        "positions.rate_limit": new.positions.rate_limit != current.positions.rate_limit,
+        "flatten.rate_limit": new.flatten.rate_limit != current.flatten.rate_limit,
         "control": _socket_of(new.control) != _socket_of(current.control),
         "state": new.state != current.state,
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
@@ -285,6 +314,8 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         cancel_all=current.cancel_all,
         confirm=replace(new.confirm, rate_limit=current.confirm.rate_limit),
         flat=replace(new.flat, rate_limit=current.flat.rate_limit),
+        positions=replace(new.positions, rate_limit=current.positions.rate_limit),
+        flatten=replace(new.flatten, rate_limit=current.flatten.rate_limit),
         triggers=replace(new.triggers, pnl=pnl),
         # Rights and the approval window apply at once; the socket itself needs a restart.
         control=replace(

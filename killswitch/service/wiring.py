@@ -32,11 +32,13 @@ from killswitch.exchange.client import (
     ExchangeClient,
 )
 from killswitch.exchange.credentials import Credentials
+from killswitch.exchange.positions import PLACE_ORDER, POSITIONS
 from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.exchange.signing import make_signer
 from killswitch.kill.confirm import OUTCOME_FIELDS
 from killswitch.kill.flat import VenueListings
 from killswitch.kill.guard import Guard
+from killswitch.kill.order_facts import RecordingListings, RecordingStatus
 from killswitch.kill.runner import KillRunner
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.log import get_logger, redactor
@@ -46,6 +48,7 @@ from killswitch.service.control import ControlServer
 from killswitch.service.halt import Halt
 from killswitch.service.metrics import Metrics
 from killswitch.service.notify import Notifier
+from killswitch.service.positions import PositionsService
 from killswitch.service.systemd import Service
 from killswitch.store.state import StateStore
 from killswitch.store.watch import StoreWatch
@@ -184,6 +187,8 @@ class Wiring:
                 ORDER_STATUS: self.status_limiter,
                 OPEN_ORDERS: self._limiter(OPEN_ORDERS, cfg.flat.rate_limit),
                 CLOSED_ORDERS: self._limiter(CLOSED_ORDERS, cfg.flat.rate_limit),
+                POSITIONS: self._limiter(POSITIONS, cfg.positions.rate_limit),
+                PLACE_ORDER: self._limiter(PLACE_ORDER, cfg.flatten.rate_limit),
             },
             clock=self.clock,
             status_pool_size=cfg.confirm.max_concurrency,
@@ -194,16 +199,18 @@ class Wiring:
             if cfg.exchange.dry_run
             else VenueListings(self.exchange, lambda: self.config.flat.lookback_days)
         )
+        self._build_positions(listings)
         self.runner = KillRunner(
             cfg,
-            self.exchange,
+            RecordingStatus(self.exchange, self.order_facts),
             self.store,
             self.clock,
             on_outcome=self._count_request,
             status_gate=self.status_limiter,
-            listings=listings,
+            listings=None if listings is None else RecordingListings(listings, self.order_facts),
             on_gate_wait=self._status_gate_wait,
             budgets=self.limiters,
+            after_flat=self.after_flat,
         )
         self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
         self.guard = (
@@ -278,6 +285,25 @@ class Wiring:
         self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
         self.prom.watch_requests(lambda: self.exchange.requests_sent)
         self.prom.self_test_ok.set_function(self._self_test_gauge)
+
+    # ------------------------------------------------------------------ positions (§12)
+
+    def _build_positions(self, listings: VenueListings | None) -> None:
+        """The positions step after every kill and the flattener (service/positions.py)."""
+        self.positions = PositionsService(
+            lambda: self.config, self.exchange, self.store, self.clock, listings
+        )
+        self.order_facts = self.positions.facts
+        self.after_flat = self.positions.after_flat
+
+    async def flatten(self, symbol: str | None) -> tuple[int, dict[str, Any]]:
+        """``POST /flatten`` (contract §12): close what the last kill left, while TRIPPED."""
+        state = self.switch.state
+        if state is not State.TRIPPED:
+            why = f"refused while {state.value}: flatten closes what a kill left, once TRIPPED"
+            return 409, {"error": why, "state": state.value}
+        kill_id = (self.switch.last_kill or {}).get("kill_id") or self.switch.current_kill_id
+        return await self.positions.flatten(kill_id or "manual", symbol)
 
     def _problem(self) -> str | None:
         """What systemd's STATUS= line should say is wrong (a stuck kill, a failed self-test)."""
@@ -438,6 +464,7 @@ class Wiring:
             },
             "exchange": self.exchange.health(),
             "guard": None if self.guard is None else self.guard.status(),
+            "positions": self.positions.exposure,  # contract §12: what the last kill left
             "triggers": self._triggers_enabled(),
             "halt": self.halt.status(),
             "reset_pending": self.approvals.pending(),
