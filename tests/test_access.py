@@ -332,3 +332,30 @@ def test_reload_applies_rights_at_once_and_the_socket_at_restart() -> None:
     assert applied.control.approval_window == 60
     assert applied.control.socket == before.control.socket
     assert applied.control.socket_mode == 0o600
+
+
+def test_status_text_shows_the_halt_and_a_pending_reset() -> None:
+    """`killswitch status` names the halted units (and a failure) and a pending approval."""
+    from killswitch.service.status_view import format_status
+
+    text = format_status(
+        {
+            "state": "TRIPPED",
+            "halt": {
+                "state": "failed",
+                "units": ["strategy.service", "x.service"],
+                "failed": [{"unit": "x.service", "problem": "Unit x.service not loaded."}],
+            },
+            "reset_pending": {
+                "approvals": 1,
+                "needed": 2,
+                "by": {"uid": 1001, "user": "alice", "pid": 7},
+                "lapses_in": 120.0,
+            },
+        }
+    )
+    assert "halt" in text
+    assert (
+        "failed: strategy.service, x.service (FAILED x.service: Unit x.service not loaded.)" in text
+    )
+    assert "1 of 2 approvals, by alice" in text
