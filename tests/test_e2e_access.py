@@ -27,7 +27,7 @@ import pytest
 
 from killswitch.damping import DEFAULT_RATE
 from killswitch.sim import SimExchange
-from tests.harness import DaemonProcess, write_config
+from tests.harness import DaemonProcess, daemon_env, write_config
 
 pytestmark = [
     pytest.mark.e2e,
@@ -158,9 +158,12 @@ async def _daemon(
             "approval_window": 1.0,
             "access": rights,
         },
+        halt={"units": ["strategy.service"]},
     )
     config.chmod(0o644)
-    daemon = DaemonProcess(config)
+    # By hand, not under systemd (even if this test runner is): the halt is off.
+    env = {k: v for k, v in daemon_env().items() if k != "INVOCATION_ID"}
+    daemon = DaemonProcess(config, env)
     await daemon.start()
     return daemon, workdir / "ctl.sock", config
 
@@ -223,6 +226,7 @@ async def test_every_right_is_decided_by_the_peer(
     status = await codes_root(sock)
     assert status["state"] == "ARMED"
     assert status["halt"]["state"] == "off"
+    assert "not under systemd" in status["halt"]["why"]
     assert await daemon.stop() == 0
 
 
