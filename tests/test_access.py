@@ -54,7 +54,7 @@ def test_rights_resolve_names_groups_and_uids_at_load() -> None:
     assert access.trigger.entries == ("root", "4242")
     assert access.reset.gids == frozenset({0})
     assert access.heartbeat.uids == frozenset()  # a missing key: nobody else
-    assert config.control.socket_mode == 0o660
+    assert config.control.socket_mode == "0660"
     assert config.control.socket_group == 0
     assert (0, "root") in access.names
 
@@ -331,7 +331,7 @@ def test_reload_applies_rights_at_once_and_the_socket_at_restart() -> None:
     assert applied.control.access == after.control.access
     assert applied.control.approval_window == 60
     assert applied.control.socket == before.control.socket
-    assert applied.control.socket_mode == 0o600
+    assert applied.control.socket_mode == "0600"
 
 
 def test_status_text_shows_the_halt_and_a_pending_reset() -> None:

@@ -20,7 +20,7 @@ from killswitch.config.reader import ConfigError, Table, show
 __all__ = ["RIGHTS", "SOCKET_MODES", "parse_control", "parse_halt"]
 
 RIGHTS = ("status", "heartbeat", "trigger", "reset")
-SOCKET_MODES = {"0600": 0o600, "0660": 0o660, "0666": 0o666}
+SOCKET_MODES = ("0600", "0660", "0666")
 MAX_APPROVAL_WINDOW = 86400.0
 # A unit name as systemd spells one (unit_name_is_valid): no path, no spaces.
 _UNIT = re.compile(
@@ -93,7 +93,7 @@ def parse_control(c: Table, socket: Path) -> ControlConfig:
     """``[control]`` (``socket`` already read by the caller), then ``c.finish()``."""
     d = ControlConfig()
     access = _access(c)
-    mode_text = c.choice("socket_mode", "0600", tuple(SOCKET_MODES))
+    mode_text = c.choice("socket_mode", "0600", SOCKET_MODES)
     if mode_text != "0600" and access is None:
         raise ConfigError(
             c.key("socket_mode"),
@@ -111,7 +111,7 @@ def parse_control(c: Table, socket: Path) -> ControlConfig:
     c.finish()
     return ControlConfig(
         socket=socket,
-        socket_mode=SOCKET_MODES[mode_text],
+        socket_mode=mode_text,  # type: ignore[arg-type]  # checked against SOCKET_MODES
         socket_group=group,
         approval_window=window,
         access=access,

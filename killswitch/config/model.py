@@ -202,7 +202,8 @@ class ControlAccess:
 @dataclass(frozen=True)
 class ControlConfig:
     socket: Path = Path("/run/killswitch/control.sock")
-    socket_mode: int = 0o600  # when the daemon binds the socket itself (not socket-activated)
+    # When the daemon binds the socket itself (not socket-activated); octal, as chmod takes it.
+    socket_mode: Literal["0600", "0660", "0666"] = "0600"
     socket_group: int | None = None  # a gid, resolved at load
     approval_window: float = 300.0
     access: ControlAccess | None = None
@@ -330,5 +331,5 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
     return applied, sorted(key for key, changed in restart.items() if changed)
 
 
-def _socket_of(control: ControlConfig) -> tuple[Path, int, int | None]:
+def _socket_of(control: ControlConfig) -> tuple[Path, str, int | None]:
     return control.socket, control.socket_mode, control.socket_group

@@ -264,7 +264,7 @@ class Wiring:
             cfg.control.socket,
             self,
             access=self.access,
-            mode=cfg.control.socket_mode,
+            mode=int(cfg.control.socket_mode, 8),
             group=cfg.control.socket_group,
             activated=self.activated_socket,
         )
