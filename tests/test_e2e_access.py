@@ -18,12 +18,14 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from killswitch.damping import DEFAULT_RATE
 from killswitch.sim import SimExchange
@@ -155,7 +157,7 @@ async def _daemon(
             "socket": str(workdir / "ctl.sock"),
             "socket_mode": "0666",
             "socket_group": host.trading,
-            "approval_window": 1.0,
+            "approval_window": 60.0,
             "access": rights,
         },
         halt={"units": ["strategy.service"]},
@@ -227,6 +229,15 @@ async def test_every_right_is_decided_by_the_peer(
     assert status["state"] == "ARMED"
     assert status["halt"]["state"] == "off"
     assert "not under systemd" in status["halt"]["why"]
+
+    # A reload changes the rights at once (the socket stays as it is).
+    data = tomllib.loads(config.read_text())
+    data["control"]["access"]["heartbeat"].append(out.name)
+    config.write_text(tomli_w.dumps(data))
+    daemon.send(signal.SIGHUP)
+    reloaded = await daemon.wait_for("config.reloaded")
+    assert reloaded["needs_restart"] == []
+    assert await codes(out, sock, "POST", "/heartbeat") == [200]
     assert await daemon.stop() == 0
 
 
@@ -266,7 +277,13 @@ async def test_four_eyes_reset_needs_two_different_users(
     assert reset["reason"] == "flat, checked"
     assert len(daemon.named("reset.pending")) == 1  # the repeat changed nothing
 
-    # Lapse: one approval, then the window (1 s) ends; the next reset starts over.
+    # Lapse: a reload shortens the window (at once); one approval, then the window ends
+    # and the next reset starts over.
+    data = tomllib.loads(config.read_text())
+    data["control"]["approval_window"] = 2.0
+    config.write_text(tomli_w.dumps(data))
+    daemon.send(signal.SIGHUP)
+    await daemon.wait_for("config.reloaded")
     daemon.send(signal.SIGUSR1)
     await daemon.wait_for("kill.completed", count=2)
     assert await codes(r1, sock, "POST", "/reset") == [202]
