@@ -326,7 +326,6 @@ async def test_a_denied_flood_changes_nothing_for_the_allowed(
     # Damped per right and uid: a burst of DEFAULT_RATE each for trigger, reset, heartbeat
     # (and, should the bucket drip meanwhile, one carrying the suppressed count).
     assert len(logged) <= 3 * (DEFAULT_RATE + 1)
-    assert sum(e.get("suppressed", 0) for e in logged) < 3200
     daemon.send(signal.SIGUSR1)
     done = await daemon.wait_for("kill.completed")
     assert done["cancelled"] == 3
