@@ -34,7 +34,10 @@ from tests.harness import DaemonProcess, daemon_env, write_config
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(os.geteuid() != 0, reason="creating users and groups needs root"),
-    pytest.mark.skipif(shutil.which("useradd") is None, reason="no useradd (passwd package)"),
+    pytest.mark.skipif(
+        shutil.which("useradd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") is None,
+        reason="no useradd (Debian package passwd)",
+    ),
 ]
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -59,8 +62,11 @@ class Host:
     outsider: User
 
 
-def _run(*argv: str, check: bool = True) -> None:
-    subprocess.run(argv, check=check, capture_output=True, timeout=30)
+def _run(tool: str, *argv: str, check: bool = True) -> None:
+    """useradd and friends live in /usr/sbin, which a CI shell's PATH may lack."""
+    path = shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    assert path is not None, tool
+    subprocess.run([path, *argv], check=check, capture_output=True, timeout=30)
 
 
 @pytest.fixture(scope="module")
