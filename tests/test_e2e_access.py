@@ -192,6 +192,9 @@ async def test_every_right_is_decided_by_the_peer(
     assert await codes(st, sock, "GET", "/status") == [200]  # @trading
     assert await codes(out, sock, "GET", "/status") == [403]
     assert await codes(out, sock, "GET", "/metrics") == [403]  # the status right
+    assert await codes(out, sock, "GET", "/%73tatus") == [403]  # the route, however spelled
+    assert await codes(st, sock, "GET", "/%73tatus") == [200]
+    assert await codes(out, sock, "GET", "/nothing-here") == [404]
     assert await codes(st, sock, "POST", "/heartbeat") == [200]
     assert await codes(r1, sock, "POST", "/heartbeat") == [403]
     assert await codes(out, sock, "POST", "/trigger") == [403]

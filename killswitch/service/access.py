@@ -40,7 +40,8 @@ from killswitch.log import get_logger
 
 __all__ = ["ROUTE_RIGHTS", "AccessGuard", "Peer", "peer_of"]
 
-# The right each route needs; a route not listed here needs none (404 stays 404).
+# The right each route needs; a route the app serves that is not listed needs UNLISTED,
+# which only root and the daemon's own user hold.
 ROUTE_RIGHTS = {
     "/status": "status",
     "/metrics": "status",
@@ -49,6 +50,7 @@ ROUTE_RIGHTS = {
     "/reset": "reset",
     "/flatten": "reset",  # contract §12: closing positions is the reset right
 }
+UNLISTED = "unlisted route"
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python 3.11 lacks the name
 _UCRED = struct.Struct("3i")
 LOOKUP_WAIT = 1.0  # seconds a denial or a reset waits for an unknown uid's name
@@ -176,16 +178,20 @@ class AccessGuard:
         access = self._current()
         if access is None or peer.uid in (0, os.geteuid()):
             return True
-        principals: Principals = getattr(access, right)
+        principals: Principals = getattr(access, right, Principals())
         return peer.holds(principals)
 
     @web.middleware
     async def middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        right = ROUTE_RIGHTS.get(request.path)
-        if right is None:
-            return await handler(request)
+        # The route the router matched (what will run), not the path as spelled: a
+        # "/%72eset" or a new route cannot slip past with a right of its own.
+        resource = request.match_info.route.resource
+        if resource is None or request.match_info.http_exception is not None:
+            return await handler(request)  # no such route: the router's 404 or 405
+        # A route not in ROUTE_RIGHTS is root's and the daemon's own (fail closed).
+        right = ROUTE_RIGHTS.get(resource.canonical, UNLISTED)
         sock = None if request.transport is None else request.transport.get_extra_info("socket")
         try:
             found = None if sock is None else peer_of(sock)
