@@ -39,6 +39,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from killswitch import logsink
     from killswitch.log import configure_logging
     from killswitch.service.daemon import Daemon
     from killswitch.service.loop import run as run_loop
@@ -49,14 +50,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster = None if config.cluster is None else _cluster_settings(config)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
-    configure_logging(config.log.level, config.log.format)
+    logsink.install_std_streams()  # already done at the package's first line, when run as the CLI
+    configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     return run_loop(Daemon(config, credentials, cluster=cluster).serve())
 
 
 def _cluster_settings(config: Config) -> ClusterSettings | None:
     from killswitch.cluster.settings import resolve_cluster
 
-    return resolve_cluster(config.cluster)
+    settings = resolve_cluster(config.cluster)
+    sentinel = config.sentinel
+    if settings is not None and sentinel is not None and settings.desk == sentinel.desk:
+        raise ConfigError(
+            "sentinel.desk",
+            f"is this daemon's own desk name {settings.desk!r}: a sentinel has its own "
+            f"(for example cluster.desk = {settings.desk + '-sentinel'!r})",
+        )
+    return settings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from killswitch.service.halt_helper import MARKER
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNITS = ("killswitch.service", "killswitch@.service")
+SENTINEL_UNIT = "killswitch-sentinel@.service"  # contract §15: same sandbox as the template
 MAX_EXPOSURE = 1.5
 INSTALLED_BINARY = "/opt/killswitch/venv/bin/killswitch"
 INSTALLED_PYTHON = "/opt/killswitch/venv/bin/python"
@@ -54,6 +55,7 @@ PER_INSTANCE_KEYS = frozenset(
         "Description",
         "ExecStart",
         "User",
+        "RuntimeDirectory",  # the sentinel's own; a desk's socket is systemd's
         "StateDirectory",
         "LoadCredential",
         "Environment",  # KILLSWITCH_DESK=%i: the desk name for [cluster]
@@ -124,6 +126,8 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
         ("killswitch.service", "killswitch.service"),
         ("killswitch@.service", "killswitch@.service"),
         ("killswitch@.service", "killswitch@desk-a.service"),
+        (SENTINEL_UNIT, SENTINEL_UNIT),
+        (SENTINEL_UNIT, "killswitch-sentinel@desk-a.service"),
     ],
 )
 def test_verify_accepts_unit_without_warnings(unit: str, copy_as: str, tmp_path: Path) -> None:
@@ -147,7 +151,7 @@ def test_verify_accepts_unit_without_warnings(unit: str, copy_as: str, tmp_path:
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("unit", [*UNITS, SENTINEL_UNIT])
 def test_security_exposure_at_most_1_5(
     unit: str, record_property: Callable[[str, object], None]
 ) -> None:
@@ -180,6 +184,41 @@ def test_template_has_the_same_sandbox() -> None:
     assert plain == template
     for key in PER_INSTANCE_KEYS - {"Description", "User"}:
         assert all("%i" in v for v in values("killswitch@.service", key)), key
+
+
+def test_sentinel_template_has_the_same_sandbox_and_its_own_names() -> None:
+    """killswitch-sentinel@.service: the template's sandbox; its own desk name, directories,
+    user and credentials (the desk's venue key and the sentinel's NATS user)."""
+    template, sentinel = (
+        {
+            d
+            for d in directives((UNIT_DIR / u).read_text(encoding="utf-8"))
+            if d[1] not in PER_INSTANCE_KEYS
+        }
+        for u in ("killswitch@.service", SENTINEL_UNIT)
+    )
+    # A desk's daemon serves systemd's socket and halts its host's trading units
+    # (contract §13, §14); a sentinel has neither: it binds its own socket in its
+    # RuntimeDirectory= and, with no other user to tell apart, keeps PrivateUsers=.
+    desk_only = {
+        d
+        for d in template
+        if d[1] in INSTANCE_DEPENDENCIES and (".socket" in d[2] or "halt" in d[2])
+    }
+    sentinel_only = {d for d in sentinel if d[1] in ("RuntimeDirectoryMode", "PrivateUsers")}
+
+    assert template - desk_only == sentinel - sentinel_only
+    assert sentinel_only == {
+        ("Service", "RuntimeDirectoryMode", "0700"),
+        ("Service", "PrivateUsers", "yes"),
+    }
+    assert one(SENTINEL_UNIT, "Environment") == "KILLSWITCH_DESK=%i-sentinel"
+    assert one(SENTINEL_UNIT, "RuntimeDirectory") == "killswitch/sentinel-%i"
+    assert one(SENTINEL_UNIT, "StateDirectory") == "killswitch/sentinel-%i"
+    names = sorted(v.partition(":")[0] for v in values(SENTINEL_UNIT, "LoadCredential"))
+    defaults = ExchangeConfig()
+    assert names == sorted([defaults.api_key_env, defaults.api_secret_env, "KILLSWITCH_NATS_CREDS"])
+    assert all("/sentinel-%i/" in v for v in values(SENTINEL_UNIT, "LoadCredential"))
 
 
 def test_units_match_the_daemon_defaults() -> None:

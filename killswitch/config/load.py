@@ -36,6 +36,7 @@ from killswitch.config.model import (
     PnlTrigger,
     PositionsConfig,
     RateLimit,
+    SentinelConfig,
     SignalTrigger,
     StateConfig,
     Target,
@@ -337,6 +338,34 @@ def _cluster(root: Table) -> ClusterConfig | None:
         follow=frozenset(follow),
         propagate=t.boolean("propagate", d.propagate),
         max_age=t.number("max_age", d.max_age, positive=True),
+        liveness_interval=t.number("liveness_interval", d.liveness_interval, positive=True),
+    )
+    t.finish()
+    return config
+
+
+def _sentinel(root: Table, cluster: ClusterConfig | None) -> SentinelConfig | None:
+    """``[sentinel]`` (contract §15): needs ``[cluster]``; never watches its own desk name."""
+    if not root.has("sentinel"):
+        return None
+    t = root.table("sentinel")
+    if cluster is None:
+        raise ConfigError("sentinel", "needs a [cluster] table (the bus it watches the desk on)")
+    if not t.has("desk"):
+        raise ConfigError(t.key("desk"), "is required (the desk this sentinel watches)")
+    d = SentinelConfig(desk="")
+    desk = _token(t, "desk", t.string("desk", ""))
+    if cluster.desk == desk:
+        raise ConfigError(
+            t.key("desk"),
+            f"is this daemon's own cluster.desk {show(desk)}: name the sentinel itself "
+            f"differently (for example {show(desk + '-sentinel')})",
+        )
+    config = SentinelConfig(
+        desk=desk,
+        timeout=t.number("timeout", d.timeout, positive=True),
+        kill_on_leave=t.boolean("kill_on_leave", d.kill_on_leave),
+        reconnect_grace=t.number("reconnect_grace", d.reconnect_grace, minimum=0.0),
     )
     t.finish()
     return config
@@ -369,12 +398,14 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         level=lg.choice(  # type: ignore[arg-type]
             "level", "info", ("debug", "info", "warning", "error", "critical")
         ),
+        buffer_lines=lg.integer("buffer_lines", LogConfig().buffer_lines, maximum=1_000_000),
     )
     lg.finish()
     dm = root.table("daemon")
     daemon = DaemonConfig(shutdown_grace=dm.number("shutdown_grace", 10.0, minimum=0.0))
     dm.finish()
     cluster = _cluster(root)
+    sentinel = _sentinel(root, cluster)
     root.finish()
     if len(str(control.socket).encode()) > 107:
         raise ConfigError("control.socket", "path is longer than a UNIX socket allows (107 bytes)")
@@ -394,6 +425,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         positions=positions,
         flatten=flatten,
         cluster=cluster,
+        sentinel=sentinel,
     )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "PositionsConfig",
     "Principals",
     "RateLimit",
+    "SentinelConfig",
     "SignalTrigger",
     "StateConfig",
     "Target",
@@ -225,6 +226,7 @@ class StateConfig:
 class LogConfig:
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    buffer_lines: int = 10_000  # held while stdout/stderr's reader is slow; more are dropped
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,19 @@ class ClusterConfig:
     follow: frozenset[str] = frozenset({"firm", "desk"})
     propagate: bool = False
     max_age: float = 30.0
+    liveness_interval: float = 0.5  # seconds between this desk's liveness messages (§15)
+
+
+@dataclass(frozen=True)
+class SentinelConfig:
+    """``[sentinel]``: this daemon watches another desk's liveness and kills its account when
+    the desk falls silent (contract §15).  ``reconnect_grace``: the longest reconnect delay
+    the desks are configured with, waited on top of ``timeout`` after the bus comes back."""
+
+    desk: str
+    timeout: float = 3.0
+    kill_on_leave: bool = False
+    reconnect_grace: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -266,6 +281,7 @@ class Config:
     flatten: FlattenConfig = field(default_factory=FlattenConfig)
     source: Path | None = None
     cluster: ClusterConfig | None = None
+    sentinel: SentinelConfig | None = None
 
 
 def as_dict(value: object) -> Any:
@@ -303,6 +319,7 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
         "triggers.pnl.enabled": pnl_on,
         "cluster": new.cluster != current.cluster,
+        "sentinel": new.sentinel != current.sentinel,
     }
     pnl = replace(
         new.triggers.pnl,
@@ -327,6 +344,7 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         ),
         state=current.state,
         cluster=current.cluster,
+        sentinel=current.sentinel,
     )
     return applied, sorted(key for key, changed in restart.items() if changed)
 

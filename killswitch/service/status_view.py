@@ -190,6 +190,14 @@ def format_status(s: dict[str, Any]) -> str:
         rows.append(
             ("cluster", f"desk {cluster.get('desk')} of {cluster.get('firm')}, {link} {where}")
         )
+    sentinel = s.get("sentinel")  # contract §15: this daemon watches another desk
+    if sentinel:
+        seen = sentinel.get("last_seen_s")
+        heard = "never heard" if seen is None else f"last heard {duration(seen)} ago"
+        blind = ", BLIND (cannot prove its link to NATS)" if sentinel.get("blind") else ""
+        rows.append(
+            ("sentinel", f"{sentinel.get('state')} desk {sentinel.get('desk')}, {heard}{blind}")
+        )
     for name, lim in (s.get("rate_limit") or {}).items():
         rows.append(
             (

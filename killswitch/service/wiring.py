@@ -42,6 +42,8 @@ from killswitch.kill.order_facts import RecordingListings, RecordingStatus
 from killswitch.kill.runner import KillRunner
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.log import get_logger, redactor
+from killswitch.logsink import health as log_health
+from killswitch.logsink import status as log_status
 from killswitch.service.access import AccessGuard, Peer
 from killswitch.service.approvals import ResetApprovals
 from killswitch.service.control import ControlServer
@@ -57,6 +59,7 @@ from killswitch.triggers.pnl import PnlMonitor, PnlWatcher
 
 if TYPE_CHECKING:
     from killswitch.cluster.connection import Cluster
+    from killswitch.cluster.sentinel import Sentinel
     from killswitch.cluster.settings import ClusterSettings
 
 __all__ = ["Wiring"]
@@ -77,6 +80,7 @@ class Wiring:
         self.config = config
         self.cluster_settings = cluster
         self.cluster: Cluster | None = None
+        self.sentinel: Sentinel | None = None
         self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._sent_kills: deque[str] = deque(maxlen=16)
         self.credentials = credentials
@@ -174,6 +178,29 @@ class Wiring:
         outcome = self.switch.trigger("cluster", reason, **detail)
         self.prom.triggers.labels("cluster", outcome.value).inc()
         return outcome, self.switch.current_kill_id
+
+    # ------------------------------------------------------------------ sentinel (§15)
+
+    def switch_state(self) -> str:
+        """The switch's state, for this desk's liveness messages."""
+        return self.switch.state.value
+
+    def sentinel_trigger(self, reason: str, **detail: Any) -> TriggerOutcome:
+        """Source ``sentinel``: this daemon's sentinel found its desk silent, or (on a desk)
+        the desk's sentinel says it killed the account while the desk was away."""
+        outcome = self.switch.trigger("sentinel", reason, **detail)
+        self.prom.triggers.labels("sentinel", outcome.value).inc()
+        return outcome
+
+    def account_killed(self) -> tuple[str, str | None, str] | None:
+        """(kill_id, source, state) while this daemon holds a kill; the sentinel's verdict."""
+        if self.switch.state is State.ARMED:
+            return None
+        kill_id = self.switch.current_kill_id or (self.switch.last_kill or {}).get("kill_id")
+        if kill_id is None:  # tripped without a kill (a store that failed closed): no verdict
+            return None
+        source = self.switch.kill_source or (self.switch.last_kill or {}).get("source")
+        return kill_id, source, self.switch.state.value
 
     def _build(self) -> None:
         cfg = self.config
@@ -274,6 +301,12 @@ class Wiring:
 
             self.cluster = Cluster(self.cluster_settings, self, self.clock, self.prom.registry)
             add_tap(self.cluster.tap)
+            if cfg.sentinel is not None:
+                from killswitch.cluster.sentinel import Sentinel
+
+                self.sentinel = Sentinel(
+                    self.cluster_settings, cfg.sentinel, self, self.clock, self.prom.registry
+                )
         self.prom.watch(
             heartbeat_age=self.deadman.age,
             pnl=lambda: self.pnl.value,
@@ -285,6 +318,7 @@ class Wiring:
         self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
         self.prom.watch_requests(lambda: self.exchange.requests_sent)
         self.prom.self_test_ok.set_function(self._self_test_gauge)
+        self.prom.watch_log(log_health)
 
     # ------------------------------------------------------------------ positions (§12)
 
@@ -470,6 +504,8 @@ class Wiring:
             "reset_pending": self.approvals.pending(),
             "trigger_states": self._trigger_states(),
             **({} if self.cluster is None else {"cluster": self.cluster.status()}),
+            **({} if self.sentinel is None else {"sentinel": self.sentinel.status()}),
+            "log": log_status(),
             "uptime": round(self.clock.monotonic() - self._started, 3),
             "pid": os.getpid(),
             "version": __version__,
