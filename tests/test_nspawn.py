@@ -704,7 +704,10 @@ def test_heartbeats_are_answered_across_restart_and_kill_9(box: Machine) -> None
         result = json.loads(out)
         print(f"heartbeats across restart and kill -9: {result}")
         assert result["failed"] == [], err
-        assert result["sent"] >= 10
+        assert result["sent"] >= 5
+        # One heartbeat at least waited out the kill -9 (RestartSec=2s) in systemd's
+        # backlog and was answered by the next daemon: sent during the outage, not after.
+        assert result["slowest_s"] >= 1.0
         assert c.show(UNIT, "NRestarts")["NRestarts"] == "1"  # the kill -9 (restart is a job)
         # The same user under the real sandbox: its own uid, not 65534 (no PrivateUsers=).
         enter = ["nsenter", "-t", str(c.init_pid), "-a", "-S", str(uid), "-G", str(gid), "--"]
