@@ -19,6 +19,7 @@ from typing import Any
 
 from bench import (
     access,
+    alerts,
     confirmation,
     deadman,
     flat,
@@ -30,6 +31,7 @@ from bench import (
     positions,
     sentinel,
     signal_latency,
+    soak,
     storm,
 )
 from bench.harness import Settings, progress
@@ -55,8 +57,10 @@ SCENARIOS: dict[str, Scenario] = {
     "positions": positions.run,
     "sentinel": sentinel.run,
     "sentinel_soak": sentinel.run_soak,  # 10 minutes (--quick: 60 s)
+    "alerts": alerts.run,
+    "soak": soak.run,
 }
-SLOW_ONLY = ("contract", "flat_poll", "sentinel_soak")
+SLOW_ONLY = ("contract", "flat_poll", "sentinel_soak", "soak")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from killswitch.config.access import parse_control, parse_halt
+from killswitch.config.alerting import parse_alerts, parse_metrics
 from killswitch.config.model import (
     CancelAllConfig,
     ClusterConfig,
@@ -390,7 +391,10 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
     control = parse_control(c, _path(c, "socket", ControlConfig().socket, base))
     halt = parse_halt(root.table("halt"))
     s = root.table("state")
-    state = StateConfig(path=_path(s, "path", StateConfig().path, base))
+    state = StateConfig(
+        path=_path(s, "path", StateConfig().path, base),
+        keep_kills=s.integer("keep_kills", StateConfig().keep_kills, minimum=1, maximum=10**7),
+    )
     s.finish()
     lg = root.table("log")
     log = LogConfig(
@@ -405,6 +409,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
     daemon = DaemonConfig(shutdown_grace=dm.number("shutdown_grace", 10.0, minimum=0.0))
     dm.finish()
     cluster = _cluster(root)
+    alerts, metrics = parse_alerts(root), parse_metrics(root)
     sentinel = _sentinel(root, cluster)
     root.finish()
     if len(str(control.socket).encode()) > 107:
@@ -425,6 +430,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         positions=positions,
         flatten=flatten,
         cluster=cluster,
+        alerts=alerts,
+        metrics=metrics,
         sentinel=sentinel,
     )
 
