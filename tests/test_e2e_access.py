@@ -233,6 +233,14 @@ async def test_every_right_is_decided_by_the_peer(
     reset = await daemon.wait_for("switch.reset")
     assert reset["peer"] == _peer(r1, pid)
     assert reset["reason"] == "checked the book"
+    # ... and in the kill's record (contract §16: `killswitch report`).
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "killswitch", "report", "--config", str(config), "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    recorded = json.loads((await proc.communicate())[0])["reset"]
+    assert recorded["peer"] == _peer(r1, pid)
+    assert recorded["reason"] == "checked the book"
     # Root (the test, the daemon's own user here) holds every right without being listed.
     status = await codes_root(sock)
     assert status["state"] == "ARMED"
