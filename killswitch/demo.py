@@ -66,6 +66,9 @@ path = "{directory / "state.db"}"
 
 [daemon]
 shutdown_grace = 5
+
+[log]
+level = "debug"   # the demo follows every order.status (a debug event)
 """
     path = directory / "killswitch.toml"
     path.write_text(text)

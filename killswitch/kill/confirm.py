@@ -496,7 +496,7 @@ class Confirmer:
         extra = {} if via is None else {"via": via}
         if status != order.status:
             order.status = status
-            self._log.info("order.status", order_id=order.order_id, status=status, **extra)
+            self._log.debug("order.status", order_id=order.order_id, status=status, **extra)
             if self._on_status is not None:
                 self._on_status(order.order_id, status)
         else:

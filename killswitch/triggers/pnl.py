@@ -195,11 +195,16 @@ class PnlMonitor:
         self._started = clock.monotonic()
         self._last_bad: str | None = None
         self._waiting_logged = False
+        self._rearmed_at: float | None = None  # monotonic time of the last reset
+        self._logged_value: float | None = None  # the last value pnl.read showed
         self.latched = latched  # True while the switch is tripped: breaches are damped
         self.damper = Damper()
         self._log = get_logger()
 
     def observe(self, value: float) -> None:
+        if value != self._logged_value:  # one line per change, damped like a warning
+            self._logged_value = value
+            self.damper.log(self._log, "info", "pnl.read", pnl=value, threshold=self.threshold)
         self.value = value
         self.updated_at = self.clock.monotonic()
         self._stale_fired = False
@@ -239,7 +244,16 @@ class PnlMonitor:
         """After an operator reset: require ≥ threshold, then < threshold, to fire again."""
         self._above = False
         self._stale_fired = False
-        self._started = self.clock.monotonic()
+        self._started = self._rearmed_at = self.clock.monotonic()
+
+    def read_before_reset(self) -> bool:
+        """True when the last valid reading is older than the last reset: it does not count
+        towards the edge the re-armed trigger waits for."""
+        return (
+            self._rearmed_at is not None
+            and self.updated_at is not None
+            and self.updated_at < self._rearmed_at
+        )
 
     def state(self) -> str:
         """The trigger's own state (the edge it waits for), in words."""
@@ -250,7 +264,7 @@ class PnlMonitor:
         if self._above is False:
             if self.value < self.threshold:
                 return "below threshold: waits for a recovery above it"
-            return "re-armed: waits for a reading at or above the threshold"
+            return "re-armed: waits for a new reading at or above the threshold"
         return "watching"
 
     def stale_deadline(self) -> float | None:
