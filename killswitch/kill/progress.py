@@ -18,8 +18,8 @@ A stuck kill (a ``cancel_all`` the venue keeps rejecting) has no estimate
 when no request still needed waits for a full window the estimate is the later
 of the budgets' time and the time the rest takes at the pace so far (orders
 terminal per second since the trigger); ``eta_basis`` says which one set it
-(``budgets``, ``pace``), or ``venue`` when the budgets hold nothing back and no
-order is terminal yet (the rest is the venue's time, not known yet).
+(``budgets``, ``pace``), or ``venue`` while no order is terminal yet: then it is
+the budgets' time at least, and the venue's time after that is not known yet.
 
 ``confirmed`` counts every order known terminal; ``outcomes`` adds up to it:
 orders a complete listing no longer shows are terminal with their outcome still
@@ -86,12 +86,12 @@ def report(
     held_back = any(  # a request still needed finds its window full: the budgets set the pace
         budgets[name].available() == 0 for name, n in remaining.items() if n > 0 and name in budgets
     )
-    if held_back or (pace_eta is not None and pace_eta <= budget_eta):
-        eta, basis = budget_eta, "budgets"
-    elif pace_eta is not None:
-        eta, basis = pace_eta, "pace"
-    else:  # nothing terminal yet and the budgets have room: the venue's time, unknown
+    if pace_eta is None:  # nothing terminal yet: the budgets' time, then the venue's (unknown)
         eta, basis = budget_eta, "venue"
+    elif held_back or pace_eta <= budget_eta:
+        eta, basis = budget_eta, "budgets"
+    else:
+        eta, basis = pace_eta, "pace"
     return {
         "kill_id": kill_id,
         "elapsed_s": round(elapsed, 3),
@@ -114,12 +114,15 @@ def report(
 
 
 def format_eta(seconds: float | None, basis: str | None = None) -> str:
-    """``~40 s left``, ``~3.5 min left`` (``at the pace so far`` when the pace set it);
-    ``no estimate`` (stuck) when None; under a second, or with ``basis`` ``venue``, the
-    budgets hold nothing back: the rest is the venue's time."""
+    """``~40 s left``, ``~3.5 min left`` (``at the pace so far`` when the pace set it;
+    ``at least`` before any order is terminal, ``basis`` ``venue``); ``no estimate``
+    (stuck) when None; under a second the budgets hold nothing back: the rest is the
+    venue's time."""
     if seconds is None:
         return "no estimate"
-    if basis == "venue" or seconds < 1:
+    if seconds < 1:
         return "waiting on the venue"
     text = f"~{seconds:.0f} s left" if seconds < 120 else f"~{seconds / 60:.1f} min left"
+    if basis == "venue":
+        return f"at least {text}, then the venue's time (no order terminal yet)"
     return text + (" at the pace so far" if basis == "pace" else "")
