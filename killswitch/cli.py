@@ -64,7 +64,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = load_config(Path(args.config), require_targets=False)
         if not config.targets and config.cluster is None:  # usable by nothing
             raise ConfigError("targets", TARGETS_REQUIRED)
-        problem = pnl_directory_problem(config)
+        problem = pnl_directory_problem(config) if config.targets else None  # fleet: no PnL
         if problem is not None:
             raise problem
     except ConfigError as exc:

@@ -195,7 +195,7 @@ class PnlMonitor:
         self._started = clock.monotonic()
         self._last_bad: str | None = None
         self._waiting_logged = False
-        self._rearmed_at: float | None = None  # monotonic time of the last reset
+        self._read_before_reset = False  # the last valid reading came before a reset
         self._logged_value: float | None = None  # the last value pnl.read showed
         self.latched = latched  # True while the switch is tripped: breaches are damped
         self.damper = Damper()
@@ -207,6 +207,7 @@ class PnlMonitor:
             self.damper.log(self._log, "info", "pnl.read", pnl=value, threshold=self.threshold)
         self.value = value
         self.updated_at = self.clock.monotonic()
+        self._read_before_reset = False
         self._stale_fired = False
         self._last_bad = None
         if value >= self.threshold:
@@ -244,16 +245,13 @@ class PnlMonitor:
         """After an operator reset: require ≥ threshold, then < threshold, to fire again."""
         self._above = False
         self._stale_fired = False
-        self._started = self._rearmed_at = self.clock.monotonic()
+        self._started = self.clock.monotonic()
+        self._read_before_reset = self.value is not None
 
     def read_before_reset(self) -> bool:
         """True when the last valid reading is older than the last reset: it does not count
         towards the edge the re-armed trigger waits for."""
-        return (
-            self._rearmed_at is not None
-            and self.updated_at is not None
-            and self.updated_at < self._rearmed_at
-        )
+        return self._read_before_reset
 
     def state(self) -> str:
         """The trigger's own state (the edge it waits for), in words."""
