@@ -81,7 +81,7 @@ class Session:
     ) -> subprocess.CompletedProcess[str]:
         """The README's ``killswitch ...`` (or ``python examples/...``) line containing
         ``fragment``, ``$C`` this config; ``value`` replaces the PnL value it writes."""
-        command = typed(fragment).split("#")[0].strip()
+        command = typed(fragment).split("#")[0].split(" | ")[0].strip()
         argv = [a.replace("$C", str(self.config)) for a in shlex.split(command)]
         assert argv[0] in ("killswitch", "python"), command
         if argv[0] == "killswitch":
@@ -135,10 +135,16 @@ async def test_run_it_by_hand(workdir: Path) -> None:
     sim, url = await start_sim()
     config = demo_config(workdir, url)
     daemon = DaemonProcess(config)
+    you = Session(url, config)
     try:
+        # Step 2: the PnL directory, the online check, the daemon.
+        assert "mkdir -p config/demo-run " in typed("mkdir -p config/demo-run")
+        (workdir / "config" / "demo-run").mkdir()
+        online = await you.cli("--config config/demo.toml --online")
+        assert online.returncode == 0, online.stderr
+        assert json.loads(online.stdout)["online"]["ok"] is True
         await daemon.start()
         await daemon.wait_for("exchange.self_test")
-        you = Session(url, config)
 
         # Step 3: an idle switch, nothing armed but the signal, the PnL watch and the CLI.
         status = rows((await you.cli("killswitch status --config $C")).stdout)

@@ -184,7 +184,7 @@ def test_the_estimate_is_honest_when_the_venue_is_slow() -> None:
     assert format_eta(p["eta_s"], p["eta_basis"]) == "~28 s left at the pace so far"
     none_yet = _progress(resolved=0, outcomes={}, wait=10.0)
     assert format_eta(none_yet["eta_s"], none_yet["eta_basis"]) == (
-        "at least ~10 s left, then the venue's time (no order terminal yet)"
+        "at least ~10 s left: no order terminal yet"
     )
     held = _progress(free=0, wait=40.0, resolved=150)  # the window is full: the budgets rule
     assert (held["eta_basis"], held["eta_s"]) == ("budgets", 40.0)

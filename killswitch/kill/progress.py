@@ -124,5 +124,5 @@ def format_eta(seconds: float | None, basis: str | None = None) -> str:
         return "waiting on the venue"
     text = f"~{seconds:.0f} s left" if seconds < 120 else f"~{seconds / 60:.1f} min left"
     if basis == "venue":
-        return f"at least {text}, then the venue's time (no order terminal yet)"
+        return f"at least {text}: no order terminal yet"
     return text + (" at the pace so far" if basis == "pace" else "")
