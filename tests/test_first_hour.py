@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import re
 import subprocess
@@ -229,13 +230,19 @@ def test_the_first_heartbeat_arming_the_dead_man_is_logged_once() -> None:
 
 
 def test_a_pnl_reading_is_logged_once_per_change() -> None:
-    """pnl.read (info) for each new value; the same value read again is not repeated."""
+    """pnl.read (info) for each new value; the same value read again is not repeated; a
+    breach is shown by pnl.breach alone (nothing more is written before the kill)."""
     pnl = PnlMonitor(-5000.0, 0.0, FakeClock(), lambda *_: None)
     with capture_logs() as logs:
-        for value in (1200.5, 1200.5, 1200.5, -10.0):
+        for value in (1200.5, 1200.5, 1200.5, -10.0, -6000.0, -6000.0, -7000.0):
             pnl.observe(value)
-    reads = [(e["log_level"], e["pnl"]) for e in logs if e["event"] == "pnl.read"]
-    assert reads == [("info", 1200.5), ("info", -10.0)]
+    reads = [(e["event"], e["log_level"], e["pnl"]) for e in logs]
+    assert reads == [
+        ("pnl.read", "info", 1200.5),
+        ("pnl.read", "info", -10.0),
+        ("pnl.breach", "error", -6000.0),
+        ("pnl.read", "info", -7000.0),
+    ]
 
 
 # --------------------------------------------------------------------------- help
@@ -284,7 +291,9 @@ desk = "ops"
 """
 
 
-def test_a_fleet_only_config_needs_no_targets(tmp_path: Path) -> None:
+def test_a_fleet_only_config_needs_no_targets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """ops.toml with [cluster] and no [[targets]]: the fleet commands and check-config take
     it; the daemon refuses it with one line naming targets, exit 2."""
     ops = tmp_path / "ops.toml"
@@ -306,7 +315,10 @@ def test_a_fleet_only_config_needs_no_targets(tmp_path: Path) -> None:
     assert run.stderr.splitlines()[-1].startswith(
         "config error: targets: at least one [[targets]] entry is required"
     )
+    capsys.readouterr()
     assert main(["check-config", "--config", str(ops)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["targets"].startswith("none: only `killswitch fleet` can use this file")
     daemonless = tmp_path / "none.toml"
     daemonless.write_text(FLEET_ONLY.split("[cluster]")[0])
     assert main(["check-config", "--config", str(daemonless)]) == 2
@@ -396,6 +408,22 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+
+
+def test_an_unreadable_state_file_is_a_problem_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state file the user may not read (the service user's 0600): no pid, the problem
+    named, no exception."""
+    state = tmp_path / "state.db"
+    state.write_bytes(b"")
+
+    def refuse(*_: Any) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("killswitch.store.holder.os.open", refuse)
+    found = state_file_holder(state)
+    assert (found.pid, found.problem) == (None, "Permission denied")
 
 
 def test_holder_of_a_missing_file_is_nobody(tmp_path: Path) -> None:

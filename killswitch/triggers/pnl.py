@@ -202,9 +202,6 @@ class PnlMonitor:
         self._log = get_logger()
 
     def observe(self, value: float) -> None:
-        if value != self._logged_value:  # one line per change, damped like a warning
-            self._logged_value = value
-            self.damper.log(self._log, "info", "pnl.read", pnl=value, threshold=self.threshold)
         self.value = value
         self.updated_at = self.clock.monotonic()
         self._read_before_reset = False
@@ -212,14 +209,18 @@ class PnlMonitor:
         self._last_bad = None
         if value >= self.threshold:
             self._above = True
-            return
-        if self._above is not False:
+        elif self._above is not False:
             self._above = False
+            self._logged_value = value  # pnl.breach shows it: no pnl.read before the kill
             if self.latched():  # a flapping PnL while tripped: nothing new to do
                 self.damper.error(self._log, "pnl.breach", pnl=value, threshold=self.threshold)
             else:
                 self._log.error("pnl.breach", pnl=value, threshold=self.threshold)
             self.on_fire("breach", value)
+            return
+        if value != self._logged_value:  # one line per new value, damped like a warning
+            self._logged_value = value
+            self.damper.log(self._log, "info", "pnl.read", pnl=value, threshold=self.threshold)
 
     def invalid(self, problem: str, content: bytes | None) -> None:
         """Log bad content once per distinct content, damped; the last valid value stands."""
