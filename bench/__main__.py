@@ -24,7 +24,10 @@ from bench import (
     fleet,
     hostile,
     idle,
+    logpipe,
     pnl_breach,
+    positions,
+    sentinel,
     signal_latency,
     storm,
 )
@@ -46,8 +49,12 @@ SCENARIOS: dict[str, Scenario] = {
     "flat": flat.run,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "logpipe": logpipe.run,
+    "positions": positions.run,
+    "sentinel": sentinel.run,
+    "sentinel_soak": sentinel.run_soak,  # 10 minutes (--quick: 60 s)
 }
-SLOW_ONLY = ("contract", "flat_poll")
+SLOW_ONLY = ("contract", "flat_poll", "sentinel_soak")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -65,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="add scenario 'contract': 40 orders at the contract's default 20 polls per 60 s"
         " (about 2 minutes), and 'flat_poll': time to confirm N = 50, 200 (and, named"
-        " with --slow, 1,000) orders by per-id polling alone (15 minutes; 65 with 1,000)",
+        " with --slow, 1,000) orders by per-id polling alone (15 minutes; 65 with 1,000),"
+        " and 'sentinel_soak': 10 minutes without a false sentinel kill",
     )
     parser.add_argument(
         "--uvloop",

@@ -17,6 +17,11 @@ close resets the disposition to the default action, which for ``SIGUSR1`` is
 death).  Python runs them in the main thread; ``serve()`` sets a wake-up fd so
 a signal delivered to another thread still wakes the loop.
 
+From the same line the daemon's stdout and stderr are best-effort and bounded
+(:mod:`killswitch.logsink`): ``daemon.starting`` and everything after it is
+queued for a writer thread, so a full or broken pipe at start-up cannot stop
+or kill the daemon either.
+
 Only the daemon captures ``SIGTERM``/``SIGINT`` this early: a library user or
 pytest importing the package keeps its own handlers (see :func:`started_as_daemon`).
 Standard library only, and nothing slow: this runs before the heavy imports.
@@ -152,6 +157,10 @@ def announce(stream: Any = None) -> None:
 
 
 def install_if_daemon() -> None:
-    """The package's first line: capture the signals if this process is the daemon."""
+    """The package's first line: capture the signals if this process is the daemon,
+    and make its stdout and stderr best-effort (never blocking, never raising)."""
     if started_as_daemon() and install():
+        from killswitch import logsink  # standard library only, like this module
+
+        logsink.install_std_streams()
         announce()

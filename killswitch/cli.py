@@ -39,6 +39,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from killswitch import logsink
     from killswitch.log import configure_logging
     from killswitch.service.daemon import Daemon
     from killswitch.service.loop import run as run_loop
@@ -49,14 +50,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster = None if config.cluster is None else _cluster_settings(config)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
-    configure_logging(config.log.level, config.log.format)
+    logsink.install_std_streams()  # already done at the package's first line, when run as the CLI
+    configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
     return run_loop(Daemon(config, credentials, cluster=cluster).serve())
 
 
 def _cluster_settings(config: Config) -> ClusterSettings | None:
     from killswitch.cluster.settings import resolve_cluster
 
-    return resolve_cluster(config.cluster)
+    settings = resolve_cluster(config.cluster)
+    sentinel = config.sentinel
+    if settings is not None and sentinel is not None and settings.desk == sentinel.desk:
+        raise ConfigError(
+            "sentinel.desk",
+            f"is this daemon's own desk name {settings.desk!r}: a sentinel has its own "
+            f"(for example cluster.desk = {settings.desk + '-sentinel'!r})",
+        )
+    return settings
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -286,6 +296,33 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+FLATTEN_TIMEOUT = 120.0  # seconds a flatten may take (reads, closes, reads again)
+
+
+def cmd_flatten(args: argparse.Namespace) -> int:
+    """``POST /flatten`` (contract §12): exit 0 when every position named is closed."""
+    client = _control(args)
+    if isinstance(client, int):
+        return client
+    client.timeout = FLATTEN_TIMEOUT
+    body = {} if args.symbol is None else {"symbol": args.symbol}
+    try:
+        status, answer = asyncio.run(client.request("POST", "/flatten", body))
+    except DaemonUnavailable as exc:
+        return _fail(f"killswitch: {exc}", EXIT_FAIL)
+    if status != 200:
+        return _fail(f"killswitch: flatten refused: {answer.get('error')}", EXIT_FAIL)
+    positions = answer.get("positions") or {}
+    for symbol, outcome in sorted((positions.get("flatten") or {}).items()):
+        why = f" ({outcome['why']})" if outcome.get("why") else ""
+        print(f"flatten {symbol}: {outcome.get('outcome')}{why}")
+    for symbol in positions.get("unreadable", []):
+        print(f"flatten {symbol}: positions unreadable (unknown, not closed)")
+    left = positions.get("positions_open", 0)
+    print(f"flatten: {'every position closed' if answer.get('closed') else f'{left} left open'}")
+    return EXIT_OK if answer.get("closed") else EXIT_FAIL
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from killswitch.sim import run_sim
 
@@ -308,6 +345,8 @@ def _sim_config(args: argparse.Namespace) -> Any:
         status_limit=args.status_limit,
         open_orders_limit=args.open_orders_limit,
         closed_orders_limit=args.closed_orders_limit,
+        positions_limit=args.positions_limit,
+        place_order_limit=args.place_order_limit,
         fill_ratio=args.fill_ratio,
         partial_fill_ratio=args.partial_fill_ratio,
         expire_ratio=args.expire_ratio,
@@ -345,6 +384,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             orders=args.orders,
             fill_ratio=args.fill_ratio,
             partial_fill_ratio=args.partial_fill_ratio,
+            flatten=args.flatten,
         )
     )
 
@@ -399,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also end a kill that cannot complete (kill.abandoned), then re-arm",
     )
     p.set_defaults(fn=cmd_reset)
+    p = with_config("flatten", "close the positions a kill left (while TRIPPED)")
+    p.add_argument("--symbol", metavar="S", help="only this symbol")
+    p.set_defaults(fn=cmd_flatten)
     p = sub.add_parser(
         "demo",
         help="run a kill against the built-in simulated exchange",
@@ -419,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="share that end PARTIALLY_EXECUTED, terminal on futures (default 0.05)",
     )
+    p.add_argument(
+        "--flatten",
+        action="store_true",
+        help="also close the two seeded positions after the kill ([flatten] enabled)",
+    )
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser(
         "sim",
@@ -434,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "20/60"),
         ("open-orders", "20/60"),
         ("closed-orders", "20/60"),
+        ("positions", "20/60"),
+        ("place-order", "20/60"),
     ):
         p.add_argument(
             f"--{name}-limit",

@@ -8,6 +8,11 @@ proof (``kill.flat``: every target listed empty) to ``kill.completed``, and
 checks the counts against the exchange's own truth, with 0 rate-limit
 violations on all four endpoints.  The outcomes come from the closed-order
 listing, 50 a page, so 300 orders need a handful of requests, not 300 polls.
+
+It also seeds two positions (SOLUSDT long, XRPUSDT short), each protected by a
+stop-loss that the kill's ``cancel_all`` cancels, and shows the exposure the
+kill leaves (``kill.exposure``); with ``--flatten`` the daemon closes them
+(``[flatten] enabled``) and the table shows the closes.
 """
 
 from __future__ import annotations
@@ -24,15 +29,22 @@ from pathlib import Path
 from typing import Any
 
 from killswitch.config.model import DEFAULT_TERMINAL
-from killswitch.exchange.client import ENDPOINTS
+from killswitch.exchange.client import ENDPOINTS as ORDER_ENDPOINTS
+from killswitch.exchange.positions import PLACE_ORDER, POSITIONS
 from killswitch.sim import DEMO_API_KEY, DEMO_API_SECRET, SimConfig, SimExchange
 
 __all__ = ["run_demo", "write_demo_config"]
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
+ENDPOINTS = (*ORDER_ENDPOINTS, POSITIONS, PLACE_ORDER)
+SEEDED_POSITIONS = {
+    "SOLUSDT": {"side": "LONG", "size": "40", "entry_price": "150", "stops": 1},
+    "XRPUSDT": {"side": "SHORT", "size": "5000", "entry_price": "0.6", "stops": 1,
+                "take_profits": 1},
+}  # fmt: skip
 
 
-def write_demo_config(directory: Path, base_url: str) -> Path:
+def write_demo_config(directory: Path, base_url: str, *, flatten: bool = False) -> Path:
     """The daemon's config for the demo: the venue's default limits on every endpoint."""
     text = f"""\
 # Written by `killswitch demo`: the daemon against the simulated exchange, at the
@@ -69,6 +81,9 @@ shutdown_grace = 5
 
 [log]
 level = "debug"   # the demo follows every order.status (a debug event)
+
+[flatten]
+enabled = {"true" if flatten else "false"}
 """
     path = directory / "killswitch.toml"
     path.write_text(text)
@@ -93,7 +108,11 @@ async def _events(stream: asyncio.StreamReader) -> Any:
 
 
 async def run_demo(
-    orders: int = 300, fill_ratio: float = 0.02, partial_fill_ratio: float = 0.05
+    orders: int = 300,
+    fill_ratio: float = 0.02,
+    partial_fill_ratio: float = 0.05,
+    *,
+    flatten: bool = False,
 ) -> int:
     screen = _Screen()
     sim = SimExchange(
@@ -109,13 +128,20 @@ async def run_demo(
     per_symbol = {s: orders // len(SYMBOLS) for s in SYMBOLS}
     per_symbol[SYMBOLS[0]] += orders - sum(per_symbol.values())
     sim.seed(per_symbol)
+    stops = len(sim.open_positions(SEEDED_POSITIONS)["stop_ids"])
     screen.say(
         f"simulated exchange on {base_url}: {orders} open orders across "
         f"{len(SYMBOLS)} symbols ({', '.join(f'{k} {v}' for k, v in per_symbol.items())}); "
         "limits: cancel_all 10/60 s, order status, open and closed orders 20/60 s each"
     )
+    screen.say(
+        "positions: "
+        + ", ".join(f"{k} {v['side']} {v['size']}" for k, v in SEEDED_POSITIONS.items())
+        + f", protected by {stops} TP/SL orders (cancel_all cancels those too)"
+        + ("; flatten on" if flatten else "")
+    )
     with tempfile.TemporaryDirectory(prefix="killswitch-demo-") as tmp:
-        config = write_demo_config(Path(tmp), base_url)
+        config = write_demo_config(Path(tmp), base_url, flatten=flatten)
         env = {
             **os.environ,
             "KILLSWITCH_API_KEY": DEMO_API_KEY,
@@ -135,7 +161,7 @@ async def run_demo(
         )
         assert proc.stdout is not None
         try:
-            code = await asyncio.wait_for(_follow(proc, screen, sim, orders), timeout=60)
+            code = await asyncio.wait_for(_follow(proc, screen, sim, orders + stops), timeout=60)
         except TimeoutError:
             screen.say("demo: the kill did not complete within 60 s")
             code = 1
@@ -159,6 +185,7 @@ async def _follow(
     total = 0
     summary: dict[str, Any] | None = None
     flat: dict[str, Any] | None = None
+    exposure: dict[str, Any] | None = None
     next_progress = 0.0
     async for event in _events(proc.stdout):
         name = event.get("event")
@@ -201,13 +228,22 @@ async def _follow(
                 screen.say(f"confirming: {len(final)}/{total} terminal (latest via {via})")
         elif name == "order.unconfirmed":
             screen.say(f"order.unconfirmed {event['order_id']} last={event.get('last_status')}")
+        elif name == "kill.exposure":
+            exposure = event
+            screen.say(f"kill.exposure: {len(event['positions'])} positions open after the kill")
+        elif name in ("flatten.sent", "flatten.done", "flatten.refused", "flatten.rejected",
+                      "flatten.failed"):  # fmt: skip
+            detail = event.get("quantity") or event.get("filled_quantity") or event.get("why")
+            screen.say(f"{name} {event.get('symbol')} {event.get('side', '')} {detail}")
         elif name == "kill.completed":
             summary = event
             break
     if summary is None:
         screen.say("demo: the daemon ended before kill.completed")
         return 1
-    return _report(summary, flat, sim.stats(), seeded)
+    code = _report(summary, flat, sim.stats(), seeded)
+    _exposure_table(exposure, sim.stats())
+    return code
 
 
 TERMINAL = frozenset(DEFAULT_TERMINAL)  # the daemon's default terminal set
@@ -216,10 +252,14 @@ TERMINAL = frozenset(DEFAULT_TERMINAL)  # the daemon's default terminal set
 def _report(
     summary: dict[str, Any], flat: dict[str, Any] | None, truth: dict[str, Any], seeded: int
 ) -> int:
-    by_status: dict[str, int] = truth["orders"]
+    by_status: dict[str, int] = {
+        "CANCELLED": truth["cancelled"],
+        "EXECUTED": truth["executed"],
+        "PARTIALLY_EXECUTED": truth["partially_executed"],
+    }
     violations = {e: truth["violations"].get(e, 0) for e in ENDPOINTS}
     requests = {e: truth["requests"].get(e, 0) for e in ENDPOINTS}
-    still_open = sum(n for s, n in by_status.items() if s not in TERMINAL)
+    still_open = len(truth["open"])
     print()
     print("kill completed")
     rows = [
@@ -257,3 +297,29 @@ def _report(
     )
     print("  result: " + ("OK, proven flat, every order confirmed terminal" if ok else "MISMATCH"))
     return 0 if ok else 1
+
+
+def _exposure_table(exposure: dict[str, Any] | None, truth: dict[str, Any]) -> None:
+    """What "flat" does not prove: the positions the kill left, and what the venue holds now."""
+    print()
+    print("positions after the kill (kill.exposure; flat is about orders, not positions)")
+    if exposure is None:
+        print("  not read")
+        return
+    print(f"  {'symbol':10}{'side':>6}{'size':>10}{'notional':>14}{'TP/SL cancelled':>17}")
+    for p in exposure["positions"]:
+        notional = p.get("notional") or "?"
+        print(
+            f"  {p['symbol']:10}{p['side']:>6}{p['size']:>10}{notional[:12]:>14}"
+            f"{p['stops_cancelled']:>17}"
+        )
+    if exposure.get("unreadable"):
+        print(f"  UNKNOWN (could not be read): {', '.join(exposure['unreadable'])}")
+    left = truth["position_truth"]["positions"]
+    closes = len(truth["position_truth"]["placed"])
+    print(
+        f"  at the exchange now: {len(left)} open"
+        + (f" ({', '.join(p['symbol'] for p in left)})" if left else "")
+        + f"; {closes} reduce-only close orders placed"
+        + ("" if closes else " (flatten is off: `killswitch demo --flatten` closes them)")
+    )

@@ -10,6 +10,10 @@ the standard library's ``logging`` (asyncio, aiohttp) go through
 ``python.log`` events, warnings become ``python.warning`` events, and an
 uncaught exception (main thread, other threads, "exception ignored", the
 event loop's handler once :func:`install_loop_handler` ran) is an event too.
+
+In the daemon, ``sys.stdout`` and ``sys.stderr`` are best-effort and bounded
+(:mod:`killswitch.logsink`): writing an event never blocks and never raises; a
+line that could not be written is counted and reported once as ``log.dropped``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, TextIO, cast
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from killswitch import logsink
 from killswitch.damping import Damper
 
 __all__ = [
@@ -106,14 +111,25 @@ def _tap(logger: WrappedLogger, name: str, line: Any) -> Any:
     return line
 
 
-def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info",
+    fmt: str = "json",
+    stream: TextIO | None = None,
+    *,
+    buffer_lines: int | None = None,
+) -> None:
     """Install the daemon's processor chain; safe to call again on reload.
 
     Also routes the standard library's logging, warnings and uncaught
     exceptions into the same stream as events (see the module docstring).
+    ``buffer_lines`` bounds what the daemon's stdout and stderr sinks hold
+    while their reader is slow (``log.buffer_lines``).
     """
     global _handler
     out = sys.stdout if stream is None else stream
+    if buffer_lines is not None:
+        logsink.set_capacity(buffer_lines)
+    logsink.set_reporter(_report_dropped)
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
@@ -121,9 +137,13 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     numeric = logging.getLevelNamesMapping()[level.upper()]
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    exceptions = structlog.processors.ExceptionRenderer(
+    exceptions: Processor = structlog.processors.ExceptionRenderer(
         structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
     )
+    if fmt == "console":
+        # ConsoleRenderer takes the traceback as text (a dict traceback made it raise
+        # TypeError on every logged exception); as text before the redactor, no locals.
+        exceptions = structlog.processors.format_exc_info
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -168,6 +188,17 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     sys.excepthook = _excepthook
     sys.unraisablehook = _unraisablehook
     threading.excepthook = _thread_excepthook
+
+
+def _report_dropped(stream: str, dropped: int, total: int) -> None:
+    """Once writing works again: how many lines were lost (from the sink's writer thread)."""
+    get_logger().warning(
+        "log.dropped",
+        stream=stream,
+        dropped=dropped,
+        total=total,
+        note="the reader of the log was slow or gone; the state store has the record",
+    )
 
 
 def _excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:

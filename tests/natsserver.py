@@ -35,6 +35,7 @@ __all__ = [
     "free_port",
     "nats_server_binary",
     "self_signed_certificate",
+    "sentinel_permissions",
 ]
 
 
@@ -103,15 +104,37 @@ class NatsUser:
 
 
 def desk_permissions(prefix: str, desk: str, *, propagate: bool = False) -> dict[str, Any]:
-    """What one desk's daemon needs: hear triggers and status requests, reply, publish events."""
-    publish = [f"{prefix}.{desk}.events"] + ([f"{prefix}.trigger"] if propagate else [])
+    """What one desk's daemon needs: hear triggers and status requests, reply, publish events;
+    publish its liveness, ask its sentinel and hear its verdict (contract §15)."""
+    publish = [f"{prefix}.{desk}.events", f"{prefix}.{desk}.alive", f"{prefix}.{desk}.sentinel"]
+    publish += [f"{prefix}.trigger"] if propagate else []
     return {
         "subscribe": {
-            "allow": [f"{prefix}.trigger", f"{prefix}.{desk}.trigger", f"{prefix}.status"]
+            "allow": [
+                f"{prefix}.trigger",
+                f"{prefix}.{desk}.trigger",
+                f"{prefix}.status",
+                f"{prefix}.{desk}.killed",
+                f"_INBOX.{desk}.>",
+            ]
         },
         "publish": {"allow": publish},
         "allow_responses": True,
     }
+
+
+def sentinel_permissions(prefix: str, own: str, watched: str) -> dict[str, Any]:
+    """A sentinel: a desk of its own (``own``) that also hears ``watched``'s liveness and
+    questions, proves its link on its own probe subject and repeats its verdict."""
+    mine = desk_permissions(prefix, own)
+    probe = f"{prefix}.{own}.probe"
+    mine["subscribe"]["allow"] += [
+        f"{prefix}.{watched}.alive",
+        f"{prefix}.{watched}.sentinel",
+        probe,
+    ]
+    mine["publish"]["allow"] += [f"{prefix}.{watched}.killed", probe]
+    return mine
 
 
 class NatsServer:

@@ -286,6 +286,13 @@ class FakeHost:
     def status(self) -> dict[str, Any]:
         return {"state": "ARMED"}
 
+    def switch_state(self) -> str:
+        return "ARMED"
+
+    def sentinel_trigger(self, reason: str, **detail: Any) -> TriggerOutcome:
+        self.triggers.append((reason, detail))
+        return self.outcome
+
 
 def _make(host: FakeHost, clock: FakeClock, **table: Any) -> Cluster:
     settings = ClusterSettings(_cluster(**table), "desk-a", "host1", None)

@@ -144,7 +144,7 @@ async def test_reload_changes_targets_for_the_next_kill(running: Any, workdir: P
 
 
 async def test_status_heartbeat_and_metrics_show_the_venue(running: Any) -> None:
-    """/status shows all four budgets, the exchange's clock and self-test, the guard; the
+    """/status shows all six budgets, the exchange's clock and self-test, the guard; the
     heartbeat answers the state (even with its trigger off); metrics carry the new outcomes."""
     daemon, sim, logs = await running(sim_overrides={"partial_fill_ratio": 0.5})
     sim.seed({"BTCUSDT": 6})
@@ -155,6 +155,8 @@ async def test_status_heartbeat_and_metrics_show_the_venue(running: Any) -> None
         "order_status",
         "open_orders",
         "closed_orders",
+        "positions",
+        "place_order",
     }
     assert status["exchange"]["offset_ms"] is not None
     assert status["exchange"]["self_test"]["ok"] is True

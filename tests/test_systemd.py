@@ -33,6 +33,7 @@ from killswitch.config.model import (
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNITS = ("killswitch.service", "killswitch@.service")
+SENTINEL_UNIT = "killswitch-sentinel@.service"  # contract §15: same sandbox as the template
 MAX_EXPOSURE = 1.5
 INSTALLED_BINARY = "/opt/killswitch/venv/bin/killswitch"
 # Keys that differ between the plain unit and the template: everything else
@@ -113,6 +114,8 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
         ("killswitch.service", "killswitch.service"),
         ("killswitch@.service", "killswitch@.service"),
         ("killswitch@.service", "killswitch@desk-a.service"),
+        (SENTINEL_UNIT, SENTINEL_UNIT),
+        (SENTINEL_UNIT, "killswitch-sentinel@desk-a.service"),
     ],
 )
 def test_verify_accepts_unit_without_warnings(unit: str, copy_as: str, tmp_path: Path) -> None:
@@ -133,7 +136,7 @@ def test_verify_accepts_unit_without_warnings(unit: str, copy_as: str, tmp_path:
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("unit", [*UNITS, SENTINEL_UNIT])
 def test_security_exposure_at_most_1_5(
     unit: str, record_property: Callable[[str, object], None]
 ) -> None:
@@ -166,6 +169,28 @@ def test_template_has_the_same_sandbox() -> None:
     assert plain == template
     for key in PER_INSTANCE_KEYS - {"Description", "User"}:
         assert all("%i" in v for v in values("killswitch@.service", key)), key
+
+
+def test_sentinel_template_has_the_same_sandbox_and_its_own_names() -> None:
+    """killswitch-sentinel@.service: the template's sandbox; its own desk name, directories,
+    user and credentials (the desk's venue key and the sentinel's NATS user)."""
+    template, sentinel = (
+        {
+            d
+            for d in directives((UNIT_DIR / u).read_text(encoding="utf-8"))
+            if d[1] not in PER_INSTANCE_KEYS
+        }
+        for u in ("killswitch@.service", SENTINEL_UNIT)
+    )
+
+    assert template == sentinel
+    assert one(SENTINEL_UNIT, "Environment") == "KILLSWITCH_DESK=%i-sentinel"
+    assert one(SENTINEL_UNIT, "RuntimeDirectory") == "killswitch/sentinel-%i"
+    assert one(SENTINEL_UNIT, "StateDirectory") == "killswitch/sentinel-%i"
+    names = sorted(v.partition(":")[0] for v in values(SENTINEL_UNIT, "LoadCredential"))
+    defaults = ExchangeConfig()
+    assert names == sorted([defaults.api_key_env, defaults.api_secret_env, "KILLSWITCH_NATS_CREDS"])
+    assert all("/sentinel-%i/" in v for v in values(SENTINEL_UNIT, "LoadCredential"))
 
 
 def test_units_match_the_daemon_defaults() -> None:

@@ -10,7 +10,10 @@ source ``cluster``.  Every message is validated; garbage, a stale message
 (older than ``max_age``) or an id already seen is an event, never a crash and
 never a kill.  The reply ``{"desk", "host", "accepted", "kill_id"}`` is sent
 once the kill's first ``cancel_all`` has left (the daemon's ``cancel_sent``
-future), or at once with ``accepted: false`` and ``why``.
+future), or at once with ``accepted: false`` and ``why`` (the judging is
+:mod:`killswitch.cluster.obey`'s).  On the same connection the desk publishes
+its liveness and hears its sentinel's verdict (:mod:`~killswitch.cluster.liveness`,
+:mod:`~killswitch.cluster.verdict`, contract §15).
 
 NATS down, slow or unreachable changes nothing locally: the connection lives
 in one task of the daemon's task group that retries forever; events wait in a
@@ -26,19 +29,15 @@ import json
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from killswitch.clock import Clock
-from killswitch.cluster.messages import (
-    InvalidMessage,
-    SeenIds,
-    encode_trigger,
-    new_trigger,
-    parse_trigger,
-)
+from killswitch.cluster.flush import PatientFlush
+from killswitch.cluster.liveness import LivenessPublisher, SentinelSubjects
+from killswitch.cluster.messages import encode_trigger, new_trigger
+from killswitch.cluster.obey import Decision, Obedience
 from killswitch.cluster.settings import (
     ClusterSettings,
     InsecureConnection,
@@ -47,6 +46,7 @@ from killswitch.cluster.settings import (
     server_label,
     wants_tls,
 )
+from killswitch.cluster.verdict import DeskAgreement
 from killswitch.kill.switch import State, TriggerOutcome
 from killswitch.log import get_logger
 
@@ -74,14 +74,8 @@ class ClusterHost(Protocol):
     def cluster_trigger(self, reason: str, **detail: Any) -> tuple[TriggerOutcome, str | None]: ...
     def cancel_sent(self, kill_id: str) -> asyncio.Future[None]: ...
     def status(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to answer a trigger message: at once (``reply``), or once ``kill_id`` has sent."""
-
-    reply: dict[str, Any]
-    wait_for: str | None = None
+    def switch_state(self) -> str: ...
+    def sentinel_trigger(self, reason: str, **detail: Any) -> TriggerOutcome: ...
 
 
 class Cluster:
@@ -102,7 +96,6 @@ class Cluster:
         self.host = host
         self.clock = clock
         self._log = get_logger()
-        self._seen = SeenIds(2 * self.config.max_age + 60.0, clock)
         self._events: deque[str] = deque()
         self._outbox: deque[bytes] = deque()  # our own broadcasts (propagate), sent first
         self._dropped = 0
@@ -112,13 +105,26 @@ class Cluster:
         self._thread = threading.get_ident()
         self._nc: NatsClient | None = None
         self._subscribed: list[str] = []
-        self._last_trigger: dict[str, Any] | None = None
-        self._starting: set[str] = set()  # kills a broadcast started, first cancel_all not yet sent
         self._connect_failures = 0
         self._connect_failed_logged = -math.inf
         self._sessions = 0  # connections made since run() last looked
         self._check_tls_failed = False  # a reconnection came back unencrypted
         self._tls = wants_tls(self.config)
+        # Liveness and the sentinel's verdict (contract §15): killswitch/cluster/liveness.py
+        # and verdict.py; this class only runs them on its connection.
+        self.liveness = LivenessPublisher(
+            self.config, settings.desk, settings.host, host.switch_state, clock
+        )
+        self.sentinel_subjects = SentinelSubjects.of(self.config, settings.desk)
+        self.agreement = DeskAgreement(
+            settings.desk,
+            self.sentinel_subjects.ask,
+            self.config.max_age,
+            clock,
+            host.sentinel_trigger,
+        )
+        self._reconnected = asyncio.Event()
+        self._flush = PatientFlush()  # never nc.flush(timeout): it can leave the client deaf
         r = registry if registry is not None else CollectorRegistry()
         self.m_connected = Gauge(
             "killswitch_cluster_connected", "1 while connected to NATS", registry=r
@@ -129,6 +135,7 @@ class Cluster:
             ["outcome"],
             registry=r,
         )
+        self.obey = Obedience(settings, host, clock, self.m_messages)
         self.m_dropped = Counter(
             "killswitch_cluster_events_dropped",
             "Event lines not published because the buffer was full",
@@ -163,7 +170,7 @@ class Cluster:
             self.settings.origin, f"propagated from {self.settings.desk}: {why}", self.clock.time()
         )
         self._outbox.append(encode_trigger(message))
-        self._seen.add(message.id, None)
+        self.obey.seen.add(message.id, None)
         self._log.warning(
             "cluster.propagated",
             trigger_id=message.id,
@@ -186,98 +193,22 @@ class Cluster:
             "servers": list(self.config.servers),
             "server": server_label(nc.connected_url) if nc is not None and self.connected else None,
             "subscriptions": list(self._subscribed),
-            "last_trigger": self._last_trigger,
+            "last_trigger": self.obey.last_trigger,
             "events_buffered": len(self._events),
             "events_dropped": self._dropped_total + self._dropped,
+            "liveness": self.liveness.status(),
+            "sentinel_verdict": self.agreement.last,
         }
+
+    async def leave(self) -> bool:
+        """A clean stop: the last liveness message says ``leaving`` (contract §15)."""
+        return await self.liveness.leave(self._nc)
 
     # ------------------------------------------------------------------ triggers
 
     def receive(self, data: bytes, scope: str) -> Decision:
-        """Validate and obey one trigger message; what to reply, and when."""
-        try:
-            message = parse_trigger(data)
-        except InvalidMessage as exc:
-            self.m_messages.labels("invalid").inc()
-            self._log.warning("cluster.trigger_invalid", scope=scope, problem=str(exc))
-            return self._refuse(f"invalid trigger message: {exc}")
-        age = self.clock.time() - message.sent_at / 1000
-        fields = {"trigger_id": message.id, "origin": message.origin, "scope": scope}
-        if abs(age) > self.config.max_age:
-            self.m_messages.labels("stale").inc()
-            self._log.warning(
-                "cluster.trigger_stale", **fields, age=round(age, 3), max_age=self.config.max_age
-            )
-            return self._refuse(
-                f"stale: sent {age:.1f} s ago, max_age {self.config.max_age:g} s",
-                trigger_id=message.id,
-            )
-        seen = self._seen.get(message.id)
-        if seen is not None:
-            self.m_messages.labels("duplicate").inc()
-            self._log.warning("cluster.trigger_duplicate", **fields)
-            return self._refuse(
-                "duplicate trigger id: already obeyed", kill_id=seen[0], trigger_id=message.id
-            )
-        outcome, kill_id = self.host.cluster_trigger(message.reason, **fields)
-        self._seen.add(message.id, kill_id)
-        self.m_messages.labels(outcome.value).inc()
-        self._last_trigger = {
-            **fields,
-            "reason": message.reason,
-            "sent_at": message.sent_at,
-            "received_at": round(self.clock.time(), 3),
-            "outcome": outcome.value,
-            "kill_id": kill_id,
-        }
-        if outcome in (TriggerOutcome.STARTED, TriggerOutcome.COALESCED) and kill_id is not None:
-            reply = self._reply(True, kill_id, outcome=outcome.value, trigger_id=message.id)
-            return Decision(reply, wait_for=kill_id)
-        if outcome is TriggerOutcome.STOPPING:  # recorded at once; its send may never come
-            note = "the daemon is stopping: the kill is recorded and resumes at the next start"
-            return Decision(
-                self._reply(True, kill_id, outcome=outcome.value, trigger_id=message.id, note=note)
-            )
-        return self._refuse(f"trigger {outcome.value}", kill_id=kill_id, trigger_id=message.id)
-
-    def _reply(self, accepted: bool, kill_id: str | None, **extra: Any) -> dict[str, Any]:
-        return {
-            "desk": self.settings.desk,
-            "host": self.settings.host,
-            "accepted": accepted,
-            "kill_id": kill_id,
-            **extra,
-        }
-
-    def _refuse(self, why: str, kill_id: str | None = None, **extra: Any) -> Decision:
-        return Decision(self._reply(False, kill_id, why=why, **extra))
-
-    async def _answer(self, msg: Msg, decision: Decision) -> None:
-        """Reply once the kill's first cancel_all is on the wire (bounded by max_age)."""
-        reply = decision.reply
-        if decision.wait_for is not None:
-            self._starting.add(decision.wait_for)
-            try:
-                async with asyncio.timeout(self.config.max_age):
-                    await self.host.cancel_sent(decision.wait_for)
-            except TimeoutError:
-                reply = {**reply, "on_wire": False, "why": "no cancel_all sent yet"}
-            finally:
-                self._starting.discard(decision.wait_for)
-        if msg.reply:
-            try:
-                await msg.respond(json.dumps(reply).encode())
-            except Exception as exc:  # a lost reply must not end the connection task
-                self._log.warning("cluster.reply_failed", error=type(exc).__name__)
-                return
-        self._log.info(
-            "cluster.acknowledged",
-            trigger_id=reply.get("trigger_id"),
-            accepted=reply["accepted"],
-            kill_id=reply["kill_id"],
-            why=reply.get("why"),
-            replied=bool(msg.reply),
-        )
+        """Validate and obey one trigger message (:class:`~killswitch.cluster.obey.Obedience`)."""
+        return self.obey.receive(data, scope)
 
     # ------------------------------------------------------------------ the connection task
 
@@ -311,6 +242,7 @@ class Cluster:
             reconnect_time_wait=RECONNECT_WAIT,
             connect_timeout=2,
             no_echo=True,  # our own broadcasts and events do not come back to us
+            inbox_prefix=f"_INBOX.{self.settings.desk}",  # the desk's replies, and only its own
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
@@ -324,11 +256,11 @@ class Cluster:
 
                 async def obey_firm(msg: Msg) -> None:
                     if self._secure(nc):
-                        answers.create_task(self._answer(msg, self.receive(msg.data, "firm")))
+                        answers.create_task(self.obey.answer(msg, self.receive(msg.data, "firm")))
 
                 async def obey_desk(msg: Msg) -> None:
                     if self._secure(nc):
-                        answers.create_task(self._answer(msg, self.receive(msg.data, "desk")))
+                        answers.create_task(self.obey.answer(msg, self.receive(msg.data, "desk")))
 
                 subscriptions = []
                 if "firm" in self.config.follow:
@@ -339,9 +271,18 @@ class Cluster:
                     await nc.subscribe(self.subjects.desk_trigger, cb=obey_desk)
                 await nc.subscribe(self.subjects.status, cb=self._on_status)
                 subscriptions.append(self.subjects.status)
-                await nc.flush(timeout=5)
+
+                async def verdict(msg: Msg) -> None:
+                    if self._secure(nc):
+                        self.agreement.receive(msg.data, "broadcast")
+
+                await nc.subscribe(self.sentinel_subjects.verdict, cb=verdict)  # in "liveness"
+                if not await self._flush(nc, FLUSH_TIMEOUT):
+                    raise TimeoutError("the NATS server did not confirm the subscriptions")
                 self._subscribed = subscriptions
                 self._connected_event(reconnected=False)
+                answers.create_task(self.liveness.run(nc), name="liveness")
+                answers.create_task(self._ask_sentinel(nc), name="ask-sentinel")
                 await self._publish_forever(nc)
         finally:
             self._nc = None
@@ -352,6 +293,15 @@ class Cluster:
                     await nc.close()
             except Exception as exc:
                 self._log.info("cluster.close_failed", error=type(exc).__name__)
+            await self._flush.close()
+
+    async def _ask_sentinel(self, nc: NatsClient) -> None:
+        """At every (re)connection: did our sentinel kill the account meanwhile?"""
+        while True:
+            self._reconnected.clear()
+            if self._secure(nc):
+                await self.agreement.ask(nc)
+            await self._reconnected.wait()
 
     async def _publish_forever(self, nc: NatsClient) -> None:
         """Send our broadcasts, then the buffered event lines, while connected."""
@@ -373,9 +323,12 @@ class Cluster:
                     # Replies share nats-py's outgoing buffer: never let events pile up
                     # in front of an acknowledgement.  Wait for the server to take them.
                     try:
-                        await nc.flush(timeout=FLUSH_TIMEOUT)
+                        answered = await self._flush(nc, FLUSH_TIMEOUT)
+                        error = None if answered else "FlushTimeoutError"
                     except Exception as exc:
-                        self._log.warning("cluster.slow", error=type(exc).__name__)
+                        error = type(exc).__name__
+                    if error is not None:
+                        self._log.warning("cluster.slow", error=error)
                         break  # the buffer grows meanwhile; drops are counted
                     continue
                 line = self._events[0].encode()
@@ -396,7 +349,7 @@ class Cluster:
         self.m_messages.labels("status").inc()
         # A status request that reaches a desk before its kill's first cancel_all (a
         # desk slower than the rest, another operator's tool) waits for that send.
-        for kill_id in list(self._starting):
+        for kill_id in list(self.obey.starting):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STATUS_DEFER):
                     await self.host.cancel_sent(kill_id)
@@ -473,6 +426,7 @@ class Cluster:
             self._poke()  # the publisher ends the session; run() connects afresh
             return
         self._connected_event(reconnected=True)
+        self._reconnected.set()
 
     async def _on_closed(self) -> None:
         self.m_connected.set(0)

@@ -27,12 +27,15 @@ from killswitch.config.model import (
     DaemonConfig,
     ExchangeConfig,
     FlatConfig,
+    FlattenConfig,
     GuardConfig,
     HeaderNames,
     HeartbeatTrigger,
     LogConfig,
     PnlTrigger,
+    PositionsConfig,
     RateLimit,
+    SentinelConfig,
     SignalTrigger,
     StateConfig,
     Target,
@@ -123,6 +126,8 @@ def _exchange(t: Table) -> ExchangeConfig:
         open_orders_path=_url_path(t, "open_orders_path", d.open_orders_path),
         closed_orders_path=_url_path(t, "closed_orders_path", d.closed_orders_path),
         time_path=_url_path(t, "time_path", d.time_path),
+        positions_path=_url_path(t, "positions_path", d.positions_path),
+        place_order_path=_url_path(t, "place_order_path", d.place_order_path),
         clock_sync_interval=_at_most(
             t, "clock_sync_interval", d.clock_sync_interval, MAX_CLOCK_SYNC_INTERVAL
         ),
@@ -225,6 +230,31 @@ def _flat(t: Table) -> FlatConfig:
     return config
 
 
+def _positions(t: Table) -> PositionsConfig:
+    d = PositionsConfig()
+    symbols = t.strings("symbols")
+    for symbol in symbols:
+        if not symbol.strip():
+            raise ConfigError(t.key("symbols"), "expected symbol names, got an empty string")
+    config = PositionsConfig(
+        symbols=tuple(dict.fromkeys(symbols)),
+        rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
+    )
+    t.finish()
+    return config
+
+
+def _flatten(t: Table) -> FlattenConfig:
+    d = FlattenConfig()
+    config = FlattenConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        max_notional=t.number("max_notional", d.max_notional, minimum=0.0),
+        rate_limit=_rate_limit(t.table("rate_limit"), d.rate_limit),
+    )
+    t.finish()
+    return config
+
+
 def _guard(t: Table) -> GuardConfig:
     d = GuardConfig()
     config = GuardConfig(
@@ -315,6 +345,34 @@ def _cluster(root: Table) -> ClusterConfig | None:
         follow=frozenset(follow),
         propagate=t.boolean("propagate", d.propagate),
         max_age=t.number("max_age", d.max_age, positive=True),
+        liveness_interval=t.number("liveness_interval", d.liveness_interval, positive=True),
+    )
+    t.finish()
+    return config
+
+
+def _sentinel(root: Table, cluster: ClusterConfig | None) -> SentinelConfig | None:
+    """``[sentinel]`` (contract §15): needs ``[cluster]``; never watches its own desk name."""
+    if not root.has("sentinel"):
+        return None
+    t = root.table("sentinel")
+    if cluster is None:
+        raise ConfigError("sentinel", "needs a [cluster] table (the bus it watches the desk on)")
+    if not t.has("desk"):
+        raise ConfigError(t.key("desk"), "is required (the desk this sentinel watches)")
+    d = SentinelConfig(desk="")
+    desk = _token(t, "desk", t.string("desk", ""))
+    if cluster.desk == desk:
+        raise ConfigError(
+            t.key("desk"),
+            f"is this daemon's own cluster.desk {show(desk)}: name the sentinel itself "
+            f"differently (for example {show(desk + '-sentinel')})",
+        )
+    config = SentinelConfig(
+        desk=desk,
+        timeout=t.number("timeout", d.timeout, positive=True),
+        kill_on_leave=t.boolean("kill_on_leave", d.kill_on_leave),
+        reconnect_grace=t.number("reconnect_grace", d.reconnect_grace, minimum=0.0),
     )
     t.finish()
     return config
@@ -335,6 +393,8 @@ def parse_config(
     confirm = _confirm(root.table("confirm"))
     flat = _flat(root.table("flat"))
     guard = _guard(root.table("guard"))
+    positions = _positions(root.table("positions"))
+    flatten = _flatten(root.table("flatten"))
     triggers = _triggers(root.table("triggers"), base)
 
     c = root.table("control")
@@ -349,12 +409,14 @@ def parse_config(
         level=lg.choice(  # type: ignore[arg-type]
             "level", "info", ("debug", "info", "warning", "error", "critical")
         ),
+        buffer_lines=lg.integer("buffer_lines", LogConfig().buffer_lines, maximum=1_000_000),
     )
     lg.finish()
     dm = root.table("daemon")
     daemon = DaemonConfig(shutdown_grace=dm.number("shutdown_grace", 10.0, minimum=0.0))
     dm.finish()
     cluster = _cluster(root)
+    sentinel = _sentinel(root, cluster)
     root.finish()
     if len(str(control.socket).encode()) > 107:
         raise ConfigError("control.socket", "path is longer than a UNIX socket allows (107 bytes)")
@@ -370,7 +432,10 @@ def parse_config(
         daemon=daemon,
         flat=flat,
         guard=guard,
+        positions=positions,
+        flatten=flatten,
         cluster=cluster,
+        sentinel=sentinel,
     )
 
 

@@ -22,12 +22,15 @@ __all__ = [
     "DaemonConfig",
     "ExchangeConfig",
     "FlatConfig",
+    "FlattenConfig",
     "GuardConfig",
     "HeaderNames",
     "HeartbeatTrigger",
     "LogConfig",
     "PnlTrigger",
+    "PositionsConfig",
     "RateLimit",
+    "SentinelConfig",
     "SignalTrigger",
     "StateConfig",
     "Target",
@@ -65,6 +68,8 @@ class ExchangeConfig:
     open_orders_path: str = "/trade/api/v2/futures/orders/open"
     closed_orders_path: str = "/trade/api/v2/futures/orders/closed"
     time_path: str = "/trade/api/v2/time"
+    positions_path: str = "/trade/api/v2/futures/positions"  # contract §12
+    place_order_path: str = "/trade/api/v2/futures/order"  # POST; GET is the order status
     clock_sync_interval: float = 60.0
     request_timeout: float = 5.0
     dry_run: bool = False
@@ -110,6 +115,27 @@ class FlatConfig:
 
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
     lookback_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class PositionsConfig:
+    """``[positions]`` (contract §12): symbols read after every kill, besides the targets'
+    symbols and every symbol the kill's orders were on; the positions endpoint's window."""
+
+    symbols: tuple[str, ...] = ()
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
+
+
+@dataclass(frozen=True)
+class FlattenConfig:
+    """``[flatten]`` (contract §12): close the positions a kill leaves (opt-in).
+
+    ``max_notional``: USDT per symbol; a larger position is left for a human (0: no limit).
+    ``rate_limit``: the place-order endpoint's window."""
+
+    enabled: bool = False
+    max_notional: float = 0.0
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
 
 
 @dataclass(frozen=True)
@@ -161,6 +187,7 @@ class StateConfig:
 class LogConfig:
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    buffer_lines: int = 10_000  # held while stdout/stderr's reader is slow; more are dropped
 
 
 @dataclass(frozen=True)
@@ -182,6 +209,19 @@ class ClusterConfig:
     follow: frozenset[str] = frozenset({"firm", "desk"})
     propagate: bool = False
     max_age: float = 30.0
+    liveness_interval: float = 0.5  # seconds between this desk's liveness messages (§15)
+
+
+@dataclass(frozen=True)
+class SentinelConfig:
+    """``[sentinel]``: this daemon watches another desk's liveness and kills its account when
+    the desk falls silent (contract §15).  ``reconnect_grace``: the longest reconnect delay
+    the desks are configured with, waited on top of ``timeout`` after the bus comes back."""
+
+    desk: str
+    timeout: float = 3.0
+    kill_on_leave: bool = False
+    reconnect_grace: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -197,8 +237,11 @@ class Config:
     daemon: DaemonConfig
     flat: FlatConfig = field(default_factory=FlatConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    positions: PositionsConfig = field(default_factory=PositionsConfig)
+    flatten: FlattenConfig = field(default_factory=FlattenConfig)
     source: Path | None = None
     cluster: ClusterConfig | None = None
+    sentinel: SentinelConfig | None = None
 
 
 def as_dict(value: object) -> Any:
@@ -229,11 +272,14 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "cancel_all": new.cancel_all != current.cancel_all,
         "confirm.rate_limit": new.confirm.rate_limit != current.confirm.rate_limit,
         "flat.rate_limit": new.flat.rate_limit != current.flat.rate_limit,
+        "positions.rate_limit": new.positions.rate_limit != current.positions.rate_limit,
+        "flatten.rate_limit": new.flatten.rate_limit != current.flatten.rate_limit,
         "control": new.control != current.control,
         "state": new.state != current.state,
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
         "triggers.pnl.enabled": pnl_on,
         "cluster": new.cluster != current.cluster,
+        "sentinel": new.sentinel != current.sentinel,
     }
     pnl = replace(
         new.triggers.pnl,
@@ -246,9 +292,12 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         cancel_all=current.cancel_all,
         confirm=replace(new.confirm, rate_limit=current.confirm.rate_limit),
         flat=replace(new.flat, rate_limit=current.flat.rate_limit),
+        positions=replace(new.positions, rate_limit=current.positions.rate_limit),
+        flatten=replace(new.flatten, rate_limit=current.flatten.rate_limit),
         triggers=replace(new.triggers, pnl=pnl),
         control=current.control,
         state=current.state,
         cluster=current.cluster,
+        sentinel=current.sentinel,
     )
     return applied, sorted(key for key, changed in restart.items() if changed)

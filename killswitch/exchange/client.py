@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
 from killswitch.clock import Clock
@@ -91,6 +91,8 @@ SYNC_RETRY: Final = 5.0
 """Seconds before a failed clock sync is tried again; doubled per further failure,
 up to ``clock_sync_interval``."""
 
+T = TypeVar("T")
+
 _NOT_FOUND: Final = frozenset({400, 404, 422})  # "unknown order id" on the status endpoint
 
 
@@ -120,7 +122,11 @@ class ExchangeClient:
             raise ValueError(f"no limiter for {', '.join(missing)}")
         self._config = config
         self._signer = signer
-        self.limiters: dict[str, SlidingWindowLimiter] = {e: limiters[e] for e in ENDPOINTS}
+        # Any further limiter (positions, place order: exchange/positions.py) is kept too.
+        self.limiters: dict[str, SlidingWindowLimiter] = {
+            **{e: limiters[e] for e in ENDPOINTS},
+            **limiters,
+        }
         self._clock = clock
         self._log = get_logger(component="exchange") if log is None else log
         self._transport = Transport(
@@ -373,6 +379,38 @@ class ExchangeClient:
         self._succeeded(endpoint, answer)
         return page
 
+    async def signed_call(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        parse: Callable[[dict[str, Any]], T],
+        *,
+        body: Mapping[str, Any] | None = None,
+        retry_stale: bool = True,
+    ) -> T | None:
+        """One signed call of another endpoint (:mod:`killswitch.exchange.positions`): its
+        limiter (``limiters[endpoint]``), the 401 re-sync, errors mapped and counted as for
+        the rest; ``parse(document)`` of the JSON answer (a ``ValueError`` it raises is
+        :class:`BadResponse`).  ``path`` is relative to the base URL and may carry a query.
+        None in dry run (logged, nothing sent).  ``retry_stale=False``: a stale pooled
+        connection is an error, never a second request (an order is not re-sent on a guess).
+        """
+        full = self._prefix + path
+        if self._dry_run(method, full, body):
+            return None
+        data = None if body is None else json.dumps(body).encode()
+        answer = await self._signed(
+            endpoint, method, full, STATUS_POOL, data=data, retry_stale=retry_stale
+        )
+        document = self._document(endpoint, answer)
+        try:
+            value = parse(document)
+        except ValueError as exc:
+            raise self._fail(endpoint, BadResponse(endpoint, str(exc))) from None
+        self._succeeded(endpoint, answer)
+        return value
+
     # ------------------------------------------------------------------ self-test and health
 
     async def self_test(self, targets: Iterable[Target]) -> SelfTest:
@@ -414,7 +452,14 @@ class ExchangeClient:
         return headers
 
     async def _signed(
-        self, endpoint: str, method: str, path: str, pool: str, *, data: bytes | None = None
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        pool: str,
+        *,
+        data: bytes | None = None,
+        retry_stale: bool = True,
     ) -> Answer:
         """A signed request with its answer mapped to an error; one re-sync + retry on 401.
 
@@ -439,7 +484,7 @@ class ExchangeClient:
                     limiter=limiter,
                     headers=headers,
                     data=data,
-                    retry_stale=method == "POST",
+                    retry_stale=retry_stale and method == "POST",
                 )
                 if answer.status == 429:
                     retry_after = answer.retry_after_seconds(self._clock.time())

@@ -23,6 +23,7 @@ import structlog
 from killswitch.clock import Clock
 from killswitch.config.model import Config
 from killswitch.kill.confirm import Confirmer, ConfirmResult, RateGate
+from killswitch.kill.exposure import KillFacts, PositionsStep
 from killswitch.kill.flat import Listings
 from killswitch.kill.plan import (
     ANNOUNCE_WITHIN,
@@ -58,7 +59,9 @@ class KillRunner(FlatProof):
         rng: random.Random | None = None,
         on_gate_wait: Callable[[float], None] | None = None,
         budgets: Mapping[str, Budget] | None = None,
+        after_flat: PositionsStep | None = None,
     ) -> None:
+        self.after_flat = after_flat  # contract §12: the positions step (kill/exposure.py)
         self.status_gate = status_gate
         self.budgets: Mapping[str, Budget] = budgets or {}  # for kill.progress and its estimate
         self.on_gate_wait = on_gate_wait
@@ -224,6 +227,14 @@ class KillRunner(FlatProof):
             result = await confirming
             reporting.cancel()
         summary = self._summary(plan, result, started)
+        # --- contract §12: the positions the kill leaves (and, opted in, their closes). ---
+        # The ONE call site of the positions step: after the flat proof, before
+        # kill.completed, which carries positions_open and exposure_read (kill/exposure.py).
+        if self.after_flat is not None:
+            flat = {unit.key: unit.flat for unit in self._units.values()}
+            summary.update(
+                await self.after_flat.run(KillFacts(plan.kill_id, result.statuses, flat))
+            )
         self._log.info("kill.completed", **summary)
         self.store.complete_kill(kill_id, self.clock.time(), summary)
         return summary

@@ -29,7 +29,8 @@ from killswitch.store.state import KillRecord, StateStore
 __all__ = ["EXPLICIT_SOURCES", "KillSwitch", "ResetOutcome", "State", "TriggerOutcome"]
 
 # cluster: an operator pressed the firm-wide button (killswitch fleet trigger).
-EXPLICIT_SOURCES = frozenset({"signal", "manual", "cluster"})
+# sentinel: the desk's host went silent, or its sentinel killed the account (contract §1, §15).
+EXPLICIT_SOURCES = frozenset({"signal", "manual", "cluster", "sentinel"})
 
 
 class State(enum.StrEnum):

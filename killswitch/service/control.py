@@ -148,6 +148,7 @@ class Controllable(Protocol):
     def reset(self, force: bool = False) -> tuple[bool, dict[str, Any]]: ...
     def status(self) -> dict[str, Any]: ...
     def metrics(self) -> bytes: ...
+    async def flatten(self, symbol: str | None) -> tuple[int, dict[str, Any]]: ...
 
 
 def _socket_is_live(path: Path) -> bool:
@@ -246,6 +247,7 @@ class ControlServer:
         app.router.add_get("/status", self._status)
         app.router.add_post("/reset", self._reset)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/flatten", self._flatten)
         return app
 
     def claim(self) -> None:
@@ -365,6 +367,21 @@ class ControlServer:
                 status=409,
             )
         return web.json_response(status)
+
+    async def _flatten(self, request: web.Request) -> web.Response:
+        """``POST /flatten`` ``{"symbol"?}`` (contract §12): 409 unless ``TRIPPED``."""
+        symbol: str | None = None
+        if request.can_read_body:
+            try:
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    body = json.loads((await request.read()) or b"{}")
+            except (TimeoutError, ValueError, UnicodeDecodeError, aiohttp.ClientError):
+                return web.json_response({"error": 'expected {"symbol"?: "..."}'}, status=400)
+            if not isinstance(body, dict) or not isinstance(body.get("symbol", ""), str | None):
+                return web.json_response({"error": 'expected {"symbol"?: "..."}'}, status=400)
+            symbol = body.get("symbol") or None
+        code, answer = await self.target.flatten(symbol)
+        return web.json_response(answer, status=code)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -96,7 +96,8 @@ class Daemon(Wiring):
         self.pnl.threshold = triggers.pnl.threshold
         self.pnl.stale_after = triggers.pnl.stale_after
         if self.config.log != previous.log:
-            configure_logging(self.config.log.level, self.config.log.format)
+            log = self.config.log
+            configure_logging(log.level, log.format, buffer_lines=log.buffer_lines)
         self._log.info("config.reloaded", needs_restart=ignored)
         self.service.ready()
         self.service.send_status(force=True)
@@ -121,7 +122,8 @@ class Daemon(Wiring):
         else:
             action = "stops"
         if not self._ready:
-            self._log.info("signal.during_startup", signal=name, action=action)
+            with contextlib.suppress(Exception):  # the signal is acted on whatever the log does
+                self._log.info("signal.during_startup", signal=name, action=action)
         if signum == signal.SIGUSR1:
             if self._accepting:
                 self._fire("signal", name)
@@ -136,9 +138,11 @@ class Daemon(Wiring):
             self._on_stop(name)
 
     def _on_stop(self, why: str) -> None:
-        if not self._stop.is_set():
-            self._log.info("daemon.stop_requested", signal=why)
-        self._stop.set()
+        first = not self._stop.is_set()
+        self._stop.set()  # before the event, and whatever logging it does: the stop is honoured
+        if first:
+            with contextlib.suppress(Exception):
+                self._log.info("daemon.stop_requested", signal=why)
 
     # ------------------------------------------------------------------ serve
 
@@ -286,6 +290,8 @@ class Daemon(Wiring):
             tg.create_task(self.service.status_loop(), name="status")
         if self.cluster is not None:
             tg.create_task(self.cluster.run(), name="cluster")
+        if self.sentinel is not None:
+            tg.create_task(self.sentinel.run(), name="sentinel")
         if self._reload_wanted:  # a SIGHUP during start-up: honoured now
             self._reload_wanted = False
             self._schedule_reload()
@@ -307,6 +313,8 @@ class Daemon(Wiring):
                 total=None if progress is None else progress[1],
                 note="resumes at the next start",
             )
+        if self.cluster is not None:  # the last liveness says leaving: a sentinel stands down
+            await self.cluster.leave()
         for name, task in self._tasks.items():
             task.cancel(f"daemon stopping ({name})")
 

@@ -9,7 +9,7 @@ open files) wherever ``/proc/stat`` is readable; the systemd units'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,8 +19,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from killswitch.logsink import SinkHealth
 
 __all__ = ["Metrics"]
 
@@ -155,6 +157,10 @@ class Metrics:
         call) and outcome, read from the client at scrape time."""
         self.registry.register(_RequestsSent(sent))
 
+    def watch_log(self, health: Callable[[], Mapping[str, SinkHealth]]) -> None:
+        """Lines stdout/stderr could not take (a slow or gone reader), read at scrape time."""
+        self.registry.register(_LogDropped(health))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -188,3 +194,32 @@ class _RequestsSent(Collector):
             for outcome, count in sorted(outcomes.items()):
                 family.add_metric([endpoint, outcome], count)
         yield family
+
+
+class _LogDropped(Collector):
+    def __init__(self, health: Callable[[], Mapping[str, SinkHealth]]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        dropped = CounterMetricFamily(
+            "killswitch_log_dropped_lines",
+            "Log lines lost because stdout or stderr was full or closed (best-effort log)",
+            labels=["stream"],
+        )
+        pending = GaugeMetricFamily(
+            "killswitch_log_pending_lines",
+            "Log lines queued for stdout or stderr and not yet written",
+            labels=["stream"],
+        )
+        blocked = GaugeMetricFamily(
+            "killswitch_log_blocked_seconds",
+            "How long the write to stdout or stderr in progress has waited (0: none waits)",
+            labels=["stream"],
+        )
+        for name, health in sorted(self._health().items()):
+            dropped.add_metric([name], health.dropped)
+            pending.add_metric([name], health.pending)
+            blocked.add_metric([name], health.blocked_s or 0.0)
+        yield dropped
+        yield pending
+        yield blocked

@@ -129,6 +129,32 @@ def _last_kill(last: dict[str, Any] | None) -> str:
     )
 
 
+def _positions_rows(e: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """What the last kill left open (contract §12): one row each, and what is unknown."""
+    if not e:
+        return []
+    flatten = e.get("flatten") or {}
+    count = e.get("positions_open", 0)
+    head = f"{count} open after kill {e.get('kill_id')}"
+    if e.get("unreadable"):
+        head += f"; UNKNOWN (could not be read): {', '.join(e['unreadable'])}"
+    rows = [("positions", head if count or e.get("unreadable") else "none open (flat)")]
+    for p in e.get("positions") or []:
+        stops = p.get("stops_cancelled") or 0
+        text = (
+            f"{p.get('side')} {p.get('size')}, notional {p.get('notional')}, entry "
+            f"{p.get('entry_price')}, mark {p.get('mark_price')}, uPnL {p.get('unrealised_pnl')}, "
+            f"liquidation {p.get('liquidation_price')}"
+        )
+        if stops:
+            text += f"; {stops} TP/SL cancelled by the kill: UNPROTECTED"
+        done = flatten.get(p.get("symbol"))
+        if done:
+            text += f"; flatten: {done.get('outcome')}"
+        rows.append((f"position:{p.get('symbol')}", text))
+    return rows
+
+
 def _progress_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("progress", f"{progress_bar(p['confirmed'], p['total'])} confirmed"),
@@ -167,6 +193,7 @@ def format_status(s: dict[str, Any]) -> str:
     rows.append(("heartbeat", _heartbeat(s)))
     rows.append(("pnl", _pnl(s)))
     rows.append(("last_kill", _last_kill(s.get("last_kill"))))
+    rows += _positions_rows(s.get("positions"))
     stuck = s.get("stuck")
     if stuck:
         rows.append(
@@ -192,6 +219,14 @@ def format_status(s: dict[str, Any]) -> str:
         link = "connected to" if cluster.get("connected") else "NOT connected to"
         rows.append(
             ("cluster", f"desk {cluster.get('desk')} of {cluster.get('firm')}, {link} {where}")
+        )
+    sentinel = s.get("sentinel")  # contract §15: this daemon watches another desk
+    if sentinel:
+        seen = sentinel.get("last_seen_s")
+        heard = "never heard" if seen is None else f"last heard {duration(seen)} ago"
+        blind = ", BLIND (cannot prove its link to NATS)" if sentinel.get("blind") else ""
+        rows.append(
+            ("sentinel", f"{sentinel.get('state')} desk {sentinel.get('desk')}, {heard}{blind}")
         )
     for name, lim in (s.get("rate_limit") or {}).items():
         rows.append(

@@ -31,17 +31,22 @@ from killswitch.exchange.client import (
     ExchangeClient,
 )
 from killswitch.exchange.credentials import Credentials
+from killswitch.exchange.positions import PLACE_ORDER, POSITIONS
 from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.exchange.signing import make_signer
 from killswitch.kill.confirm import OUTCOME_FIELDS
 from killswitch.kill.flat import VenueListings
 from killswitch.kill.guard import Guard
+from killswitch.kill.order_facts import RecordingListings, RecordingStatus
 from killswitch.kill.runner import KillRunner
 from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
 from killswitch.log import get_logger, redactor
+from killswitch.logsink import health as log_health
+from killswitch.logsink import status as log_status
 from killswitch.service.control import ControlServer
 from killswitch.service.metrics import Metrics
 from killswitch.service.notify import Notifier
+from killswitch.service.positions import PositionsService
 from killswitch.service.systemd import Service
 from killswitch.store.state import StateStore
 from killswitch.store.watch import StoreWatch
@@ -50,6 +55,7 @@ from killswitch.triggers.pnl import PnlMonitor, PnlWatcher
 
 if TYPE_CHECKING:
     from killswitch.cluster.connection import Cluster
+    from killswitch.cluster.sentinel import Sentinel
     from killswitch.cluster.settings import ClusterSettings
 
 __all__ = ["Wiring"]
@@ -70,6 +76,7 @@ class Wiring:
         self.config = config
         self.cluster_settings = cluster
         self.cluster: Cluster | None = None
+        self.sentinel: Sentinel | None = None
         self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._sent_kills: deque[str] = deque(maxlen=16)
         self.credentials = credentials
@@ -167,6 +174,29 @@ class Wiring:
         self.prom.triggers.labels("cluster", outcome.value).inc()
         return outcome, self.switch.current_kill_id
 
+    # ------------------------------------------------------------------ sentinel (§15)
+
+    def switch_state(self) -> str:
+        """The switch's state, for this desk's liveness messages."""
+        return self.switch.state.value
+
+    def sentinel_trigger(self, reason: str, **detail: Any) -> TriggerOutcome:
+        """Source ``sentinel``: this daemon's sentinel found its desk silent, or (on a desk)
+        the desk's sentinel says it killed the account while the desk was away."""
+        outcome = self.switch.trigger("sentinel", reason, **detail)
+        self.prom.triggers.labels("sentinel", outcome.value).inc()
+        return outcome
+
+    def account_killed(self) -> tuple[str, str | None, str] | None:
+        """(kill_id, source, state) while this daemon holds a kill; the sentinel's verdict."""
+        if self.switch.state is State.ARMED:
+            return None
+        kill_id = self.switch.current_kill_id or (self.switch.last_kill or {}).get("kill_id")
+        if kill_id is None:  # tripped without a kill (a store that failed closed): no verdict
+            return None
+        source = self.switch.kill_source or (self.switch.last_kill or {}).get("source")
+        return kill_id, source, self.switch.state.value
+
     def _build(self) -> None:
         cfg = self.config
         self.cancel_limiter = self._limiter(CANCEL_ALL, cfg.cancel_all.rate_limit)
@@ -179,6 +209,8 @@ class Wiring:
                 ORDER_STATUS: self.status_limiter,
                 OPEN_ORDERS: self._limiter(OPEN_ORDERS, cfg.flat.rate_limit),
                 CLOSED_ORDERS: self._limiter(CLOSED_ORDERS, cfg.flat.rate_limit),
+                POSITIONS: self._limiter(POSITIONS, cfg.positions.rate_limit),
+                PLACE_ORDER: self._limiter(PLACE_ORDER, cfg.flatten.rate_limit),
             },
             clock=self.clock,
             status_pool_size=cfg.confirm.max_concurrency,
@@ -189,16 +221,18 @@ class Wiring:
             if cfg.exchange.dry_run
             else VenueListings(self.exchange, lambda: self.config.flat.lookback_days)
         )
+        self._build_positions(listings)
         self.runner = KillRunner(
             cfg,
-            self.exchange,
+            RecordingStatus(self.exchange, self.order_facts),
             self.store,
             self.clock,
             on_outcome=self._count_request,
             status_gate=self.status_limiter,
-            listings=listings,
+            listings=None if listings is None else RecordingListings(listings, self.order_facts),
             on_gate_wait=self._status_gate_wait,
             budgets=self.limiters,
+            after_flat=self.after_flat,
         )
         self.switch = KillSwitch(self.runner, self.store, self.clock, on_state=self._state_changed)
         self.guard = (
@@ -244,6 +278,12 @@ class Wiring:
 
             self.cluster = Cluster(self.cluster_settings, self, self.clock, self.prom.registry)
             add_tap(self.cluster.tap)
+            if cfg.sentinel is not None:
+                from killswitch.cluster.sentinel import Sentinel
+
+                self.sentinel = Sentinel(
+                    self.cluster_settings, cfg.sentinel, self, self.clock, self.prom.registry
+                )
         self.prom.watch(
             heartbeat_age=self.deadman.age,
             pnl=lambda: self.pnl.value,
@@ -255,6 +295,26 @@ class Wiring:
         self.prom.kill_stuck.set_function(lambda: 1.0 if self.runner.stuck else 0.0)
         self.prom.watch_requests(lambda: self.exchange.requests_sent)
         self.prom.self_test_ok.set_function(self._self_test_gauge)
+        self.prom.watch_log(log_health)
+
+    # ------------------------------------------------------------------ positions (§12)
+
+    def _build_positions(self, listings: VenueListings | None) -> None:
+        """The positions step after every kill and the flattener (service/positions.py)."""
+        self.positions = PositionsService(
+            lambda: self.config, self.exchange, self.store, self.clock, listings
+        )
+        self.order_facts = self.positions.facts
+        self.after_flat = self.positions.after_flat
+
+    async def flatten(self, symbol: str | None) -> tuple[int, dict[str, Any]]:
+        """``POST /flatten`` (contract §12): close what the last kill left, while TRIPPED."""
+        state = self.switch.state
+        if state is not State.TRIPPED:
+            why = f"refused while {state.value}: flatten closes what a kill left, once TRIPPED"
+            return 409, {"error": why, "state": state.value}
+        kill_id = (self.switch.last_kill or {}).get("kill_id") or self.switch.current_kill_id
+        return await self.positions.flatten(kill_id or "manual", symbol)
 
     def _problem(self) -> str | None:
         """What systemd's STATUS= line should say is wrong (a stuck kill, a failed self-test)."""
@@ -400,9 +460,12 @@ class Wiring:
             },
             "exchange": self.exchange.health(),
             "guard": None if self.guard is None else self.guard.status(),
+            "positions": self.positions.exposure,  # contract §12: what the last kill left
             "triggers": self._triggers_enabled(),
             "trigger_states": self._trigger_states(),
             **({} if self.cluster is None else {"cluster": self.cluster.status()}),
+            **({} if self.sentinel is None else {"sentinel": self.sentinel.status()}),
+            "log": log_status(),
             "uptime": round(self.clock.monotonic() - self._started, 3),
             "pid": os.getpid(),
             "version": __version__,

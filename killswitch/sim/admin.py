@@ -24,15 +24,26 @@ Errors answer 400 ``{"error": "bad_request", "message": ...}`` naming the field.
   "on_cancel_all"?: bool}`` or ``{"stop": true}`` → the trader's state
   (:mod:`killswitch.sim.trader`): one order per symbol now (or right after the
   next ``cancel_all``) and one more every ``interval`` s, ``n`` per symbol
+- ``POST /_sim/positions`` ``{"positions": {"SYM": {"side": "LONG"|"SHORT", "size": "0.5",
+  "entry_price": "60000", "mark_price"?: str, "stops"?: n, "take_profits"?: n}},
+  "exchange"?}`` → ``{"positions": [...], "stop_ids": [...]}``: open positions, each
+  with ``stops`` STOP_MARKET and ``take_profits`` TAKE_PROFIT_MARKET orders resting
+  (``cancel_all`` cancels them)
+- ``POST /_sim/late_fill`` ``{"symbol", "side": "BUY"|"SELL", "quantity": str, "after":
+  "cancel_all"|"positions"|"place_order", "exchange"?}``: a fill that lands right after
+  the next request to ``after`` is served (between the cancel and the read)
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from killswitch.sim.venue import LateFill
 
 if TYPE_CHECKING:
     from killswitch.sim.server import SimExchange
@@ -183,6 +194,27 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         )
         return sim.trader.to_json()
 
+    def positions(body: dict[str, Any]) -> dict[str, Any]:
+        wanted = body.get("positions")
+        exchange = _optional(body, "exchange", str, "a string")
+        if not isinstance(wanted, dict):
+            raise _BadRequest('positions: expected {"SYMBOL": {"side", "size", ...}}')
+        return sim.open_positions(wanted, exchange)
+
+    def late_fill(body: dict[str, Any]) -> dict[str, Any]:
+        symbol, side, after = body.get("symbol"), body.get("side"), body.get("after")
+        if not isinstance(symbol, str) or side not in ("BUY", "SELL"):
+            raise _BadRequest("symbol, side: expected a symbol and BUY or SELL")
+        if after not in ("cancel_all", "positions", "place_order"):
+            raise _BadRequest('after: expected "cancel_all", "positions" or "place_order"')
+        try:
+            quantity = Decimal(str(body.get("quantity")))
+        except InvalidOperation:
+            raise _BadRequest("quantity: expected a number string") from None
+        exchange = _optional(body, "exchange", str, "a string") or sim.config.exchange
+        sim.venue.late_fills.append(LateFill(exchange, symbol, side, quantity, after))
+        return {"late_fills": [f.to_json() for f in sim.venue.late_fills]}
+
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(sim.stats())
 
@@ -198,6 +230,8 @@ def admin_routes(sim: SimExchange) -> list[web.RouteDef]:
         "behaviour": behaviour,
         "reject": reject,
         "trader": trader,
+        "positions": positions,
+        "late_fill": late_fill,
     }
     return [
         *(web.post(f"/_sim/{name}", _json_route(fn)) for name, fn in posts.items()),

@@ -13,11 +13,13 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from killswitch.sim.clock import VenueClock
 from killswitch.sim.config import check_behaviour
+from killswitch.sim.positions import PositionBook
 
 __all__ = [
     "CLOSED_LISTED",
@@ -33,6 +35,7 @@ DAY_MS = 86_400_000
 WORKING = frozenset({"RAISED", "OPEN", "CANCELLATION_RAISED", "EXPIRATION_RAISED"})
 SEEDABLE = frozenset({"RAISED", "OPEN"})
 CLOSED_LISTED = frozenset({"EXECUTED", "PARTIALLY_EXECUTED", "CANCELLED"})
+STOPS = frozenset({"STOP_MARKET", "TAKE_PROFIT_MARKET"})  # position-level TP/SL orders
 
 
 @dataclass(slots=True)
@@ -76,7 +79,7 @@ class Order:
     exchange: str
     symbol: str
     side: str
-    quantity: int
+    quantity: int | Decimal
     price: str
     created_at: int  # ms, venue clock
     status: str = "RAISED"
@@ -84,7 +87,10 @@ class Order:
     resolve_at: float | None = None  # monotonic time CANCELLATION_RAISED ends
     resolve_ms: int | None = None  # the same moment on the venue clock
     final_status: str | None = None  # decided when the cancel arrives
-    final_exec: int = 0
+    final_exec: int | Decimal = 0
+    order_type: str = "LIMIT"
+    extra: dict[str, Any] = field(default_factory=dict)  # client_order_id, reduce_only, ...
+    settled: bool = False  # its fill has moved the position
 
     def resolved(self, now: float) -> bool:
         return self.resolve_at is not None and now >= self.resolve_at
@@ -108,13 +114,14 @@ class Order:
             "symbol": self.symbol,
             "side": self.side,
             "status": self.status_at(now),
-            "order_type": "LIMIT",
+            "order_type": self.order_type,
             "quantity": str(self.quantity),
             "exec_quantity": str(executed),
             "price": self.price,
             "avg_execution_price": self.price if executed else "0",
             "created_at": self.created_at,
             "updated_at": updated,
+            **self.extra,
         }
 
 
@@ -136,6 +143,7 @@ class OrderBook:
         self.orders: dict[str, Order] = {}
         self.exchanges: set[str] = set()
         self._used_ms: set[int] = set()
+        self.positions = PositionBook()
 
     def _stamp(self, ms: int) -> int:
         """``ms`` or the nearest earlier millisecond no other order was created at."""
@@ -232,9 +240,79 @@ class OrderBook:
             order.cancelled_at = now_ms
             order.resolve_at = now + delay
             order.resolve_ms = now_ms + round(delay * 1000)
-            order.final_status, order.final_exec = self._outcome(order.quantity)
+            if order.order_type in STOPS:
+                order.final_status, order.final_exec = "CANCELLED", 0  # nothing to fill
+            else:
+                order.final_status, order.final_exec = self._outcome(int(order.quantity))
             ids.append(order.order_id)
         return ids
+
+    # -- positions (contract §12) ---------------------------------------------
+
+    def settle(self, now: float | None = None) -> None:
+        """Fills of cancels that have resolved move their positions (once each)."""
+        now = self._clock() if now is None else now
+        for order in self.orders.values():
+            if order.settled or not order.resolved(now) or not order.final_exec:
+                continue
+            order.settled = True
+            self.positions.fill(
+                order.exchange,
+                order.symbol,
+                order.side,
+                Decimal(order.final_exec),
+                Decimal(order.price),
+                order.resolve_ms or self._venue.now_ms(),
+            )
+
+    def working(self, exchange: str, symbol: str) -> list[Order]:
+        """The symbol's working orders now."""
+        now = self._clock()
+        return [
+            o
+            for o in self.orders.values()
+            if o.exchange == exchange and o.symbol == symbol and o.status_at(now) in WORKING
+        ]
+
+    def place_stop(
+        self, exchange: str, symbol: str, order_type: str, side: str, trigger_price: str
+    ) -> str:
+        """A resting position-level TP/SL order (quantity 0, reduce-only); its id."""
+        if order_type not in STOPS:
+            raise ValueError(f"order_type: expected one of {sorted(STOPS)}")
+        self.exchanges.add(exchange)
+        order = self._new(exchange, symbol, self._venue.now_ms(), "RAISED")
+        order.order_type, order.side, order.quantity = order_type, side, 0
+        order.price = "0"
+        order.extra = {"trigger_price": trigger_price, "reduce_only": True}
+        return order.order_id
+
+    def place_market(
+        self,
+        exchange: str,
+        symbol: str,
+        side: str,
+        quantity: Decimal,
+        *,
+        reduce_only: bool,
+        client_order_id: str | None,
+    ) -> Order:
+        """A MARKET order, filled at once at the mark price (reduce-only is clipped)."""
+        self.settle()
+        now_ms = self._venue.now_ms()
+        mark = self.positions.mark(symbol)
+        filled = self.positions.fill(
+            exchange, symbol, side, quantity, mark, now_ms, reduce_only=reduce_only
+        )
+        order = self._new(exchange, symbol, now_ms, "EXECUTED" if filled else "CANCELLED")
+        order.side, order.quantity, order.final_exec = side, quantity, filled
+        order.order_type, order.price, order.settled = "MARKET", str(mark), True
+        order.resolve_at, order.final_status = self._clock(), order.status
+        extra: dict[str, Any] = {"reduce_only": reduce_only}
+        if client_order_id is not None:
+            extra["client_order_id"] = client_order_id
+        order.extra = extra
+        return order
 
     def _outcome(self, quantity: int) -> tuple[str, int]:
         draw, b = self._rng.random(), self.behaviour
@@ -245,6 +323,9 @@ class OrderBook:
         if draw < b.fill_ratio + b.partial_fill_ratio + b.expire_ratio:
             return "EXPIRED", 0
         return "CANCELLED", 0
+
+    def now(self) -> float:
+        return self._clock()
 
     def get(self, order_id: str) -> Order | None:
         return self.orders.get(order_id)
@@ -267,6 +348,8 @@ class OrderBook:
         counts = Counter[str]()
         working: list[str] = []
         for order, status in self.with_status():
+            if order.order_type == "MARKET":
+                continue  # a close a flatten placed, not an order a kill cancels
             counts[status] += 1
             if status in WORKING:
                 working.append(order.order_id)

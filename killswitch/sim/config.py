@@ -11,6 +11,7 @@ __all__ = [
     "ENDPOINTS",
     "FAULT_ENDPOINTS",
     "FAULT_KINDS",
+    "METHODS",
     "Endpoint",
     "FaultKind",
     "Signing",
@@ -18,7 +19,9 @@ __all__ = [
 ]
 
 Signing = Literal["ed25519", "hmac-sha256"]
-Endpoint = Literal["cancel_all", "order_status", "open_orders", "closed_orders"]
+Endpoint = Literal[
+    "cancel_all", "order_status", "open_orders", "closed_orders", "positions", "place_order"
+]
 FaultKind = Literal[
     "500",
     "502",
@@ -34,10 +37,18 @@ FaultKind = Literal[
     "slow",
     "lost_ack_502",
     "lost_ack_timeout",
+    "reduce_only_refused",
 ]
 
-# The four signed, rate-limited endpoints; the server-time call is neither.
-ENDPOINTS: tuple[Endpoint, ...] = ("cancel_all", "order_status", "open_orders", "closed_orders")
+# The six signed, rate-limited endpoints; the server-time call is neither.
+ENDPOINTS: tuple[Endpoint, ...] = (
+    "cancel_all",
+    "order_status",
+    "open_orders",
+    "closed_orders",
+    "positions",
+    "place_order",
+)
 # Faults may also be injected on the server-time call ("time").
 FAULT_ENDPOINTS: tuple[str, ...] = (*ENDPOINTS, "time")
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)  # one list: the Literal
@@ -53,14 +64,28 @@ _LIMITS: dict[Endpoint, str] = {
     "order_status": "status_limit",
     "open_orders": "open_orders_limit",
     "closed_orders": "closed_orders_limit",
+    "positions": "positions_limit",
+    "place_order": "place_order_limit",
 }
 _PATHS: dict[str, str] = {
     "cancel_all": "cancel_all_path",
     "order_status": "order_status_path",
     "open_orders": "open_orders_path",
     "closed_orders": "closed_orders_path",
+    "positions": "positions_path",
+    "place_order": "place_order_path",
     "time": "time_path",
 }
+METHODS: dict[str, str] = {
+    "cancel_all": "POST",
+    "order_status": "GET",
+    "open_orders": "POST",
+    "closed_orders": "POST",
+    "positions": "GET",
+    "place_order": "POST",
+    "time": "GET",
+}
+"""Each endpoint's method: place order shares the order-status path (VENUE.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +118,14 @@ class SimConfig:
     open_orders_path: str = "/trade/api/v2/futures/orders/open"
     closed_orders_path: str = "/trade/api/v2/futures/orders/closed"
     time_path: str = "/trade/api/v2/time"
+    positions_path: str = "/trade/api/v2/futures/positions"
+    place_order_path: str = "/trade/api/v2/futures/order"
     cancel_all_limit: tuple[int, float] = (10, 60.0)
     status_limit: tuple[int, float] = (20, 60.0)
     open_orders_limit: tuple[int, float] = (20, 60.0)
     closed_orders_limit: tuple[int, float] = (20, 60.0)
+    positions_limit: tuple[int, float] = (20, 60.0)
+    place_order_limit: tuple[int, float] = (20, 60.0)
     cancel_delay: tuple[float, float] = (0.02, 0.3)
     fill_ratio: float = 0.0
     partial_fill_ratio: float = 0.0
@@ -133,9 +162,9 @@ class SimConfig:
         )
         if self.max_epoch_skew <= 0:
             raise ValueError("max_epoch_skew: expected seconds > 0")
-        paths = [getattr(self, p) for p in _PATHS.values()]
-        if len(set(paths)) != len(paths):
-            raise ValueError("paths: every endpoint needs its own path")
+        routes = [(getattr(self, p), METHODS[e]) for e, p in _PATHS.items()]
+        if len(set(routes)) != len(routes):
+            raise ValueError("paths: every endpoint needs its own path (or method)")
 
     def limit(self, endpoint: Endpoint) -> tuple[int, float]:
         requests, per_seconds = getattr(self, _LIMITS[endpoint])

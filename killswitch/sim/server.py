@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from aiohttp import web
@@ -27,7 +28,7 @@ from killswitch.sim.admin import admin_routes
 from killswitch.sim.auth import verify
 from killswitch.sim.book import Behaviour, OrderBook
 from killswitch.sim.clock import VenueClock
-from killswitch.sim.config import ENDPOINTS, Endpoint, SimConfig
+from killswitch.sim.config import ENDPOINTS, METHODS, Endpoint, SimConfig
 from killswitch.sim.faults import Fault, FaultQueue
 from killswitch.sim.record import ReceivedRequest
 from killswitch.sim.stats import stats_of
@@ -37,14 +38,14 @@ from killswitch.sim.window import StrictWindow
 
 __all__ = ["SimExchange", "run_sim"]
 
-_METHODS: dict[str, str] = {
-    "cancel_all": "POST",
-    "order_status": "GET",
-    "open_orders": "POST",
-    "closed_orders": "POST",
-    "time": "GET",
+_FIELD_422 = {
+    "cancel_all": "symbol",
+    "order_status": "order_id",
+    "positions": "symbol",
+    "place_order": "quantity",
+    "time": "request",
 }
-_FIELD_422 = {"cancel_all": "symbol", "order_status": "order_id", "time": "request"}
+_ACTS = ("cancel_all", "place_order")  # a timeout fault means "not done" (held, then 504)
 
 
 class SimExchange:
@@ -87,7 +88,9 @@ class SimExchange:
         }
         self.requests: list[ReceivedRequest] = []
         self.cancel_all_arrivals: list[tuple[float, float]] = []  # (wall, monotonic)
-        self._paths = {self.config.path(e): e for e in (*ENDPOINTS, "time")}
+        self._routes: dict[str, dict[str, str]] = {}  # path -> method -> endpoint
+        for e in (*ENDPOINTS, "time"):
+            self._routes.setdefault(self.config.path(e), {})[METHODS[e]] = e
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.app = web.Application()
@@ -140,6 +143,42 @@ class SimExchange:
         return self.book.seed(
             exchange or self.config.exchange, orders, status, age_days, same_ms=same_ms
         )
+
+    def open_positions(self, wanted: dict[str, Any], exchange: str | None = None) -> dict[str, Any]:
+        """Open positions, ``{"SYM": {"side", "size", "entry_price"?, "mark_price"?, "stops"?,
+        "take_profits"?}}``, each with its resting TP/SL orders; the positions and stop ids.
+        ``ValueError`` names the bad field."""
+        exchange = exchange or self.config.exchange
+        self.book.exchanges.add(exchange)
+        opened, stop_ids = [], []
+        for symbol, spec in wanted.items():
+            if not isinstance(spec, dict) or spec.get("side") not in ("LONG", "SHORT"):
+                raise ValueError(f"positions.{symbol}.side: expected LONG or SHORT")
+            try:
+                size = Decimal(str(spec.get("size")))
+                entry = Decimal(str(spec.get("entry_price", "100")))
+                mark = spec.get("mark_price")
+                mark_price = None if mark is None else Decimal(str(mark))
+            except InvalidOperation:
+                raise ValueError(f"positions.{symbol}: size and prices are numbers") from None
+            stops, tps = spec.get("stops", 0), spec.get("take_profits", 0)
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in (stops, tps)):
+                raise ValueError(f"positions.{symbol}: stops and take_profits are counts")
+            side = spec["side"]
+            position = self.book.positions.open(
+                exchange, symbol, side, size, entry, self.clock.now_ms(), mark_price
+            )
+            opened.append(position.to_json())
+            close = "SELL" if side == "LONG" else "BUY"
+            below, above = str(entry * Decimal("0.9")), str(entry * Decimal("1.1"))
+            stop_at, tp_at = (below, above) if close == "SELL" else (above, below)
+            for kind, count, trigger in (
+                ("STOP_MARKET", stops, stop_at),
+                ("TAKE_PROFIT_MARKET", tps, tp_at),
+            ):
+                for _ in range(count):
+                    stop_ids.append(self.book.place_stop(exchange, symbol, kind, close, trigger))
+        return {"positions": opened, "stop_ids": stop_ids}
 
     def forget(self, order_ids: list[str]) -> int:
         """Forget orders: their status is answered 404 from now on; the number forgotten."""
@@ -231,7 +270,8 @@ class SimExchange:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         now, wall = self._clock(), self._wall()
-        endpoint = self._paths.get(request.path)
+        methods = self._routes.get(request.path, {})
+        endpoint = methods.get(request.method) or next(iter(methods.values()), None)
         record = ReceivedRequest(endpoint or "other", request.method, request.raw_path, now, wall)
         self.requests.append(record)
         response = await self._handle(request, record, endpoint, now)
@@ -256,9 +296,9 @@ class SimExchange:
                 if self.config.retry_after_on_violation:
                     response.headers["Retry-After"] = str(admission.retry_after)
                 return response
-        if request.method != _METHODS[endpoint]:
+        if request.method != METHODS[endpoint]:
             response = error(405, "method_not_allowed", "method not allowed")
-            response.headers["Allow"] = _METHODS[endpoint]
+            response.headers["Allow"] = METHODS[endpoint]
             return response
         fault = self.faults.take(endpoint)
         if fault is not None:
@@ -288,6 +328,10 @@ class SimExchange:
             return await self.venue.cancel_all(request)
         if endpoint == "order_status":
             return self.venue.order_status(request, now)
+        if endpoint == "positions":
+            return self.venue.positions(request)
+        if endpoint == "place_order":
+            return await self.venue.place_order(request)
         return await self.venue.listing(request, now, closed=endpoint == "closed_orders")
 
     async def _faulted(
@@ -306,6 +350,9 @@ class SimExchange:
         if kind == "422":
             field = _FIELD_422.get(endpoint, "limit")
             return error(422, "invalid_field", fault.message or f"{field}: invalid")
+        if kind == "reduce_only_refused":
+            message = fault.message or "reduce_only: not supported for MARKET orders"
+            return error(422, "invalid_field", message)
         if kind == "malformed":
             return web.Response(text="{not json", content_type="application/json")
         if kind == "shape":
@@ -325,7 +372,7 @@ class SimExchange:
         # "timeout": hold past any sane client timeout.  A read is then
         # answered normally; a cancel_all is answered 504 without cancelling.
         await self._hold(hold)
-        if endpoint != "cancel_all":
+        if endpoint not in _ACTS:
             return await self._serve(request, endpoint)
         return error(504, "timeout", "injected timeout")
 

@@ -27,6 +27,8 @@ def stats_of(sim: SimExchange) -> dict[str, Any]:
       of each final status.
     - ``clock``, ``behaviour``, ``trader``, ``rejected``, ``faults_pending``,
       ``cancel_all_arrivals``: the admin switches as they stand.
+    - ``position_truth``: positions, fills, ``flips``, ``overcloses``,
+      ``orders_while_open`` and every accepted ``placed`` order body.
     """
     counted = Counter(r.endpoint for r in sim.requests)
     answers: dict[str, Counter[str]] = {e: Counter() for e in _COUNTED}
@@ -51,4 +53,11 @@ def stats_of(sim: SimExchange) -> dict[str, Any]:
             {"wall": wall, "monotonic": mono} for wall, mono in sim.cancel_all_arrivals
         ],
         "faults_pending": sim.faults.pending(),
+        "position_truth": _positions(sim),
     }
+
+
+def _positions(sim: SimExchange) -> dict[str, Any]:
+    """The positions now (fills settled) and the referee's counts (:mod:`.positions`)."""
+    sim.book.settle()
+    return {**sim.book.positions.truth(), "placed": list(sim.venue.placed)}

@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from aiohttp import web
 
-from killswitch.sim.book import OrderBook
+from killswitch.sim.book import STOPS, OrderBook
 from killswitch.sim.clock import VenueClock
 from killswitch.sim.listing import ListingError, page, parse_query
 from killswitch.sim.trader import Trader
 
-__all__ = ["Rejection", "Venue", "error"]
+__all__ = ["LateFill", "Rejection", "Venue", "error"]
 
 
 def error(status: int, code: str, message: str) -> web.Response:
@@ -45,8 +46,34 @@ class Rejection:
         return {"status": self.status, "message": self.message, "unscoped": self.unscoped}
 
 
+@dataclass(frozen=True, slots=True)
+class LateFill:
+    """A fill that lands right after the next request to ``after`` is served (a cancel
+    that raced a fill, a trading process's order filling between the cancel and the read)."""
+
+    exchange: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    after: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"symbol": self.symbol, "side": self.side, "quantity": str(self.quantity),
+                "after": self.after}  # fmt: skip
+
+
 class _BadBody(Exception):
     pass
+
+
+def _quantity(value: Any) -> Decimal | None:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return None
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -65,6 +92,17 @@ class Venue:
         self.clock = clock
         self.trader = trader
         self.rejections: dict[str, Rejection] = {}
+        self.late_fills: list[LateFill] = []
+        self.placed: list[dict[str, Any]] = []  # every accepted place-order body
+
+    def land_late_fills(self, after: str) -> None:
+        """Apply the fills armed to land after a request to ``after``."""
+        due = [f for f in self.late_fills if f.after == after]
+        self.late_fills = [f for f in self.late_fills if f.after != after]
+        for f in due:
+            book = self.book
+            mark = book.positions.mark(f.symbol)
+            book.positions.fill(f.exchange, f.symbol, f.side, f.quantity, mark, self.clock.now_ms())
 
     def server_time(self) -> web.Response:
         return web.json_response({"serverTime": self.clock.now_ms()})
@@ -89,7 +127,61 @@ class Venue:
                 spare.add(rejected)
         ids = self.book.cancel_all(exchange, symbol, frozenset(spare))
         self.trader.cancel_all_served()
+        self.land_late_fills("cancel_all")
         return web.json_response({"data": {"orders_ids": ids}})
+
+    def positions(self, request: web.Request) -> web.Response:
+        """``GET positions?exchange=&symbol=`` (both mandatory): ``{"data": [...]}``."""
+        exchange, symbol = request.query.get("exchange"), request.query.get("symbol")
+        if not exchange:
+            return error(422, "invalid_field", "exchange: required")
+        if exchange not in self.book.exchanges:
+            return error(422, "invalid_field", f"exchange: unknown exchange {exchange!r}")
+        if not symbol:
+            return error(422, "invalid_field", "symbol: required")
+        self.book.settle()
+        answer = [p.to_json() for p in self.book.positions.of(exchange, symbol)]
+        self.land_late_fills("positions")
+        return web.json_response({"data": answer})
+
+    async def place_order(self, request: web.Request) -> web.Response:
+        """``POST order``: MARKET (filled at once at the mark) or a TP/SL order."""
+        try:
+            body = await _json_body(request)
+        except _BadBody as exc:
+            return error(400, "bad_request", str(exc))
+        exchange, symbol = body.get("exchange"), body.get("symbol")
+        side, order_type = body.get("side"), body.get("order_type")
+        reduce_only, client_id = body.get("reduce_only", False), body.get("client_order_id")
+        if not isinstance(exchange, str) or exchange not in self.book.exchanges:
+            return error(422, "invalid_field", "exchange: required, a known exchange")
+        if not isinstance(symbol, str) or not symbol:
+            return error(422, "invalid_field", "symbol: required, a string")
+        if side not in ("BUY", "SELL"):
+            return error(422, "invalid_field", "side: expected BUY or SELL")
+        if not isinstance(reduce_only, bool):
+            return error(422, "invalid_field", "reduce_only: expected true or false")
+        if client_id is not None and not isinstance(client_id, str):
+            return error(422, "invalid_field", "client_order_id: expected a string")
+        if order_type in STOPS:
+            trigger = body.get("trigger_price")
+            if reduce_only is not True or _quantity(trigger) is None:
+                return error(422, "invalid_field", "trigger_price, reduce_only: required")
+            order_id = self.book.place_stop(exchange, symbol, order_type, side, str(trigger))
+            return web.json_response({"data": {"order_id": order_id, "status": "RAISED"}})
+        if order_type != "MARKET":
+            return error(422, "invalid_field", "order_type: the sim takes MARKET, TP/SL")
+        quantity = _quantity(body.get("quantity"))
+        if quantity is None or quantity <= 0:
+            return error(422, "invalid_field", "quantity: expected a positive number string")
+        if self.book.working(exchange, symbol):
+            self.book.positions.orders_while_open += 1
+        order = self.book.place_market(
+            exchange, symbol, side, quantity, reduce_only=reduce_only, client_order_id=client_id
+        )
+        self.placed.append(body)
+        self.land_late_fills("place_order")
+        return web.json_response({"data": order.to_json(self.book.now())})
 
     def order_status(self, request: web.Request, now: float) -> web.Response:
         order_id = request.query.get("order_id")

@@ -62,6 +62,24 @@ CREATE TABLE IF NOT EXISTS sends (
     sent_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sends_by_endpoint ON sends (endpoint, sent_at);
+CREATE TABLE IF NOT EXISTS exposures (  -- contract §12: the positions a kill left
+    kill_id TEXT PRIMARY KEY,
+    read_at REAL NOT NULL,
+    record TEXT NOT NULL             -- JSON: positions, unreadable symbols, flatten outcomes
+);
+CREATE TABLE IF NOT EXISTS flattens (   -- every close order, durable before it is sent
+    client_order_id TEXT PRIMARY KEY,
+    kill_id TEXT NOT NULL,
+    exchange TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    quantity TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    state TEXT NOT NULL,             -- sending, accepted, unknown; then done, rejected, ...
+    order_id TEXT,
+    detail TEXT,
+    updated_at REAL NOT NULL
+);
 """
 
 # Columns added after 0.1 (the flat proof): (table, column, definition).  A state.db

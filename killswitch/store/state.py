@@ -22,7 +22,32 @@ from typing import Any
 from killswitch.store.file import StoreProblem
 from killswitch.store.writer import StoreUnavailable, StoreWriter
 
-__all__ = ["KillRecord", "StateStore", "StoreProblem", "StoreUnavailable", "SweepRecord"]
+__all__ = [
+    "FlattenRecord",
+    "KillRecord",
+    "StateStore",
+    "StoreProblem",
+    "StoreUnavailable",
+    "SweepRecord",
+]
+
+FLATTEN_OPEN = ("sending", "accepted", "unknown")
+"""States of a close order whose outcome is not known yet (read the venue first)."""
+
+
+@dataclass(frozen=True)
+class FlattenRecord:
+    """One close order a flatten sent (or was about to send)."""
+
+    client_order_id: str
+    kill_id: str
+    exchange: str
+    symbol: str
+    side: str
+    quantity: str
+    sent_at: float
+    state: str
+    order_id: str | None
 
 
 @dataclass(frozen=True)
@@ -245,6 +270,76 @@ class StateStore(StoreWriter):
             return None if row is None else self._kill(db, row)
 
         return self._read(fn, None)
+
+    # ------------------------------------------------------------------ positions (§12)
+
+    def exposure(self, kill_id: str, read_at: float, record: dict[str, Any]) -> Future[None]:
+        """The positions a kill left, and what its flatten did (replaced as it goes)."""
+        return self._write(
+            "INSERT OR REPLACE INTO exposures (kill_id, read_at, record) VALUES (?,?,?)",
+            kill_id,
+            read_at,
+            json.dumps(record),
+        )
+
+    def last_exposure(self) -> dict[str, Any] | None:
+        """The newest exposure record (start-up: ``GET /status`` shows it again)."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT record FROM exposures ORDER BY read_at DESC LIMIT 1"
+            ).fetchone(),
+            None,
+        )
+        return None if row is None else dict(json.loads(row[0]))
+
+    def flatten_sending(self, record: FlattenRecord) -> Future[None]:
+        """A close order about to leave: await this before sending it (crash rule)."""
+        return self._write(
+            "INSERT INTO flattens (client_order_id, kill_id, exchange, symbol, side, quantity, "
+            "sent_at, state, order_id, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            record.client_order_id,
+            record.kill_id,
+            record.exchange,
+            record.symbol,
+            record.side,
+            record.quantity,
+            record.sent_at,
+            record.state,
+            record.order_id,
+            record.sent_at,
+        )
+
+    def flatten_update(
+        self,
+        client_order_id: str,
+        state: str,
+        at: float,
+        *,
+        order_id: str | None = None,
+        detail: str | None = None,
+    ) -> Future[None]:
+        return self._write(
+            "UPDATE flattens SET state = ?, order_id = COALESCE(?, order_id), "
+            "detail = COALESCE(?, detail), updated_at = ? WHERE client_order_id = ?",
+            state,
+            order_id,
+            detail,
+            at,
+            client_order_id,
+        )
+
+    def flatten_open(self) -> Future[list[FlattenRecord]]:
+        """Close orders whose outcome is not known yet, oldest first (await it)."""
+
+        def fn(db: sqlite3.Connection) -> list[FlattenRecord]:
+            rows = db.execute(
+                "SELECT client_order_id, kill_id, exchange, symbol, side, quantity, sent_at, "
+                "state, order_id FROM flattens WHERE state IN (?,?,?) ORDER BY sent_at",
+                FLATTEN_OPEN,
+            ).fetchall()
+            return [FlattenRecord(*row) for row in rows]
+
+        return self._call(fn, read=True)
 
     # ------------------------------------------------------------------ rate-limit log
 

@@ -15,6 +15,7 @@ from killswitch.sim import SimExchange, sign_headers
 CANCEL_ALL = "/trade/api/v2/futures/cancel_all"
 STATUS = "/trade/api/v2/futures/order"
 OPEN = "/trade/api/v2/futures/orders/open"
+POSITIONS = "/trade/api/v2/futures/positions"
 CLOSED = "/trade/api/v2/futures/orders/closed"
 TIME = "/trade/api/v2/time"
 DAY_MS = 86_400_000
@@ -30,6 +31,12 @@ REQUEST: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "order_status": ("GET", f"{STATUS}?order_id={uuid.UUID(int=5)}", None),
     "open_orders": ("POST", OPEN, {"exchange": "EXCHANGE_2"}),
     "closed_orders": ("POST", CLOSED, {"exchange": "EXCHANGE_2"}),
+    "positions": ("GET", f"{POSITIONS}?exchange=EXCHANGE_2&symbol=BTCUSDT", None),
+    "place_order": (
+        "POST",
+        STATUS,
+        {"exchange": "EXCHANGE_2", "symbol": "BTCUSDT", "side": "BUY", "order_type": "LIMIT"},
+    ),
 }
 
 

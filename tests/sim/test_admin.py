@@ -107,7 +107,10 @@ async def test_admin_endpoints_seed_fault_clear_forget_and_report(
     assert pending["closed_orders"] == [
         {"kind": "422", "remaining": 1, "delay": None, "message": "x: y"}
     ]
-    assert set(cleared) == {"cancel_all", "order_status", "open_orders", "closed_orders", "time"}
+    assert set(cleared) == {
+        "cancel_all", "order_status", "open_orders", "closed_orders", "positions", "place_order",
+        "time",
+    }  # fmt: skip
     assert not any(cleared.values())
     assert forgotten == {"forgotten": 1}
     assert status == 200

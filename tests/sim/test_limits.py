@@ -18,7 +18,14 @@ from tests.sim.client import (
 
 @pytest.mark.parametrize(
     ("endpoint", "limit"),
-    [("cancel_all", 10), ("order_status", 20), ("open_orders", 20), ("closed_orders", 20)],
+    [
+        ("cancel_all", 10),
+        ("order_status", 20),
+        ("open_orders", 20),
+        ("closed_orders", 20),
+        ("positions", 20),
+        ("place_order", 20),
+    ],
 )
 async def test_each_endpoint_has_its_own_strict_window_at_the_venue_limit(
     make_sim: SimFactory, session: aiohttp.ClientSession, endpoint: str, limit: int
@@ -105,7 +112,7 @@ async def test_unknown_paths_answer_404_uncounted_on_a_kept_alive_connection(
     assert reused == 2
     assert sim.stats()["requests"] == {
         "cancel_all": 1, "order_status": 0, "open_orders": 0, "closed_orders": 0,
-        "time": 0, "other": 2,
+        "positions": 0, "place_order": 0, "time": 0, "other": 2,
     }  # fmt: skip
     assert sim.windows["cancel_all"].peak == 1
 
