@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    alerts,
     confirmation,
     deadman,
     flat,
@@ -29,6 +30,7 @@ from bench import (
     positions,
     sentinel,
     signal_latency,
+    soak,
     storm,
 )
 from bench.harness import Settings, progress
@@ -53,8 +55,10 @@ SCENARIOS: dict[str, Scenario] = {
     "positions": positions.run,
     "sentinel": sentinel.run,
     "sentinel_soak": sentinel.run_soak,  # 10 minutes (--quick: 60 s)
+    "alerts": alerts.run,
+    "soak": soak.run,
 }
-SLOW_ONLY = ("contract", "flat_poll", "sentinel_soak")
+SLOW_ONLY = ("contract", "flat_poll", "sentinel_soak", "soak")
 UVLOOP_SCENARIOS = ("signal", "deadman", "pnl", "confirm")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -18,6 +18,7 @@ from killswitch.config.load import TARGETS_REQUIRED, load_config, pnl_directory_
 from killswitch.config.model import Config, as_dict
 from killswitch.config.reader import ConfigError
 from killswitch.exchange.credentials import load_credentials
+from killswitch.record.cli import add_record_commands
 from killswitch.service.control import ControlClient, DaemonUnavailable
 from killswitch.service.status_view import format_status  # small; also imported by tests from here
 
@@ -40,6 +41,7 @@ def _fail(message: str, code: int) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from killswitch import logsink
+    from killswitch.alerts import load_receivers
     from killswitch.log import configure_logging
     from killswitch.service.daemon import Daemon
     from killswitch.service.loop import run as run_loop
@@ -48,11 +50,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _config(args.config)
         credentials = load_credentials(config.exchange)
         cluster = None if config.cluster is None else _cluster_settings(config)
+        alerts = load_receivers(config.alerts)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     logsink.install_std_streams()  # already done at the package's first line, when run as the CLI
     configure_logging(config.log.level, config.log.format, buffer_lines=config.log.buffer_lines)
-    return run_loop(Daemon(config, credentials, cluster=cluster).serve())
+    return run_loop(Daemon(config, credentials, cluster=cluster, alerts=alerts).serve())
 
 
 def _cluster_settings(config: Config) -> ClusterSettings | None:
@@ -97,6 +100,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             effective["cluster"]["credentials"] = "found (values not shown)"
         except ConfigError as exc:
             effective["cluster"]["credentials"] = f"NOT USABLE: {exc}"
+    if config.alerts.webhooks:
+        from killswitch.alerts import load_receivers
+
+        try:
+            load_receivers(config.alerts)
+            effective["alerts"]["secrets"] = "found (values not shown)"
+        except ConfigError as exc:
+            effective["alerts"]["secrets"] = f"NOT USABLE: {exc}"
     if not args.online:
         print(json.dumps(effective, indent=2))
         return EXIT_OK
@@ -539,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed for ids and outcomes")
     p.set_defaults(fn=cmd_sim)
     add_fleet_commands(sub)
+    add_record_commands(sub)
     return parser
 
 

@@ -34,6 +34,7 @@ from killswitch.damping import Damper
 
 __all__ = [
     "Redactor",
+    "add_listener",
     "add_tap",
     "configure_logging",
     "get_logger",
@@ -111,6 +112,22 @@ def _tap(logger: WrappedLogger, name: str, line: Any) -> Any:
     return line
 
 
+_listeners: list[Callable[[EventDict], None]] = []
+
+
+def add_listener(listener: Callable[[EventDict], None]) -> Callable[[], None]:
+    """Also hand every event, as a redacted dict, to ``listener`` (it must not block, and must
+    not keep or change the dict); returns the remover.  The alerts read events here."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener)
+
+
+def _listen(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+    for listener in _listeners:
+        listener(event)
+    return event
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "json",
@@ -152,6 +169,7 @@ def configure_logging(
             structlog.processors.StackInfoRenderer(),
             exceptions,
             redactor,
+            _listen,
             renderer,
             _tap,
         ],

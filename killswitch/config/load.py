@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from killswitch.config.alerting import parse_alerts, parse_metrics
 from killswitch.config.model import (
     CancelAllConfig,
     ClusterConfig,
@@ -401,7 +402,10 @@ def parse_config(
     control = ControlConfig(socket=_path(c, "socket", ControlConfig().socket, base))
     c.finish()
     s = root.table("state")
-    state = StateConfig(path=_path(s, "path", StateConfig().path, base))
+    state = StateConfig(
+        path=_path(s, "path", StateConfig().path, base),
+        keep_kills=s.integer("keep_kills", StateConfig().keep_kills, minimum=1, maximum=10**7),
+    )
     s.finish()
     lg = root.table("log")
     log = LogConfig(
@@ -416,6 +420,7 @@ def parse_config(
     daemon = DaemonConfig(shutdown_grace=dm.number("shutdown_grace", 10.0, minimum=0.0))
     dm.finish()
     cluster = _cluster(root)
+    alerts, metrics = parse_alerts(root), parse_metrics(root)
     sentinel = _sentinel(root, cluster)
     root.finish()
     if len(str(control.socket).encode()) > 107:
@@ -435,6 +440,8 @@ def parse_config(
         positions=positions,
         flatten=flatten,
         cluster=cluster,
+        alerts=alerts,
+        metrics=metrics,
         sentinel=sentinel,
     )
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from killswitch.config.alerting import AlertsConfig, MetricsConfig
+
 __all__ = [
     "DEFAULT_TERMINAL",
     "CancelAllConfig",
@@ -181,6 +183,7 @@ class ControlConfig:
 @dataclass(frozen=True)
 class StateConfig:
     path: Path = Path("/var/lib/killswitch/state.db")
+    keep_kills: int = 1000  # records of the newest kills kept (§16)
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,8 @@ class Config:
     flatten: FlattenConfig = field(default_factory=FlattenConfig)
     source: Path | None = None
     cluster: ClusterConfig | None = None
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     sentinel: SentinelConfig | None = None
 
 
@@ -279,6 +284,8 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
         "triggers.pnl.enabled": pnl_on,
         "cluster": new.cluster != current.cluster,
+        "alerts": new.alerts != current.alerts,
+        "metrics": new.metrics != current.metrics,
         "sentinel": new.sentinel != current.sentinel,
     }
     pnl = replace(
@@ -298,6 +305,8 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         control=current.control,
         state=current.state,
         cluster=current.cluster,
+        alerts=current.alerts,
+        metrics=current.metrics,
         sentinel=current.sentinel,
     )
     return applied, sorted(key for key, changed in restart.items() if changed)

@@ -195,11 +195,14 @@ class Daemon(Wiring):
         # Before touching the state store: is another daemon already running here?
         ControlServer(self.config.control.socket, self).claim()
         self._release(stack, "store", self._close_store)
+        self._release(stack, "alerts and journal", self.telling.close)
+        self.telling.listen()  # first: a store that cannot open is an alert too
         problem = self.store_watch.open(asyncio.get_running_loop())
         tripped, _ = self.store.latch()
         unfinished = self.store.unfinished_kill()
         last = self.store.last_kill()
         self._build()
+        self.telling.open(None if last is None else last.kill_id)
         # Fail closed: a store that could not be used as found may have held a set latch.
         self.switch.restore(tripped or problem is not None, last, unfinished)
         if problem is not None:
@@ -229,6 +232,7 @@ class Daemon(Wiring):
                 if self.config.triggers.pnl.enabled:
                     self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
                 tg.create_task(self.store_watch.run(self._latch), name="store")
+                tg.create_task(self.telling.alerter.run(), name="alerts")  # beside the kill
                 # The switch runs and the exchange client can send: SIGUSR1s that came
                 # during start-up fire now (coalesced into one kill), before the first
                 # clock sync, the control socket and daemon.ready.
@@ -248,6 +252,10 @@ class Daemon(Wiring):
                 if not self._stop.is_set():
                     self._release(stack, "control socket", self.control.close)
                     await self.control.start()
+                    metrics = self.telling.metrics_listener
+                    if metrics is not None:
+                        self._release(stack, "metrics listener", metrics.close)
+                        await metrics.start()
                     self._announce_ready(tg)
                 await self._stop.wait()
                 await self._shutdown()

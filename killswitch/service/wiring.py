@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from killswitch import __version__
+from killswitch.alerts import Receiver
 from killswitch.clock import Clock, SystemClock
 from killswitch.config.model import Config, RateLimit
 from killswitch.damping import Damper
@@ -48,6 +49,7 @@ from killswitch.service.metrics import Metrics
 from killswitch.service.notify import Notifier
 from killswitch.service.positions import PositionsService
 from killswitch.service.systemd import Service
+from killswitch.service.telling import Telling
 from killswitch.store.state import StateStore
 from killswitch.store.watch import StoreWatch
 from killswitch.triggers.heartbeat import DeadManSwitch
@@ -72,6 +74,7 @@ class Wiring:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         cluster: ClusterSettings | None = None,
+        alerts: tuple[Receiver, ...] | None = None,
     ) -> None:
         self.config = config
         self.cluster_settings = cluster
@@ -103,8 +106,28 @@ class Wiring:
         if cluster is not None and cluster.credentials is not None:
             # The JWT and the seed (a .creds file's frame lines are not secret).
             redactor.register(t for t in cluster.credentials.reveal().split() if len(t) >= 40)
+        self.telling = Telling(  # alerts, the kill's journal, [metrics] listen (contract §16)
+            config,
+            alerts,
+            self.store,
+            self.clock,
+            self._log,
+            registry=self.prom.registry,
+            current_kill=self._current_kill,
+            render=self.metrics,
+            last_kill=self._tripped_by,
+        )
 
     # ------------------------------------------------------------------ wiring
+
+    def _tripped_by(self) -> dict[str, Any] | None:
+        """The last kill's summary while it keeps the switch tripped (None once reset)."""
+        switch: KillSwitch | None = getattr(self, "switch", None)
+        return None if switch is None or switch.state is State.ARMED else switch.last_kill
+
+    def _current_kill(self) -> str | None:
+        switch: KillSwitch | None = getattr(self, "switch", None)  # None before _build()
+        return None if switch is None else switch.current_kill_id
 
     def _store_changed(self) -> None:
         if self._ready:  # before that, daemon.ready sends the first STATUS=
@@ -382,6 +405,7 @@ class Wiring:
                 self.prom.orders.labels(outcome).inc(last.get(outcome, 0))
             self.prom.leftovers.inc(last.get("leftover", 0))
             self.prom.kill_flat.set(1.0 if last.get("flat") else 0.0)
+            self.telling.kill_recorded(self.config.state.keep_kills)
         self.service.state_changed(state)
         if self.cluster is not None:
             self.cluster.state_changed(state, why)
@@ -466,6 +490,7 @@ class Wiring:
             **({} if self.cluster is None else {"cluster": self.cluster.status()}),
             **({} if self.sentinel is None else {"sentinel": self.sentinel.status()}),
             "log": log_status(),
+            **self.telling.status(),
             "uptime": round(self.clock.monotonic() - self._started, 3),
             "pid": os.getpid(),
             "version": __version__,
