@@ -15,17 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from killswitch.cli import build_parser, main, watch
 from killswitch.config.load import load_config
 from killswitch.config.reader import ConfigError
+from killswitch.kill.confirm import Confirmer
 from killswitch.kill.progress import format_eta, report
+from killswitch.log import add_listener
 from killswitch.service.status_view import format_status
 from killswitch.store.holder import state_file_holder
 from killswitch.triggers.heartbeat import DeadManSwitch
 from killswitch.triggers.pnl import PnlMonitor
 from tests.fakes import FakeClock
+from tests.test_confirm import ScriptedSource
+from tests.test_confirm import config as confirm_config
+from tests.test_log import stream  # noqa: F401  (the fixture: logging into a buffer)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -430,3 +436,27 @@ def test_holder_of_a_missing_file_is_nobody(tmp_path: Path) -> None:
     """No state file yet: nobody holds it, no error."""
     found = state_file_holder(tmp_path / "none.db")
     assert (found.pid, found.problem) == (None, None)
+
+
+async def test_order_status_at_info_is_not_written_but_reaches_the_record(
+    stream: io.StringIO,  # noqa: F811  (the fixture)
+) -> None:
+    """At level info an order's status change writes no line, yet the log listeners (the
+    kill's journal: how each order was learned) still get its order.status with ``via``."""
+    heard: list[dict[str, Any]] = []
+    remove = add_listener(lambda e: heard.append(dict(e)))
+    try:
+        clock = FakeClock()
+        confirmer = Confirmer(ScriptedSource(clock, {}), confirm_config(), clock)
+        structlog.contextvars.bind_contextvars(kill_id="k1")
+        confirmer.observe("o1", "CANCELLED", via="closed_orders")
+    finally:
+        structlog.contextvars.unbind_contextvars("kill_id")
+        remove()
+    assert "order.status" not in stream.getvalue()
+    statuses = [e for e in heard if e["event"] == "order.status"]
+    assert [(e["order_id"], e["status"], e["via"], e["kill_id"]) for e in statuses] == [
+        ("o1", "CANCELLED", "closed_orders", "k1")
+    ]
+    assert statuses[0]["level"] == "debug"
+    assert statuses[0]["timestamp"].endswith("Z")
