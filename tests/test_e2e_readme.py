@@ -178,6 +178,21 @@ async def test_run_it_by_hand(workdir: Path) -> None:
         assert quick["cancel_delay"] == [0.02, 0.3]
         assert (await you.admin('# {"CANCELLED":300}'))["orders"] == {"CANCELLED": 300}
 
+        # The record keeps how each order was learned, though order.status is not written.
+        report = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "killswitch", "report", "--config", str(config), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=you.env,
+        )
+        assert report.returncode == 0, report.stderr
+        learned = {o["learned"] for o in json.loads(report.stdout)["orders"]}
+        assert learned, report.stdout
+        assert all(how.startswith("listing (") for how in learned), learned  # which listing
+
         # Step 5: tripped, then reset.
         status = rows((await you.cli("TRIPPED; last_kill ... 300 cancelled")).stdout)
         assert status["state"].startswith("TRIPPED")
