@@ -196,35 +196,13 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     status, body = _call(args, "POST", "/trigger", {"reason": args.reason})
     if status < 0:
         if int(body) == EXIT_FAIL:  # no daemon answered: say what still works
-            print(_no_daemon_hint(_config(args.config)), file=sys.stderr)
+            from killswitch.store.holder import what_still_kills
+
+            config = _config(args.config)
+            print(what_still_kills(config.state.path, config.source), file=sys.stderr)
         return int(body)
     print(f"trigger {body.get('outcome')}: kill {body.get('kill_id')}")
     return EXIT_OK if status == 202 else EXIT_FAIL
-
-
-def _no_daemon_hint(config: Config) -> str:
-    """When the control socket is silent: who holds the state file, and what still kills."""
-    from killswitch.store.holder import state_file_holder
-
-    holder = state_file_holder(config.state.path)
-    where = f"the state file {holder.path}"
-    systemd = "; under systemd: sudo systemctl kill -s SIGUSR1 --kill-whom=main killswitch"
-    if holder.pid is not None:
-        command = f" ({holder.command})" if holder.command else ""
-        return (
-            f"process {holder.pid}{command} holds {where}: if it is the daemon, "
-            f"`kill -USR1 {holder.pid}` (as its user or root) kills through it{systemd}"
-        )
-    if holder.problem is not None:
-        return (
-            f"cannot tell which process holds {where} ({holder.problem}); as root, "
-            f"`fuser -v {holder.path}` names it, and `kill -USR1 <pid>` kills{systemd}"
-        )
-    return (
-        f"no process holds {where}: the daemon is not running. Start it (`killswitch run"
-        f" --config {config.source or '...'}`, or `sudo systemctl start killswitch`): a latched"
-        " kill resumes at start. Until then, cancel on the exchange by hand"
-    )
 
 
 def cmd_heartbeat(args: argparse.Namespace) -> int:

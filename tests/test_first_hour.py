@@ -25,7 +25,7 @@ from killswitch.kill.confirm import Confirmer
 from killswitch.kill.progress import format_eta, report
 from killswitch.log import add_listener
 from killswitch.service.status_view import format_status
-from killswitch.store.holder import state_file_holder
+from killswitch.store.holder import state_file_holder, what_still_kills
 from killswitch.triggers.heartbeat import DeadManSwitch
 from killswitch.triggers.pnl import PnlMonitor
 from tests.fakes import FakeClock
@@ -420,7 +420,7 @@ def test_an_unreadable_state_file_is_a_problem_not_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A state file the user may not read (the service user's 0600): no pid, the problem
-    named, no exception."""
+    named, no exception; the hint says how root finds the pid."""
     state = tmp_path / "state.db"
     state.write_bytes(b"")
 
@@ -430,6 +430,9 @@ def test_an_unreadable_state_file_is_a_problem_not_a_crash(
     monkeypatch.setattr("killswitch.store.holder.os.open", refuse)
     found = state_file_holder(state)
     assert (found.pid, found.problem) == (None, "Permission denied")
+    hint = what_still_kills(state, None)
+    assert hint.startswith(f"cannot tell which process holds the state file {state}")
+    assert f"`fuser -v {state}`" in hint
 
 
 def test_holder_of_a_missing_file_is_nobody(tmp_path: Path) -> None:

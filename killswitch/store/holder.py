@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["Holder", "state_file_holder"]
+__all__ = ["Holder", "state_file_holder", "what_still_kills"]
 
 _FLOCK: Final = "hhqqi4x"  # l_type, l_whence, l_start, l_len, l_pid (struct flock, 64-bit)
 
@@ -62,3 +62,27 @@ def state_file_holder(path: Path) -> Holder:
     except OSError as exc:
         return Holder(path, None, problem=exc.strerror or type(exc).__name__)
     return Holder(path, None)
+
+
+def what_still_kills(path: Path, config: Path | None) -> str:
+    """``killswitch trigger`` when the control socket is silent: the process that holds
+    the state file and its signal, or that no daemon runs (one line)."""
+    holder = state_file_holder(path)
+    where = f"the state file {holder.path}"
+    systemd = "; under systemd: sudo systemctl kill -s SIGUSR1 --kill-whom=main killswitch"
+    if holder.pid is not None:
+        command = f" ({holder.command})" if holder.command else ""
+        return (
+            f"process {holder.pid}{command} holds {where}: if it is the daemon, "
+            f"`kill -USR1 {holder.pid}` (as its user or root) kills through it{systemd}"
+        )
+    if holder.problem is not None:
+        return (
+            f"cannot tell which process holds {where} ({holder.problem}); as root, "
+            f"`fuser -v {holder.path}` names it, and `kill -USR1 <pid>` kills{systemd}"
+        )
+    return (
+        f"no process holds {where}: the daemon is not running. Start it (`killswitch run"
+        f" --config {config or '...'}`, or `sudo systemctl start killswitch`): a latched"
+        " kill resumes at start. Until then, cancel on the exchange by hand"
+    )
