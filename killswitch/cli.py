@@ -187,9 +187,18 @@ def _call(args: argparse.Namespace, method: str, route: str, body: Any = None) -
     if isinstance(client, int):
         return -1, client
     try:
-        return asyncio.run(client.request(method, route, body))
+        status, answer = asyncio.run(client.request(method, route, body))
     except DaemonUnavailable as exc:
         return -1, _fail(f"killswitch: {exc}", EXIT_FAIL)
+    if status == 403 and isinstance(answer, dict) and "right" in answer:  # contract §13
+        peer = answer.get("peer") or {}
+        who = peer.get("user") or "?"
+        return -1, _fail(
+            f"killswitch: permission denied: user {who} (uid {peer.get('uid')}) does not hold"
+            f" the right {answer['right']!r} on the control socket {client.path}",
+            EXIT_FAIL,
+        )
+    return status, answer
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
@@ -270,9 +279,17 @@ async def watch(
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    status, body = _call(args, "POST", "/reset?force=1" if args.force else "/reset")
+    reason = {"reason": args.reason} if args.reason else None
+    status, body = _call(args, "POST", "/reset?force=1" if args.force else "/reset", reason)
     if status < 0:
         return int(body)
+    if status == 202:  # four eyes (contract §13)
+        print(
+            f"reset: approval {body.get('approvals')} of {body.get('needed')} recorded; "
+            "another user holding the reset right must reset too (state "
+            f"{body.get('state')})"
+        )
+        return EXIT_OK
     if status != 200:
         return _fail(f"killswitch: reset refused: {body.get('error')}", EXIT_FAIL)
     outcome = body.get("reset")
@@ -427,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also end a kill that cannot complete (kill.abandoned), then re-arm",
     )
+    p.add_argument("--reason", default=None, help="why (recorded in switch.reset)")
     p.set_defaults(fn=cmd_reset)
     p = with_config("flatten", "close the positions a kill left (while TRIPPED)")
     p.add_argument("--symbol", metavar="S", help="only this symbol")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from killswitch.config.access import parse_control, parse_halt
 from killswitch.config.alerting import parse_alerts, parse_metrics
 from killswitch.config.model import (
     CancelAllConfig,
@@ -399,8 +400,8 @@ def parse_config(
     triggers = _triggers(root.table("triggers"), base)
 
     c = root.table("control")
-    control = ControlConfig(socket=_path(c, "socket", ControlConfig().socket, base))
-    c.finish()
+    control = parse_control(c, _path(c, "socket", ControlConfig().socket, base))
+    halt = parse_halt(root.table("halt"))
     s = root.table("state")
     state = StateConfig(
         path=_path(s, "path", StateConfig().path, base),
@@ -437,6 +438,7 @@ def parse_config(
         daemon=daemon,
         flat=flat,
         guard=guard,
+        halt=halt,
         positions=positions,
         flatten=flatten,
         cluster=cluster,

@@ -34,6 +34,7 @@ from killswitch.config.model import Config, reloadable
 from killswitch.config.reader import ConfigError
 from killswitch.kill.switch import State
 from killswitch.log import configure_logging, install_loop_handler
+from killswitch.service.activation import listening_socket
 from killswitch.service.control import ControlServer, SocketInUse
 from killswitch.service.wiring import Wiring
 from killswitch.triggers import signals
@@ -193,7 +194,10 @@ class Daemon(Wiring):
         """Everything before the watchers run; each resource is registered for release
         before it is opened, so a half-done open is released too."""
         # Before touching the state store: is another daemon already running here?
-        ControlServer(self.config.control.socket, self).claim()
+        # (Not under socket activation: systemd's socket is live, and it is ours.)
+        self.activated_socket = listening_socket()
+        if self.activated_socket is None:
+            ControlServer(self.config.control.socket, self).claim()
         self._release(stack, "store", self._close_store)
         self._release(stack, "alerts and journal", self.telling.close)
         self.telling.listen()  # first: a store that cannot open is an alert too
@@ -205,6 +209,7 @@ class Daemon(Wiring):
         self.telling.open(None if last is None else last.kill_id)
         # Fail closed: a store that could not be used as found may have held a set latch.
         self.switch.restore(tripped or problem is not None, last, unfinished)
+        self.halt.restore(self.switch.state, self.switch.current_kill_id)
         if problem is not None:
             self.store.set_latch(True)
         self.service.tripped_at = None if last is None else last.completed_at
@@ -232,6 +237,7 @@ class Daemon(Wiring):
                 if self.config.triggers.pnl.enabled:
                     self._tasks["pnl"] = tg.create_task(self.pnl_watcher.run(), name="pnl")
                 tg.create_task(self.store_watch.run(self._latch), name="store")
+                tg.create_task(self.halt.run(), name="halt")
                 tg.create_task(self.telling.alerter.run(), name="alerts")  # beside the kill
                 # The switch runs and the exchange client can send: SIGUSR1s that came
                 # during start-up fire now (coalesced into one kill), before the first

@@ -172,6 +172,36 @@ def _progress_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _authority_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The halt of the trading units (§14) and a pending four-eyes reset (§13)."""
+    rows = []
+    halt = s.get("halt") or {}
+    if halt.get("units"):
+        units = ", ".join(halt["units"])
+        if halt.get("state") == "off":
+            rows.append(("halt", f"off ({halt.get('why')}): {units}"))
+        else:
+            failed = "; ".join(f"{f['unit']}: {f['problem']}" for f in halt.get("failed") or [])
+            rows.append(
+                (
+                    "halt",
+                    f"{halt.get('state')}: {units}" + (f" (FAILED {failed})" if failed else ""),
+                )
+            )
+    pending = s.get("reset_pending")
+    if pending:
+        by = pending.get("by") or {}
+        rows.append(
+            (
+                "reset",
+                f"{pending.get('approvals')} of {pending.get('needed')} approvals, by "
+                f"{by.get('user') or 'uid ' + str(by.get('uid'))}; lapses in "
+                f"{duration(pending.get('lapses_in'))}",
+            )
+        )
+    return rows
+
+
 def format_status(s: dict[str, Any]) -> str:
     """``killswitch status``: one row per fact, the key a single word."""
     state = STATE_WORDS.get(s["state"], s["state"])
@@ -194,6 +224,7 @@ def format_status(s: dict[str, Any]) -> str:
     rows.append(("pnl", _pnl(s)))
     rows.append(("last_kill", _last_kill(s.get("last_kill"))))
     rows += _positions_rows(s.get("positions"))
+    rows += _authority_rows(s)
     stuck = s.get("stuck")
     if stuck:
         rows.append(
