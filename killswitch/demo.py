@@ -80,6 +80,9 @@ path = "{directory / "state.db"}"
 [daemon]
 shutdown_grace = 5
 
+[log]
+level = "debug"   # the demo follows every order.status (a debug event)
+
 [flatten]
 enabled = {"true" if flatten else "false"}
 """

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from typing import Any, Final, Protocol
 from killswitch.clock import Clock, sleep_or_wake
 from killswitch.config.model import ConfirmConfig
 from killswitch.exchange.errors import ExchangeError, OrderNotFound, RateLimited
-from killswitch.log import get_logger
+from killswitch.log import get_logger, tell_listeners
 
 __all__ = [
     "OUTCOME_FIELDS",
@@ -496,7 +497,10 @@ class Confirmer:
         extra = {} if via is None else {"via": via}
         if status != order.status:
             order.status = status
-            self._log.info("order.status", order_id=order.order_id, status=status, **extra)
+            if self._log.is_enabled_for(logging.DEBUG):  # per order: kill.progress sums up
+                self._log.debug("order.status", order_id=order.order_id, status=status, **extra)
+            else:  # not written, but the kill's record (a log listener) learns how
+                tell_listeners("order.status", order_id=order.order_id, status=status, **extra)
             if self._on_status is not None:
                 self._on_status(order.order_id, status)
         else:

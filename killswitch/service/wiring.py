@@ -509,6 +509,7 @@ class Wiring:
             "pnl": self.pnl.value,
             "pnl_age": self.pnl.age(),
             "pnl_threshold": self.pnl.threshold,
+            "pnl_before_reset": self.pnl.read_before_reset(),  # it does not count after a reset
             "last_kill": self.switch.last_kill,
             "store": self.store.health(),
             "stuck": self.runner.stuck_info() if self.switch.state is State.KILLING else None,
