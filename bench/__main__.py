@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    access,
     alerts,
     confirmation,
     deadman,
@@ -52,6 +53,7 @@ SCENARIOS: dict[str, Scenario] = {
     "large": flat.run_large,
     "flat_poll": flat.run_polling,
     "fleet": fleet.run,
+    "access": access.run,
     "logpipe": logpipe.run,
     "positions": positions.run,
     "sentinel": sentinel.run,

@@ -90,7 +90,7 @@ def started_as_daemon(argv: Sequence[str] | None = None, orig: Sequence[str] | N
     elif os.path.basename(argv[0]) != "killswitch":
         return False
     command = next((arg for arg in argv[1:] if not arg.startswith("-")), None)
-    return command == "run"
+    return command == "run" and not {"-h", "--help"} & set(argv[1:])  # help: no daemon
 
 
 def install() -> bool:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from killswitch import __version__
 from killswitch.cluster.fleet import add_fleet_commands
-from killswitch.config.load import load_config, pnl_directory_problem
+from killswitch.config.load import TARGETS_REQUIRED, load_config, pnl_directory_problem
 from killswitch.config.model import Config, as_dict
 from killswitch.config.reader import ConfigError
 from killswitch.exchange.credentials import load_credentials
@@ -74,13 +74,17 @@ def _cluster_settings(config: Config) -> ClusterSettings | None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        config = _config(args.config)
-        problem = pnl_directory_problem(config)
+        config = load_config(Path(args.config), require_targets=False)
+        if not config.targets and config.cluster is None:  # usable by nothing
+            raise ConfigError("targets", TARGETS_REQUIRED)
+        problem = pnl_directory_problem(config) if config.targets else None  # fleet: no PnL
         if problem is not None:
             raise problem
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     effective = as_dict(config)
+    if not config.targets:
+        effective["targets"] = "none: only `killswitch fleet` can use this file (`run` refuses it)"
     try:
         credentials = load_credentials(config.exchange)
         effective["credentials"] = "found (values not shown)"
@@ -183,14 +187,28 @@ def _call(args: argparse.Namespace, method: str, route: str, body: Any = None) -
     if isinstance(client, int):
         return -1, client
     try:
-        return asyncio.run(client.request(method, route, body))
+        status, answer = asyncio.run(client.request(method, route, body))
     except DaemonUnavailable as exc:
         return -1, _fail(f"killswitch: {exc}", EXIT_FAIL)
+    if status == 403 and isinstance(answer, dict) and "right" in answer:  # contract §13
+        peer = answer.get("peer") or {}
+        who = peer.get("user") or "?"
+        return -1, _fail(
+            f"killswitch: permission denied: user {who} (uid {peer.get('uid')}) does not hold"
+            f" the right {answer['right']!r} on the control socket {client.path}",
+            EXIT_FAIL,
+        )
+    return status, answer
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
     status, body = _call(args, "POST", "/trigger", {"reason": args.reason})
     if status < 0:
+        if int(body) == EXIT_FAIL:  # no daemon answered: say what still works
+            from killswitch.store.holder import what_still_kills
+
+            config = _config(args.config)
+            print(what_still_kills(config.state.path, config.source), file=sys.stderr)
         return int(body)
     print(f"trigger {body.get('outcome')}: kill {body.get('kill_id')}")
     return EXIT_OK if status == 202 else EXIT_FAIL
@@ -233,31 +251,45 @@ async def watch(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> int:
-    """Redraw the status every ``interval`` s until a kill that was seen running has ended
-    (or forever while none runs: Ctrl-C stops it).  On a terminal each screen replaces
-    the last; otherwise screens follow one another (a log, a pipe)."""
+    """Redraw the status every ``interval`` s until a kill that was seen running has ended.
+    On a switch already TRIPPED (its kill over) it draws one screen and ends; while ARMED
+    it waits for a kill (Ctrl-C stops it).  On a terminal each screen replaces the last;
+    otherwise screens follow one another (a log, a pipe)."""
     from datetime import UTC, datetime
 
     from killswitch.service.status_view import render_watch
 
     clear = "\x1b[H\x1b[2J" if out.isatty() else ""
     seen_kill = False
+    first = True
     while True:
         _, body = await client.request("GET", "/status")
         now = datetime.now(UTC).strftime("%H:%M:%SZ")
         out.write(clear + render_watch(body, now=now, socket=str(client.path)))
-        out.flush()
         if body["state"] == "KILLING":
             seen_kill = True
-        elif seen_kill:
+        elif seen_kill or (first and body["state"] == "TRIPPED"):
+            rearm = "; `killswitch reset` re-arms" if body["state"] == "TRIPPED" else ""
+            out.write(f"the kill has ended (no kill running): {body['state']}{rearm}\n")
+            out.flush()
             return EXIT_OK
+        out.flush()
+        first = False
         await sleep(interval)
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    status, body = _call(args, "POST", "/reset?force=1" if args.force else "/reset")
+    reason = {"reason": args.reason} if args.reason else None
+    status, body = _call(args, "POST", "/reset?force=1" if args.force else "/reset", reason)
     if status < 0:
         return int(body)
+    if status == 202:  # four eyes (contract §13)
+        print(
+            f"reset: approval {body.get('approvals')} of {body.get('needed')} recorded; "
+            "another user holding the reset right must reset too (state "
+            f"{body.get('state')})"
+        )
+        return EXIT_OK
     if status != 200:
         return _fail(f"killswitch: reset refused: {body.get('error')}", EXIT_FAIL)
     outcome = body.get("reset")
@@ -395,10 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch",
         action="store_true",
         help="redraw the status, with a kill's progress bar and estimate, until a running"
-        " kill ends (Ctrl-C stops it)",
+        " kill ends; on a TRIPPED switch with no kill running, draw once; while ARMED, wait"
+        " for a kill (Ctrl-C stops it)",
     )
     p.add_argument(
-        "--interval", type=float, default=1.0, metavar="S", help="seconds between redraws"
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between redraws with --watch (default 1)",
     )
     p.set_defaults(fn=cmd_status)
     p = with_config("reset", "re-arm a tripped switch")
@@ -407,18 +444,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also end a kill that cannot complete (kill.abandoned), then re-arm",
     )
+    p.add_argument("--reason", default=None, help="why (recorded in switch.reset)")
     p.set_defaults(fn=cmd_reset)
     p = with_config("flatten", "close the positions a kill left (while TRIPPED)")
     p.add_argument("--symbol", metavar="S", help="only this symbol")
     p.set_defaults(fn=cmd_flatten)
-    p = sub.add_parser("demo", help="run a kill against the built-in simulated exchange")
+    p = sub.add_parser(
+        "demo",
+        help="run a kill against the built-in simulated exchange",
+        description="Start the simulated exchange on loopback (the venue's default limits) and"
+        " the real daemon, seed open orders, fire a kill with SIGUSR1, follow it to"
+        " kill.completed and compare the counts with the exchange's own truth.",
+    )
     p.add_argument("--orders", type=int, default=300, help="open orders to seed (default 300)")
-    p.add_argument("--fill-ratio", type=float, default=0.02, help="share that fill instead")
+    p.add_argument(
+        "--fill-ratio",
+        type=float,
+        default=0.02,
+        help="share of the cancelled orders that end EXECUTED instead (default 0.02)",
+    )
     p.add_argument(
         "--partial-fill-ratio",
         type=float,
         default=0.05,
-        help="share that end PARTIALLY_EXECUTED (terminal on futures)",
+        help="share that end PARTIALLY_EXECUTED, terminal on futures (default 0.05)",
     )
     p.add_argument(
         "--flatten",

@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,9 @@ path = "{directory / "state.db"}"
 
 [daemon]
 shutdown_grace = 5
+
+[log]
+level = "debug"   # the demo follows every order.status (a debug event)
 
 [flatten]
 enabled = {"true" if flatten else "false"}
@@ -296,6 +300,14 @@ def _report(
     return 0 if ok else 1
 
 
+def _money(value: Any) -> str:
+    """A venue's decimal string as a fixed two-decimal amount (``?`` when it is not one)."""
+    try:
+        return f"{Decimal(str(value)):.2f}"
+    except (ArithmeticError, ValueError):
+        return "?"
+
+
 def _exposure_table(exposure: dict[str, Any] | None, truth: dict[str, Any]) -> None:
     """What "flat" does not prove: the positions the kill left, and what the venue holds now."""
     print()
@@ -305,9 +317,9 @@ def _exposure_table(exposure: dict[str, Any] | None, truth: dict[str, Any]) -> N
         return
     print(f"  {'symbol':10}{'side':>6}{'size':>10}{'notional':>14}{'TP/SL cancelled':>17}")
     for p in exposure["positions"]:
-        notional = p.get("notional") or "?"
+        notional = _money(p.get("notional"))
         print(
-            f"  {p['symbol']:10}{p['side']:>6}{p['size']:>10}{notional[:12]:>14}"
+            f"  {p['symbol']:10}{p['side']:>6}{p['size']:>10}{notional:>14}"
             f"{p['stops_cancelled']:>17}"
         )
     if exposure.get("unreadable"):

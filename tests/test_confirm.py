@@ -226,7 +226,8 @@ async def test_terminal_statuses_come_from_config() -> None:
 
 
 async def test_on_status_and_event_on_each_change_only() -> None:
-    """``on_status`` and ``order.status`` fire once per change of status, not once per poll."""
+    """``on_status`` and ``order.status`` (debug: kill.progress summarises) fire once per
+    change of status, not once per poll."""
     clock = FakeClock(START)
     source = ScriptedSource(clock, {"a": ["OPEN", "OPEN", "CANCELLATION_RAISED", "CANCELLED"]})
     seen: list[tuple[str, str]] = []
@@ -240,9 +241,9 @@ async def test_on_status_and_event_on_each_change_only() -> None:
     assert seen == [("a", "OPEN"), ("a", "CANCELLATION_RAISED"), ("a", "CANCELLED")]
     changes = events(logs, "order.status")
     assert [(e["order_id"], e["status"], e["log_level"]) for e in changes] == [
-        ("a", "OPEN", "info"),
-        ("a", "CANCELLATION_RAISED", "info"),
-        ("a", "CANCELLED", "info"),
+        ("a", "OPEN", "debug"),
+        ("a", "CANCELLATION_RAISED", "debug"),
+        ("a", "CANCELLED", "debug"),
     ]
     assert [e["log_level"] for e in events(logs, "order.status_unchanged")] == ["debug"]
 

@@ -28,8 +28,10 @@ pytestmark = pytest.mark.e2e
 SimFactory = Callable[..., Awaitable[tuple[SimExchange, str]]]
 
 WATCHDOG_USEC = 200_000  # pings expected every 0.1 s
-PROGRESS = re.compile(
-    r"KILLING (\d+)/(\d+) confirmed, (?:~[\d.]+ (?:s|min) left|waiting on the venue)"
+PROGRESS = re.compile(  # the estimate: killswitch/kill/progress.py format_eta
+    r"KILLING (\d+)/(\d+) confirmed, (?:~[\d.]+ (?:s|min) left(?: at the pace so far)?"
+    r"|at least ~[\d.]+ (?:s|min) left: no order terminal yet"
+    r"|waiting on the venue)"
 )
 TRIPPED = re.compile(r"TRIPPED at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) by (\w+)")
 

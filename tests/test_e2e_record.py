@@ -87,8 +87,9 @@ async def test_report_of_a_kill_with_leftovers_partial_fills_a_stuck_sweep_and_a
             await asyncio.sleep(0.05)
     for needle in ("LEFTOVER", "Partial fills", "STUCK: venue rejected", "RESET", "FLAT"):
         assert needle in running, needle
-    if reset.get("reason"):  # contract §13: the reason a reset carries is in the record
-        assert "venue resumed ETHUSDT" in running
+    assert reset["reason"] == "venue resumed ETHUSDT; strategy stopped"  # contract §13
+    assert "venue resumed ETHUSDT" in running
+    assert "who: not recorded" not in running  # the reset's peer is in the record
     assert done["kill_id"] in running
     history = json.loads((await _cli("history", "--config", str(config), "--json"))[1])
     assert [k["kill_id"] for k in history] == [done["kill_id"]]

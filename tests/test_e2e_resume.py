@@ -160,7 +160,7 @@ async def test_crash_before_any_order_is_terminal_polls_without_resending(
     """SIGKILL after cancel_all was acknowledged: the restart polls every order, sends no 2nd."""
     sim, url = await sim_factory(cancel_delay=(1.5, 2.0), seed=12, status_limit=(2000, 1.0))
     sim.seed({"BTCUSDT": 40})
-    config = write_config(workdir, url)
+    config = write_config(workdir, url, log={"level": "debug"})  # order.status is debug
     first = DaemonProcess(config)
     await first.start()
     kill_id = await _start_kill(first, workdir)
@@ -192,7 +192,8 @@ async def test_crash_mid_confirmation_polls_only_what_is_pending(
     )
     sim.seed({"BTCUSDT": 30, "ETHUSDT": 10})
     # Per-id polls resolve orders one by one (listings resolve them in a batch at the end).
-    config = write_config(workdir, url, confirm={"use_listings": False})
+    # order.status is a debug event
+    config = write_config(workdir, url, confirm={"use_listings": False}, log={"level": "debug"})
     first = DaemonProcess(config)
     await first.start()
     kill_id = await _start_kill(first, workdir)

@@ -223,7 +223,10 @@ async def test_orders_10_and_20_days_old(workdir: Path, sim_factory: SimFactory)
     await admin.seed({"BTCUSDT": 10})
     old = await admin.seed({"BTCUSDT": 3, "ETHUSDT": 3}, age_days=10)
     older = await admin.seed({"ETHUSDT": 4}, age_days=20)
-    daemon = DaemonProcess(_config(workdir, url, flat={"lookback_days": 21}))
+    # order.status is a debug event
+    daemon = DaemonProcess(
+        _config(workdir, url, flat={"lookback_days": 21}, log={"level": "debug"})
+    )
     await daemon.start()
     done = await _kill(daemon)
     truth = await _assert_flat_and_true(admin, done)

@@ -65,6 +65,16 @@ pytestmark = [
     pytest.mark.timeout(600),
 ]
 
+STRATEGY = "strategy.service"  # a trading unit: [halt] units, with the shipped drop-in
+STRATEGY_SERVICE = """\
+[Unit]
+Description=a trading strategy (stands in for one)
+
+[Service]
+ExecStart=/bin/sleep infinity
+"""
+HEARTBEATS = Path(__file__).resolve().parent / "nspawn" / "heartbeats.py"
+
 SIM_SERVICE = """\
 [Unit]
 Description=simulated exchange for the killswitch tests
@@ -229,7 +239,17 @@ class Machine:
         """Every killswitch unit stopped and forgotten, configs, credentials and state
         wiped, a new simulated exchange (fresh rate-limit windows), the default config."""
         c = self.c
-        c.systemctl("stop", "killswitch.service", "killswitch@*.service", check=False)
+        c.systemctl(
+            "stop",
+            "killswitch.socket",
+            "killswitch@*.socket",
+            "killswitch-halt*.path",
+            "killswitch.service",
+            "killswitch@*.service",
+            "killswitch-halt*.service",
+            STRATEGY,
+            check=False,
+        )
         c.systemctl("reset-failed", check=False)
         c.run("rm", "-rf", "/etc/killswitch", "/run/killswitch", "/var/lib/killswitch")
         c.run("rm", "-rf", "/var/lib/private/killswitch")
@@ -267,8 +287,13 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         locked = ["--require-hashes", "-r", "/wheels/service.txt"]
         c.run(*pip, *offline, *locked, timeout=300)
         c.run(*pip, *offline, "--no-deps", "killswitch", timeout=300)
-        for unit in ("killswitch.service", "killswitch@.service"):
-            c.write(f"/etc/systemd/system/{unit}", (UNIT_DIR / unit).read_bytes())
+        # Contract §14: copy systemd/* into /etc/systemd/system/, byte for byte.
+        shutil.copytree(UNIT_DIR, c.root / "etc/systemd/system", dirs_exist_ok=True)
+        c.write(f"/etc/systemd/system/{STRATEGY}", STRATEGY_SERVICE)
+        c.write(
+            f"/etc/systemd/system/{STRATEGY}.d/killswitch.conf",
+            (UNIT_DIR / "trading-unit.d" / "killswitch.conf").read_bytes(),
+        )
         (port,) = free_ports(1)
         m = Machine(c, port, f"nspawn-key-{secrets.token_hex(8)}", secrets.token_hex(32))
         c.write(
@@ -554,17 +579,15 @@ def test_template_instances_are_separate_users(box: Machine) -> None:
 
     for me, other in (names, names[::-1]):
         unit = f"killswitch@{me}.service"
-        mine = box.as_service(unit, KILLSWITCH, "status", "--config", f"/etc/killswitch/{me}.toml")
-        assert mine.returncode == 0, mine.stderr
         theirs = box.as_service(
             unit, KILLSWITCH, "status", "--config", f"/etc/killswitch/{other}.toml"
         )
         assert theirs.returncode == 1, theirs.stdout
-        # Refused, not missing (root reached that daemon above): the directory is 0700.
+        # Refused, not missing (root reached that daemon above): killswitch@.socket
+        # makes each socket root's, mode 0600, until a drop-in opens it to a group.
         python = f"{VENV}/bin/python"
         refused = box.as_service(unit, python, "-c", CONNECT, instance_socket(other))
         assert "PermissionError" in refused.stderr, refused.stderr
-        assert box.as_service(unit, python, "-c", CONNECT, instance_socket(me)).returncode == 0
         signal = box.as_service(unit, "/bin/sh", "-c", f"kill -0 {pids[other]}")
         assert signal.returncode != 0
 
@@ -594,3 +617,165 @@ def test_instances_cannot_start_after_the_plain_unit_ran(box: Machine) -> None:
         timeout=30,
     )
     assert int(c.show(unit, "NRestarts")["NRestarts"]) >= 1
+
+
+# ------------------------------------------------ socket activation and the halt (§13, §14)
+
+
+def test_enable_now_brings_the_socket_and_the_halt(box: Machine) -> None:
+    """`systemctl enable --now killswitch.service` (contract §14) also enables and starts
+    killswitch.socket and killswitch-halt.path; the daemon serves systemd's socket."""
+    c = box.c
+    helpers = ("killswitch.socket", "killswitch-halt.path")
+    c.systemctl("disable", UNIT, *helpers)
+    mark = c.cursor()
+
+    c.systemctl("enable", "--now", UNIT, timeout=60)
+
+    for unit in (UNIT, *helpers):
+        assert c.systemctl("is-enabled", unit, check=False).stdout.strip() == "enabled", unit
+        assert c.systemctl("is-active", unit, check=False).stdout.strip() == "active", unit
+    listening = c.wait_event(UNIT, "control.listening", after=mark)
+    assert listening["activated"] is True
+    assert c.show(UNIT, "TriggeredBy")["TriggeredBy"] == "killswitch.socket"
+
+
+def _sender(m: Machine, stop: str, uid: int, gid: int) -> subprocess.Popen[str]:
+    """The heartbeat sender (tests/nspawn/heartbeats.py) inside the container, as uid:gid."""
+    m.c.write("/srv/heartbeats.py", HEARTBEATS.read_bytes())
+    m.c.run("rm", "-f", stop)
+    assert m.c.init_pid is not None
+    enter = ["nsenter", "-t", str(m.c.init_pid), "-a", "-S", str(uid), "-G", str(gid), "--"]
+    return subprocess.Popen(
+        [*enter, "/usr/bin/python3", "/srv/heartbeats.py", "/run/killswitch/control.sock", stop],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+SOCKET_DROP_IN = "/etc/systemd/system/killswitch.socket.d/trading.conf"
+
+
+def _strategy_user(m: Machine) -> tuple[int, int]:
+    """The README's set-up: group trading, user strategy in it, the socket opened to it."""
+    c = m.c
+    if c.run("getent", "passwd", "strategy", check=False).returncode != 0:
+        c.run("groupadd", "--system", "trading")
+        c.run("useradd", "--system", "--no-create-home", "-g", "trading", "strategy")
+    c.write(SOCKET_DROP_IN, "[Socket]\nSocketGroup=trading\nSocketMode=0660\n")
+    c.systemctl("daemon-reload")
+    uid = int(c.run("id", "-u", "strategy").stdout)
+    gid = int(c.run("id", "-g", "strategy").stdout)
+    return uid, gid
+
+
+def test_heartbeats_are_answered_across_restart_and_kill_9(box: Machine) -> None:
+    """The strategy user (socket group, [control.access]) heartbeats every 100 ms through
+    `systemctl restart` and a `kill -9` of the main process: every one answered 200 by the
+    next daemon, none refused; a reset it may not do is refused by its peer credentials."""
+    c = box.c
+    uid, gid = _strategy_user(box)
+    config = "/etc/killswitch/killswitch.toml"
+    rights = {"heartbeat": ["strategy"], "status": ["@trading"], "reset": ["root"]}
+    box.install_config("killswitch", box.config(control={"access": rights}))
+    stop = "/srv/heartbeats.stop"  # where the strategy user can see it
+    try:
+        first = start(box)
+        sender = _sender(box, stop, uid, gid)
+        try:
+            c.wait_for("the first heartbeat", lambda: _status(box)["heartbeat_age"] is not None)
+            c.systemctl("restart", UNIT, timeout=60)
+            second = box.main_pid()
+            assert second != first
+            c.run("/bin/sh", "-c", f"kill -9 {second}")
+            c.wait_for(
+                "the daemon restarted after kill -9",
+                lambda: (
+                    box.main_pid() not in (0, second)
+                    and c.show(UNIT, "ActiveState")["ActiveState"] == "active"
+                ),
+                timeout=45,
+            )
+            c.run(KILLSWITCH, "heartbeat", "--config", config)
+        finally:
+            c.run("touch", stop)
+            out, err = sender.communicate(timeout=60)
+        result = json.loads(out)
+        print(f"heartbeats across restart and kill -9: {result}")
+        assert result["failed"] == [], err
+        assert result["sent"] >= 5
+        # One heartbeat at least waited out the kill -9 (RestartSec=2s) in systemd's
+        # backlog and was answered by the next daemon: sent during the outage, not after.
+        assert result["slowest_s"] >= 1.0
+        assert c.show(UNIT, "NRestarts")["NRestarts"] == "1"  # the kill -9 (restart is a job)
+        # The same user under the real sandbox: its own uid, not 65534 (no PrivateUsers=).
+        enter = ["nsenter", "-t", str(c.init_pid), "-a", "-S", str(uid), "-G", str(gid), "--"]
+        refused = subprocess.run(
+            [*enter, KILLSWITCH, "reset", "--config", config],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 1
+        assert "user strategy" in refused.stderr, refused.stderr
+        assert "'reset'" in refused.stderr
+    finally:
+        c.run("rm", "-f", SOCKET_DROP_IN)
+        c.systemctl("daemon-reload")
+
+
+def _status(m: Machine) -> dict[str, Any]:
+    out = m.c.run(KILLSWITCH, "status", "--config", "/etc/killswitch/killswitch.toml", "--json")
+    status: dict[str, Any] = json.loads(out.stdout)
+    return status
+
+
+def _journal_time(entries: list[dict[str, Any]], message: str) -> float:
+    found = [e for e in entries if str(e.get("MESSAGE", "")).startswith(message)]
+    assert found, message
+    return int(found[0]["__REALTIME_TIMESTAMP"]) / 1e6
+
+
+def test_halt_stops_the_strategy_and_keeps_it_down_until_reset(box: Machine) -> None:
+    """SIGUSR1: strategy.service stopped within 1 s (halt.stopped); starting it fails while
+    tripped, its journal says why; after `killswitch reset` it starts."""
+    c = box.c
+    config = "/etc/killswitch/killswitch.toml"
+    box.install_config("killswitch", box.config(halt={"units": [STRATEGY]}))
+    start(box)
+    c.systemctl("start", STRATEGY)
+    box.seed(5)
+    mark = c.cursor()
+
+    c.systemctl("kill", "-s", "SIGUSR1", "--kill-whom=main", UNIT)
+
+    stopped = c.wait_event(UNIT, "halt.stopped", after=mark)
+    assert stopped["units"] == [STRATEGY]
+    assert c.show(STRATEGY, "ActiveState")["ActiveState"] == "inactive"
+    from_systemd = c.journal(mark, _PID="1")
+    signalled = _journal_time(from_systemd, f"{UNIT}: Sent signal SIGUSR1")
+    halted = _journal_time([e for e in from_systemd if e.get("UNIT") == STRATEGY], "Stopped")
+    print(f"SIGUSR1 to {STRATEGY} stopped: {(halted - signalled) * 1000:.0f} ms")
+    assert halted - signalled <= 1.0  # contract §14, by systemd's own clock
+
+    refused = c.systemctl("start", STRATEGY, check=False)
+    assert refused.returncode != 0
+    said = lines(c.journal(mark, _SYSTEMD_UNIT=STRATEGY))
+    assert any("killswitch is tripped" in line for line in said), said
+    status = json.loads(c.run(KILLSWITCH, "status", "--config", config, "--json").stdout)
+    assert status["halt"]["state"] == "stopped"
+    assert status["halt"]["stopped"] == [STRATEGY]
+
+    c.run(KILLSWITCH, "reset", "--config", config, "--reason", "nspawn test")
+    c.systemctl("start", STRATEGY)
+    assert c.show(STRATEGY, "ActiveState")["ActiveState"] == "active"
+    reset = c.wait_event(UNIT, "switch.reset", after=mark)
+    assert reset["peer"]["uid"] == 0
+    assert reset["reason"] == "nspawn test"
+    c.wait_for(
+        "the halt helper to leave once the marker is gone",
+        lambda: c.show("killswitch-halt.service", "ActiveState")["ActiveState"] == "inactive",
+        timeout=10,
+    )

@@ -30,12 +30,24 @@ from killswitch.config.model import (
     PnlTrigger,
     StateConfig,
 )
+from killswitch.service.halt_helper import MARKER
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNITS = ("killswitch.service", "killswitch@.service")
 SENTINEL_UNIT = "killswitch-sentinel@.service"  # contract §15: same sandbox as the template
 MAX_EXPOSURE = 1.5
 INSTALLED_BINARY = "/opt/killswitch/venv/bin/killswitch"
+INSTALLED_PYTHON = "/opt/killswitch/venv/bin/python"
+HELPER_UNITS = (
+    "killswitch.socket",
+    "killswitch@.socket",
+    "killswitch-halt.path",
+    "killswitch-halt@.path",
+    "killswitch-halt.service",
+    "killswitch-halt@.service",
+)
+# Dependencies on the unit's own socket and path unit: "@%i" in the template.
+INSTANCE_DEPENDENCIES = frozenset({"Wants", "Requires", "After", "Also"})
 # Keys that differ between the plain unit and the template: everything else
 # (the whole sandbox) must be identical.
 PER_INSTANCE_KEYS = frozenset(
@@ -43,7 +55,7 @@ PER_INSTANCE_KEYS = frozenset(
         "Description",
         "ExecStart",
         "User",
-        "RuntimeDirectory",
+        "RuntimeDirectory",  # the sentinel's own; a desk's socket is systemd's
         "StateDirectory",
         "LoadCredential",
         "Environment",  # KILLSWITCH_DESK=%i: the desk name for [cluster]
@@ -128,6 +140,9 @@ def test_verify_accepts_unit_without_warnings(unit: str, copy_as: str, tmp_path:
     changed = [a for a, b in zip(shipped.splitlines(), copy.splitlines(), strict=True) if a != b]
     assert len(changed) == 1, "only the ExecStart program path may be rewritten"
     (tmp_path / copy_as).write_text(copy, encoding="utf-8")
+    for other in HELPER_UNITS:  # what it Requires=, Wants= and Also= names (Python stubbed)
+        text = (UNIT_DIR / other).read_text(encoding="utf-8")
+        (tmp_path / other).write_text(text.replace(INSTALLED_PYTHON, str(stub)), encoding="utf-8")
 
     result = analyze("verify", str(tmp_path / copy_as))
 
@@ -159,9 +174,9 @@ def test_template_has_the_same_sandbox() -> None:
     """killswitch@.service differs from killswitch.service only in per-instance keys."""
     plain, template = (
         {
-            d
-            for d in directives((UNIT_DIR / u).read_text(encoding="utf-8"))
-            if d[1] not in PER_INSTANCE_KEYS
+            (section, key, value.replace("@%i", "") if key in INSTANCE_DEPENDENCIES else value)
+            for section, key, value in directives((UNIT_DIR / u).read_text(encoding="utf-8"))
+            if key not in PER_INSTANCE_KEYS
         }
         for u in UNITS
     )
@@ -182,8 +197,21 @@ def test_sentinel_template_has_the_same_sandbox_and_its_own_names() -> None:
         }
         for u in ("killswitch@.service", SENTINEL_UNIT)
     )
+    # A desk's daemon serves systemd's socket and halts its host's trading units
+    # (contract §13, §14); a sentinel has neither: it binds its own socket in its
+    # RuntimeDirectory= and, with no other user to tell apart, keeps PrivateUsers=.
+    desk_only = {
+        d
+        for d in template
+        if d[1] in INSTANCE_DEPENDENCIES and (".socket" in d[2] or "halt" in d[2])
+    }
+    sentinel_only = {d for d in sentinel if d[1] in ("RuntimeDirectoryMode", "PrivateUsers")}
 
-    assert template == sentinel
+    assert template - desk_only == sentinel - sentinel_only
+    assert sentinel_only == {
+        ("Service", "RuntimeDirectoryMode", "0700"),
+        ("Service", "PrivateUsers", "yes"),
+    }
     assert one(SENTINEL_UNIT, "Environment") == "KILLSWITCH_DESK=%i-sentinel"
     assert one(SENTINEL_UNIT, "RuntimeDirectory") == "killswitch/sentinel-%i"
     assert one(SENTINEL_UNIT, "StateDirectory") == "killswitch/sentinel-%i"
@@ -199,8 +227,23 @@ def test_units_match_the_daemon_defaults() -> None:
         socket_dir = PurePosixPath(ControlConfig().socket.parent).relative_to("/run")
         state_dir = PurePosixPath(StateConfig().path.parent).relative_to("/var/lib")
         suffix = "/%i" if "@" in unit else ""
-        assert one(unit, "RuntimeDirectory") == f"{socket_dir}{suffix}"
+        at = "@%i" if "@" in unit else ""
+        # The socket is systemd's (a RuntimeDirectory= would be removed at each restart).
+        assert values(unit, "RuntimeDirectory") == []
+        sock = unit.replace(".service", ".socket").replace("@", "@%i")
+        assert one(unit, "Requires") == sock
+        assert (
+            one(sock.replace("%i", ""), "ListenStream") == f"/run/{socket_dir}{suffix}/control.sock"
+        )
         assert one(unit, "StateDirectory") == f"{state_dir}{suffix}"
+        assert one(unit, "Also").split() == [sock, f"killswitch-halt{at}.path"]
+        # The halt: the marker where the daemon writes it, the helper reading the same config.
+        path_unit = f"killswitch-halt{'@' if at else ''}.path"
+        marker = f"/var/lib/{state_dir}{suffix}/{MARKER}"
+        assert one(path_unit, "PathExists") == marker
+        helper = one(path_unit.replace(".path", ".service"), "ExecStart")
+        assert helper.startswith(f"{INSTALLED_PYTHON} -m killswitch.service.halt_helper ")
+        assert helper.split("--config ")[1] == one(unit, "ExecStart").split("--config ")[1]
         assert f"-{PnlTrigger().path.parent}" in one(unit, "ReadOnlyPaths").split()
 
         defaults = ExchangeConfig()
@@ -215,3 +258,14 @@ def test_units_match_the_daemon_defaults() -> None:
         assert one(unit, "ExecStart").startswith(
             f"{INSTALLED_BINARY} run --config /etc/killswitch/"
         )
+
+
+def test_the_trading_unit_drop_in_refuses_to_start_while_tripped() -> None:
+    """trading-unit.d/killswitch.conf: one privileged ExecStartPre= testing the halt marker."""
+    drop_in = UNIT_DIR / "trading-unit.d" / "killswitch.conf"
+    found = directives(drop_in.read_text(encoding="utf-8"))
+    assert [(section, key) for section, key, _ in found] == [("Service", "ExecStartPre")]
+    command = found[0][2]
+    assert command.startswith("+/bin/sh -c ")  # root, outside the trading unit's sandbox
+    assert f"[ -e /var/lib/killswitch/{MARKER} ]" in command
+    assert "exit 1" in command  # fails the start (an ExecCondition= would skip it silently)

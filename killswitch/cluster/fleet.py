@@ -337,7 +337,7 @@ def format_fleet(rows: list[dict[str, Any]]) -> str:
 def _settings(path: str) -> ClusterSettings:
     from killswitch.cluster.settings import resolve_cluster
 
-    config = load_config(Path(path))
+    config = load_config(Path(path), require_targets=False)  # ops.toml: [cluster] alone
     if config.cluster is None:
         raise ConfigError("cluster", "fleet commands need a [cluster] table")
     settings = resolve_cluster(config.cluster)
@@ -426,16 +426,33 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 
 def add_fleet_commands(sub: Any) -> None:
     """``killswitch fleet trigger|status`` under the CLI's subcommands."""
-    fleet = sub.add_parser("fleet", help="firm-wide: trigger every desk or list them (NATS)")
+    fleet = sub.add_parser(
+        "fleet",
+        help="firm-wide: trigger every desk or list them (NATS)",
+        description="Firm-wide commands over the [cluster] NATS servers of --config.",
+    )
     verbs = fleet.add_subparsers(dest="fleet_command", required=True, metavar="VERB")
-    p = verbs.add_parser("trigger", help="broadcast a kill; exit 1 if a known desk did not ack")
+    p = verbs.add_parser(
+        "trigger",
+        help="broadcast a kill; exit 1 if a known desk did not ack",
+        description="Broadcast a kill to every desk of the firm (or one, --desk), print each"
+        " desk's acknowledgement, then the fleet's status; exit 1 if a desk that answers status"
+        " did not acknowledge within --timeout, if the server refused the publish, or if no"
+        " desk answered.",
+    )
     p.add_argument("--config", required=True, metavar="PATH", help="a config with [cluster]")
     p.add_argument("--desk", default=None, help="only this desk (default: every desk)")
     p.add_argument("--reason", default="fleet trigger", help="why (logged by every desk)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for acks (2)")
     p.add_argument("--json", action="store_true", help="print the acknowledgements as JSON")
     p.set_defaults(fn=cmd_fleet_trigger)
-    p = verbs.add_parser("status", help="one row per desk: state, last kill, heartbeat, clock")
+    p = verbs.add_parser(
+        "status",
+        help="one row per desk: state, last kill, heartbeat, clock",
+        description="Ask every desk of the firm for its status over NATS and print one row per"
+        " desk that answers within --timeout: desk, host, state, last kill, flat, heartbeat,"
+        " clock.  A desk that is down or cut off from NATS is not listed.",
+    )
     p.add_argument("--config", required=True, metavar="PATH", help="a config with [cluster]")
     p.add_argument("--timeout", type=float, default=1.0, help="seconds to gather replies (1)")
     p.add_argument("--json", action="store_true", help="print the rows and status bodies")

@@ -12,13 +12,12 @@ nothing on a kill's path waits for it.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from killswitch.clock import Clock
-from killswitch.cluster.messages import InvalidMessage
+from killswitch.cluster.messages import InvalidMessage, decode_object, epoch_ms
 from killswitch.config.model import ClusterConfig
 from killswitch.log import get_logger
 
@@ -86,30 +85,20 @@ def encode_alive(alive: Alive) -> bytes:
 
 def parse_alive(data: bytes) -> Alive:
     """Validate one liveness message; :class:`InvalidMessage` says what is wrong."""
-    if len(data) > MAX_ALIVE:
-        raise InvalidMessage(f"larger than {MAX_ALIVE} bytes")
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidMessage("not JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidMessage("expected a JSON object")
+    body = decode_object(data, MAX_ALIVE)
     text: dict[str, str] = {}
     for name in ("desk", "host", "state"):
         value = body.get(name)
         if not isinstance(value, str) or not value or len(value) > 200:
             raise InvalidMessage(f"{name}: expected a short non-empty string")
         text[name] = value
-    seq, sent_at, leaving = body.get("seq"), body.get("sent_at"), body.get("leaving", False)
+    seq, leaving = body.get("seq"), body.get("leaving", False)
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise InvalidMessage("seq: expected a whole number")
-    if isinstance(sent_at, bool) or not isinstance(sent_at, int | float):
-        raise InvalidMessage("sent_at: expected epoch milliseconds")
-    if not math.isfinite(sent_at) or not 0 < sent_at < 10**14:
-        raise InvalidMessage("sent_at: out of range")
+    sent_at = epoch_ms(body, "sent_at")
     if not isinstance(leaving, bool):
         raise InvalidMessage("leaving: expected true or false")
-    return Alive(text["desk"], text["host"], text["state"], seq, int(sent_at), leaving)
+    return Alive(text["desk"], text["host"], text["state"], seq, sent_at, leaving)
 
 
 class LivenessPublisher:

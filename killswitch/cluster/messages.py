@@ -22,7 +22,9 @@ __all__ = [
     "InvalidMessage",
     "SeenIds",
     "TriggerMessage",
+    "decode_object",
     "encode_trigger",
+    "epoch_ms",
     "new_trigger",
     "parse_trigger",
 ]
@@ -44,6 +46,29 @@ class TriggerMessage:
     sent_at: int  # epoch ms, the sender's clock
 
 
+def decode_object(data: bytes, limit: int) -> dict[str, Any]:
+    """One bus message as a JSON object of at most ``limit`` bytes, or :class:`InvalidMessage`."""
+    if len(data) > limit:
+        raise InvalidMessage(f"larger than {limit} bytes")
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidMessage("not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidMessage("expected a JSON object")
+    return body
+
+
+def epoch_ms(body: Mapping[str, Any], name: str) -> int:
+    """A finite, plausible epoch-milliseconds field of a bus message."""
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidMessage(f"{name}: expected epoch milliseconds")
+    if not math.isfinite(value) or not 0 < value < 10**14:
+        raise InvalidMessage(f"{name}: out of range")
+    return int(value)
+
+
 def _text(body: Mapping[str, Any], name: str, limit: int) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value.strip():
@@ -57,24 +82,12 @@ def _text(body: Mapping[str, Any], name: str, limit: int) -> str:
 
 def parse_trigger(data: bytes) -> TriggerMessage:
     """Validate one trigger message; :class:`InvalidMessage` says what is wrong."""
-    if len(data) > MAX_MESSAGE:
-        raise InvalidMessage(f"larger than {MAX_MESSAGE} bytes")
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidMessage("not JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidMessage("expected a JSON object")
-    sent_at = body.get("sent_at")
-    if isinstance(sent_at, bool) or not isinstance(sent_at, int | float):
-        raise InvalidMessage("sent_at: expected epoch milliseconds")
-    if not math.isfinite(sent_at) or not 0 < sent_at < 10**14:
-        raise InvalidMessage("sent_at: out of range")
+    body = decode_object(data, MAX_MESSAGE)
     return TriggerMessage(
         id=_text(body, "id", MAX_ID),
         origin=_text(body, "origin", MAX_ORIGIN),
         reason=_text(body, "reason", MAX_REASON),
-        sent_at=int(sent_at),
+        sent_at=epoch_ms(body, "sent_at"),
     )
 
 

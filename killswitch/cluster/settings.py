@@ -78,9 +78,11 @@ def _credential_kind(secret: Secret) -> str:
         return "creds"
     if text.startswith("SU") and len(text) == 58 and text.isalnum():
         return "seed"
+    looks_like_path = text.strip().startswith(("/", "~", "./")) and "\n" not in text.strip()
     raise ConfigError(
         "cluster.credentials_env",
-        "expected the content of a NATS .creds file or a user nkey seed (SU...)",
+        "expected the content of a NATS .creds file or a user nkey seed (SU...)"
+        + ("; it holds a path: put the file's content in it instead" if looks_like_path else ""),
     )
 
 

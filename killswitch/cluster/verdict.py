@@ -19,13 +19,12 @@ flat itself and latches.  A verdict older than ``cluster.max_age`` is ignored.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from killswitch.clock import Clock
-from killswitch.cluster.messages import InvalidMessage
+from killswitch.cluster.messages import InvalidMessage, decode_object, epoch_ms
 from killswitch.kill.switch import TriggerOutcome
 from killswitch.log import get_logger
 
@@ -75,30 +74,20 @@ def _optional_text(body: dict[str, Any], name: str) -> str | None:
 
 def parse_verdict(data: bytes) -> Verdict:
     """Validate one verdict; :class:`InvalidMessage` says what is wrong."""
-    if len(data) > MAX_VERDICT:
-        raise InvalidMessage(f"larger than {MAX_VERDICT} bytes")
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidMessage("not JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidMessage("expected a JSON object")
+    body = decode_object(data, MAX_VERDICT)
     sentinel, desk = _optional_text(body, "sentinel"), _optional_text(body, "desk")
     state = _optional_text(body, "state")
     if sentinel is None or desk is None or state is None:
         raise InvalidMessage("sentinel, desk and state are required")
-    killed, sent_at = body.get("killed"), body.get("sent_at")
+    killed = body.get("killed")
     if not isinstance(killed, bool):
         raise InvalidMessage("killed: expected true or false")
-    if isinstance(sent_at, bool) or not isinstance(sent_at, int | float):
-        raise InvalidMessage("sent_at: expected epoch milliseconds")
-    if not math.isfinite(sent_at) or not 0 < sent_at < 10**14:
-        raise InvalidMessage("sent_at: out of range")
+    sent_at = epoch_ms(body, "sent_at")
     kill_id = _optional_text(body, "kill_id")
     if killed and kill_id is None:
         raise InvalidMessage("kill_id: required when killed")
     source = _optional_text(body, "source")
-    return Verdict(sentinel, desk, killed, kill_id, source, state, int(sent_at))
+    return Verdict(sentinel, desk, killed, kill_id, source, state, sent_at)
 
 
 class DeskAgreement:

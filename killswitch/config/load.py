@@ -15,9 +15,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
+from killswitch.config.access import parse_control, parse_halt
 from killswitch.config.alerting import parse_alerts, parse_metrics
 from killswitch.config.model import (
     CancelAllConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_CLOCK_SYNC_INTERVAL",
     "MAX_LOOKBACK_DAYS",
     "SUBJECT_TOKEN",
+    "TARGETS_REQUIRED",
     "load_config",
     "parse_config",
     "pnl_directory_problem",
@@ -158,12 +160,19 @@ def _cancel_all(t: Table) -> CancelAllConfig:
     return config
 
 
-def _targets(root: Table) -> tuple[Target, ...]:
+TARGETS_REQUIRED: Final = (
+    "at least one [[targets]] entry is required (a file without one serves only `killswitch fleet`)"
+)
+
+
+def _targets(root: Table, *, required: bool = True) -> tuple[Target, ...]:
     if not root.has("targets"):
-        raise ConfigError("targets", "at least one [[targets]] entry is required")
+        if not required:
+            return ()
+        raise ConfigError("targets", TARGETS_REQUIRED)
     raw = root.raw("targets")
     if not isinstance(raw, list) or not raw:
-        raise ConfigError("targets", "at least one [[targets]] entry is required")
+        raise ConfigError("targets", TARGETS_REQUIRED)
     targets: list[Target] = []
     for index, entry in enumerate(raw):
         key = f"targets[{index}]"
@@ -371,14 +380,18 @@ def _sentinel(root: Table, cluster: ClusterConfig | None) -> SentinelConfig | No
     return config
 
 
-def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config:
-    """Build a :class:`Config` from parsed TOML; relative paths resolve against ``base``."""
+def parse_config(
+    data: Mapping[str, Any], *, base: Path | None = None, require_targets: bool = True
+) -> Config:
+    """Build a :class:`Config` from parsed TOML; relative paths resolve against ``base``.
+    ``require_targets=False``: a file without ``[[targets]]`` is accepted (the operator's
+    ``ops.toml`` for ``killswitch fleet``); the daemon and the other verbs require them."""
     root = Table(data, "")
     exchange_t = root.table("exchange")
     exchange = _exchange(exchange_t)
     exchange_t.finish()
     cancel_all = _cancel_all(root.table("cancel_all"))
-    targets = _targets(root)
+    targets = _targets(root, required=require_targets)
     confirm = _confirm(root.table("confirm"))
     flat = _flat(root.table("flat"))
     guard = _guard(root.table("guard"))
@@ -387,8 +400,8 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
     triggers = _triggers(root.table("triggers"), base)
 
     c = root.table("control")
-    control = ControlConfig(socket=_path(c, "socket", ControlConfig().socket, base))
-    c.finish()
+    control = parse_control(c, _path(c, "socket", ControlConfig().socket, base))
+    halt = parse_halt(root.table("halt"))
     s = root.table("state")
     state = StateConfig(
         path=_path(s, "path", StateConfig().path, base),
@@ -425,6 +438,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         daemon=daemon,
         flat=flat,
         guard=guard,
+        halt=halt,
         positions=positions,
         flatten=flatten,
         cluster=cluster,
@@ -460,8 +474,8 @@ def pnl_directory_problem(config: Config) -> ConfigError | None:
     return None
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate the TOML file at ``path``."""
+def load_config(path: Path, *, require_targets: bool = True) -> Config:
+    """Read and validate the TOML file at ``path`` (``require_targets``: see parse_config)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -473,7 +487,7 @@ def load_config(path: Path) -> Config:
     except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
         # ValueError: an integer over Python's 4300-digit limit; RecursionError: deep nesting.
         raise ConfigError("config", f"{str(path)!r} is not valid TOML: {exc}") from None
-    config = parse_config(data, base=path.resolve().parent)
+    config = parse_config(data, base=path.resolve().parent, require_targets=require_targets)
     problem = pnl_directory_problem(config)
     if problem is not None and "does not exist" not in problem.problem:
         raise problem

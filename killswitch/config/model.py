@@ -20,17 +20,20 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfirmConfig",
+    "ControlAccess",
     "ControlConfig",
     "DaemonConfig",
     "ExchangeConfig",
     "FlatConfig",
     "FlattenConfig",
     "GuardConfig",
+    "HaltConfig",
     "HeaderNames",
     "HeartbeatTrigger",
     "LogConfig",
     "PnlTrigger",
     "PositionsConfig",
+    "Principals",
     "RateLimit",
     "SentinelConfig",
     "SignalTrigger",
@@ -176,8 +179,44 @@ class Triggers:
 
 
 @dataclass(frozen=True)
+class Principals:
+    """Who holds one right (contract §13): the entries as written, and the uids and
+    gids they were resolved to when the config was loaded."""
+
+    entries: tuple[str, ...] = ()  # "strategy", "@risk", "1001"
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class ControlAccess:
+    """``[control.access]``: each right's principals; root and the daemon's own user hold all."""
+
+    status: Principals = field(default_factory=Principals)
+    heartbeat: Principals = field(default_factory=Principals)
+    trigger: Principals = field(default_factory=Principals)
+    reset: Principals = field(default_factory=Principals)
+    reset_approvals: int = 1
+    # uid -> user name for every user the entries name or their groups list (for events,
+    # resolved at load so the loop never waits on NSS for them).
+    names: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: Path = Path("/run/killswitch/control.sock")
+    # When the daemon binds the socket itself (not socket-activated); octal, as chmod takes it.
+    socket_mode: Literal["0600", "0660", "0666"] = "0600"
+    socket_group: int | None = None  # a gid, resolved at load
+    approval_window: float = 300.0
+    access: ControlAccess | None = None
+
+
+@dataclass(frozen=True)
+class HaltConfig:
+    """``[halt]``: the systemd units a kill stops and keeps stopped while tripped (§14)."""
+
+    units: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,6 +279,7 @@ class Config:
     daemon: DaemonConfig
     flat: FlatConfig = field(default_factory=FlatConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    halt: HaltConfig = field(default_factory=HaltConfig)
     positions: PositionsConfig = field(default_factory=PositionsConfig)
     flatten: FlattenConfig = field(default_factory=FlattenConfig)
     source: Path | None = None
@@ -279,7 +319,7 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         "flat.rate_limit": new.flat.rate_limit != current.flat.rate_limit,
         "positions.rate_limit": new.positions.rate_limit != current.positions.rate_limit,
         "flatten.rate_limit": new.flatten.rate_limit != current.flatten.rate_limit,
-        "control": new.control != current.control,
+        "control": _socket_of(new.control) != _socket_of(current.control),
         "state": new.state != current.state,
         "triggers.pnl.path": new.triggers.pnl.path != current.triggers.pnl.path,
         "triggers.pnl.enabled": pnl_on,
@@ -302,7 +342,13 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         positions=replace(new.positions, rate_limit=current.positions.rate_limit),
         flatten=replace(new.flatten, rate_limit=current.flatten.rate_limit),
         triggers=replace(new.triggers, pnl=pnl),
-        control=current.control,
+        # Rights and the approval window apply at once; the socket itself needs a restart.
+        control=replace(
+            new.control,
+            socket=current.control.socket,
+            socket_mode=current.control.socket_mode,
+            socket_group=current.control.socket_group,
+        ),
         state=current.state,
         cluster=current.cluster,
         alerts=current.alerts,
@@ -310,3 +356,7 @@ def reloadable(current: Config, new: Config) -> tuple[Config, list[str]]:
         sentinel=current.sentinel,
     )
     return applied, sorted(key for key, changed in restart.items() if changed)
+
+
+def _socket_of(control: ControlConfig) -> tuple[Path, str, int | None]:
+    return control.socket, control.socket_mode, control.socket_group

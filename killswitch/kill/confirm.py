@@ -32,6 +32,7 @@ Per-id polling stays the fallback for whatever no listing resolves.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from killswitch.kill.outcomes import (
     outcome_of,
 )
 from killswitch.kill.schedule import PollSchedule
-from killswitch.log import get_logger
+from killswitch.log import get_logger, tell_listeners
 
 __all__ = [  # the outcome types are killswitch.kill.outcomes', re-exported
     "OUTCOME_FIELDS",
@@ -415,7 +416,10 @@ class Confirmer:
         extra = {} if via is None else {"via": via}
         if status != order.status:
             order.status = status
-            self._log.info("order.status", order_id=order.order_id, status=status, **extra)
+            if self._log.is_enabled_for(logging.DEBUG):  # per order: kill.progress sums up
+                self._log.debug("order.status", order_id=order.order_id, status=status, **extra)
+            else:  # not written, but the kill's record (a log listener) learns how
+                tell_listeners("order.status", order_id=order.order_id, status=status, **extra)
             if self._on_status is not None:
                 self._on_status(order.order_id, status)
         else:

@@ -14,7 +14,16 @@ slowest endpoint sets the time.  It is the budgets' pace only: what they
 cannot see (an order the venue keeps in ``CANCELLATION_RAISED``, status polls
 the confirmer adds when pages do not fit the budget) makes a kill take longer.
 A stuck kill (a ``cancel_all`` the venue keeps rejecting) has no estimate
-(``None``).
+(``None``).  So that a slow venue does not read as "~1 s left" for half a minute,
+when no request still needed waits for a full window the estimate is the later
+of the budgets' time and the time the rest takes at the pace so far (orders
+terminal per second since the trigger); ``eta_basis`` says which one set it
+(``budgets``, ``pace``), or ``venue`` while no order is terminal yet: then it is
+the budgets' time at least, and the venue's time after that is not known yet.
+
+``confirmed`` counts every order known terminal; ``outcomes`` adds up to it:
+orders a complete listing no longer shows are terminal with their outcome still
+to be read, ``unclassified`` (contract §1).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
-__all__ = ["PROGRESS_EVERY", "Budget", "estimate", "format_eta", "report"]
+__all__ = ["PROGRESS_EVERY", "Budget", "at_pace", "estimate", "format_eta", "report"]
 
 PROGRESS_EVERY: Final = 5.0
 """Seconds between two ``kill.progress`` events while a kill runs."""
@@ -47,6 +56,13 @@ def estimate(remaining: Mapping[str, int], budgets: Mapping[str, Budget]) -> flo
     )
 
 
+def at_pace(elapsed: float, done: int, total: int) -> float | None:
+    """Seconds the rest takes at the pace so far; None before the first order is done."""
+    if done <= 0:
+        return None
+    return max(0, total - done) * elapsed / done
+
+
 def report(
     *,
     kill_id: str | None,
@@ -61,12 +77,27 @@ def report(
 ) -> dict[str, Any]:
     """The progress report of a running kill (``GET /status`` "progress"); ``remaining``
     is the requests still needed, by endpoint."""
+    counts = dict(outcomes)
+    unclassified = resolved - sum(counts.values())
+    if unclassified > 0:  # terminal (a listing no longer shows them), outcome not read yet
+        counts["unclassified"] = unclassified
+    budget_eta = estimate(remaining, budgets)
+    pace_eta = at_pace(elapsed, resolved, total)
+    held_back = any(  # a request still needed finds its window full: the budgets set the pace
+        budgets[name].available() == 0 for name, n in remaining.items() if n > 0 and name in budgets
+    )
+    if pace_eta is None:  # nothing terminal yet: the budgets' time, then the venue's (unknown)
+        eta, basis = budget_eta, "venue"
+    elif held_back or pace_eta <= budget_eta:
+        eta, basis = budget_eta, "budgets"
+    else:
+        eta, basis = pace_eta, "pace"
     return {
         "kill_id": kill_id,
         "elapsed_s": round(elapsed, 3),
         "confirmed": resolved,
         "total": total,
-        "outcomes": dict(outcomes),
+        "outcomes": counts,
         "sweeps_left": sweeps_left,
         "requests_left": {name: n for name, n in remaining.items() if n > 0},
         "budgets": {
@@ -77,17 +108,21 @@ def report(
             }
             for name, budget in budgets.items()
         },
-        "eta_s": None if stuck else round(estimate(remaining, budgets), 1),
+        "eta_s": None if stuck else round(eta, 1),
+        "eta_basis": None if stuck else basis,
     }
 
 
-def format_eta(seconds: float | None) -> str:
-    """``~40 s left``, ``~3.5 min left``; ``no estimate`` (stuck) when None; under a second,
-    the budgets hold nothing back: the rest is the venue's time."""
+def format_eta(seconds: float | None, basis: str | None = None) -> str:
+    """``~40 s left``, ``~3.5 min left`` (``at the pace so far`` when the pace set it;
+    ``at least`` before any order is terminal, ``basis`` ``venue``); ``no estimate``
+    (stuck) when None; under a second the budgets hold nothing back: the rest is the
+    venue's time."""
     if seconds is None:
         return "no estimate"
     if seconds < 1:
         return "waiting on the venue"
-    if seconds < 120:
-        return f"~{seconds:.0f} s left"
-    return f"~{seconds / 60:.1f} min left"
+    text = f"~{seconds:.0f} s left" if seconds < 120 else f"~{seconds / 60:.1f} min left"
+    if basis == "venue":
+        return f"at least {text}: no order terminal yet"
+    return text + (" at the pace so far" if basis == "pace" else "")

@@ -249,9 +249,12 @@ class KillSwitch:
             **detail,
         )
 
-    def reset(self, *, force: bool = False, why: str = "reset --force") -> ResetOutcome:
+    def reset(
+        self, *, force: bool = False, why: str = "reset --force", **detail: Any
+    ) -> ResetOutcome:
         """Re-arm a tripped switch.  While a kill runs: refused, unless ``force``, which
-        ends the kill (``kill.abandoned``, its record closed) and re-arms."""
+        ends the kill (``kill.abandoned``, its record closed) and re-arms.  ``detail``
+        (who reset it and why, contract §13) goes on ``switch.reset``."""
         if self.state is State.ARMED:
             return ResetOutcome.ALREADY_ARMED
         outcome = ResetOutcome.REARMED
@@ -262,7 +265,7 @@ class KillSwitch:
             outcome = ResetOutcome.ABANDONED
         self.store.set_latch(False)
         self._set_state(State.ARMED, "reset" if outcome is ResetOutcome.REARMED else why)
-        self._log.warning("switch.reset", force=force)
+        self._log.warning("switch.reset", force=force, **detail)
         for callback in self._resets:
             callback()
         return outcome

@@ -42,6 +42,7 @@ from aiohttp import web
 
 from killswitch.damping import Damper
 from killswitch.log import get_logger
+from killswitch.service.access import AccessGuard, Peer
 
 __all__ = [
     "ControlClient",
@@ -144,8 +145,10 @@ def permission_problem(path: Path) -> str:
 
 class Controllable(Protocol):
     def heartbeat(self) -> dict[str, Any]: ...
-    def trigger(self, reason: str) -> dict[str, Any]: ...
-    def reset(self, force: bool = False) -> tuple[bool, dict[str, Any]]: ...
+    def trigger(self, reason: str, peer: Peer | None = None) -> dict[str, Any]: ...
+    def reset(
+        self, force: bool = False, peer: Peer | None = None, reason: str | None = None
+    ) -> tuple[int, dict[str, Any]]: ...
     def status(self) -> dict[str, Any]: ...
     def metrics(self) -> bytes: ...
     async def flatten(self, symbol: str | None) -> tuple[int, dict[str, Any]]: ...
@@ -164,9 +167,22 @@ def _socket_is_live(path: Path) -> bool:
 
 
 class ControlServer:
-    def __init__(self, path: Path, target: Controllable) -> None:
+    def __init__(
+        self,
+        path: Path,
+        target: Controllable,
+        *,
+        access: AccessGuard | None = None,
+        mode: int = 0o600,
+        group: int | None = None,
+        activated: socket.socket | None = None,
+    ) -> None:
         self.path = path
         self.target = target
+        self.access = access  # rights by peer credentials (service/access.py)
+        self.mode = mode
+        self.group = group
+        self.activated = activated  # the listening socket systemd passed (service/activation.py)
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self._busy: set[object] = set()  # protocols with a request being handled
@@ -241,7 +257,8 @@ class ControlServer:
         return handler
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._track])
+        guard = [] if self.access is None else [self.access.middleware]
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._track, *guard])
         app.router.add_post("/heartbeat", self._heartbeat)
         app.router.add_post("/trigger", self._trigger)
         app.router.add_get("/status", self._status)
@@ -261,8 +278,11 @@ class ControlServer:
             self._log.warning("control.stale_socket_removed", path=str(self.path))
 
     async def start(self) -> None:
-        self.claim()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.activated is None:
+            self.claim()
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.access is not None:
+            await asyncio.to_thread(self.access.prime)  # the daemon's own name: NSS, off the loop
         soft, hard = raise_fd_limit()
         self.max_connections = connection_cap(soft)
         self._runner = web.AppRunner(
@@ -275,10 +295,11 @@ class ControlServer:
         )
         await self._runner.setup()
         loop = asyncio.get_running_loop()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener = self.activated or socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            listener.bind(str(self.path))
+            if self.activated is None:
+                listener.bind(str(self.path))
             self._server = await loop.create_unix_server(
                 self._protocol, sock=listener, backlog=BACKLOG
             )
@@ -290,10 +311,14 @@ class ControlServer:
         # asyncio uses one number for the kernel's queue and for its accept burst; a
         # long queue lets a flood wait in the kernel, where it costs no descriptor.
         listener.listen(LISTEN_QUEUE)
-        self.path.chmod(0o600)
+        if self.activated is None:
+            if self.group is not None:
+                os.chown(self.path, -1, self.group)
+            self.path.chmod(self.mode)
         self._log.info(
             "control.listening",
             path=str(self.path),
+            activated=self.activated is not None,
             max_connections=self.max_connections,
             nofile_soft=soft,
             nofile_hard=None if hard == resource.RLIM_INFINITY else hard,
@@ -306,8 +331,11 @@ class ControlServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self.access is not None:
+            self.access.close()
+        if self.activated is None:  # systemd's socket stays, for the next daemon
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         # Always 200 with the state, even with the heartbeat trigger off: a trading
@@ -320,14 +348,17 @@ class ControlServer:
         if problem is not None:
             reason = UNREADABLE
             self.damper.warning(self._log, "control.unreadable_body", problem=problem)
-        answer = self.target.trigger(reason)
+        peer = None if self.access is None else self.access.peer(request)
+        answer = self.target.trigger(reason, peer)
         if problem is not None:
             answer = {**answer, "reason": reason, "body_problem": problem}
         return web.json_response(answer, status=202)
 
-    async def _trigger_reason(self, request: web.Request) -> tuple[str, str | None]:
+    async def _trigger_reason(
+        self, request: web.Request, default: str = "control API"
+    ) -> tuple[str, str | None]:
         """The reason a trigger body gives, or the default and why the body was unusable."""
-        reason = "control API"
+        reason = default
         if not request.can_read_body:
             return reason, None
         try:
@@ -356,8 +387,12 @@ class ControlServer:
 
     async def _reset(self, request: web.Request) -> web.Response:
         force = request.query.get("force", "") in ("1", "true", "yes")
-        ok, status = self.target.reset(force)
-        if not ok:
+        reason, _ = await self._trigger_reason(request, default="")
+        peer = None if self.access is None else self.access.peer(request)
+        code, status = self.target.reset(force, peer, reason or None)
+        if code == 202:  # four eyes: one approval of two (contract §13)
+            return web.json_response(status, status=202)
+        if code != 200:
             return web.json_response(
                 {
                     "error": "a kill is running; reset once it completes, or force it "

@@ -36,6 +36,7 @@ from killswitch.config.reader import ConfigError
 from killswitch.exchange.credentials import Credentials
 from killswitch.kill.switch import State
 from killswitch.log import configure_logging, get_logger, install_loop_handler
+from killswitch.service.activation import listening_socket
 from killswitch.service.control import ControlServer, SocketInUse
 from killswitch.service.notify import Notifier
 from killswitch.service.wiring import Wiring
@@ -228,7 +229,10 @@ class Daemon:
         """Everything before the watchers run; each resource is registered for release
         before it is opened, so a half-done open is released too."""
         # Before touching the state store: is another daemon already running here?
-        ControlServer(self.parts.config.control.socket, self.parts).claim()
+        # (Not under socket activation: systemd's socket is live, and it is ours.)
+        self.parts.activated_socket = listening_socket()
+        if self.parts.activated_socket is None:
+            ControlServer(self.parts.config.control.socket, self.parts).claim()
         self._release(stack, "store", self._close_store)
         self._release(stack, "alerts and journal", self.parts.telling.close)
         self.parts.telling.listen()  # first: a store that cannot open is an alert too
@@ -241,6 +245,7 @@ class Daemon:
         self.parts.telling.open(None if last is None else last.kill_id)
         # Fail closed: a store that could not be used as found may have held a set latch.
         self.parts.switch.restore(tripped or problem is not None, last, unfinished, lost)
+        self.parts.halt.restore(self.parts.switch.state, self.parts.switch.current_kill_id)
         if problem is not None:
             self.parts.store.set_latch(True)
         self.parts.service.tripped_at = None if last is None else last.completed_at
@@ -268,6 +273,7 @@ class Daemon:
                 if self.parts.config.triggers.pnl.enabled:
                     self._tasks["pnl"] = tg.create_task(self.parts.pnl_watcher.run(), name="pnl")
                 tg.create_task(self.parts.store_watch.run(self.parts._latch), name="store")
+                tg.create_task(self.parts.halt.run(), name="halt")
                 tg.create_task(self.parts.telling.alerter.run(), name="alerts")  # beside the kill
                 # The switch runs and the exchange client can send: SIGUSR1s that came
                 # during start-up fire now (coalesced into one kill), before the first

@@ -13,7 +13,14 @@ from typing import Any, Final
 
 from killswitch.kill.progress import format_eta
 
-__all__ = ["STATE_WORDS", "duration", "format_status", "progress_bar", "render_watch"]
+__all__ = [
+    "STATE_WORDS",
+    "duration",
+    "exchange_problem",
+    "format_status",
+    "progress_bar",
+    "render_watch",
+]
 
 STATE_WORDS: Final = {
     "ARMED": "ARMED: watching the triggers",
@@ -59,10 +66,50 @@ def _heartbeat(s: dict[str, Any]) -> str:
 def _pnl(s: dict[str, Any]) -> str:
     state = (s.get("trigger_states") or {}).get("pnl") or "?"
     pnl = s.get("pnl")
+    before = ", before the reset: it does not count" if s.get("pnl_before_reset") else ""
     reading = (
-        "no reading yet" if pnl is None else f"last {pnl} ({_ago(s.get('pnl_age'))})"
+        "no reading yet" if pnl is None else f"last {pnl} ({_ago(s.get('pnl_age'))}{before})"
     ) + f", threshold {s.get('pnl_threshold')}"
     return f"{state} ({reading})"
+
+
+def _call(c: dict[str, Any]) -> str:
+    who = c.get("exchange") or c.get("endpoint") or "?"
+    status = c.get("http_status")
+    what = f"HTTP {status}" if status is not None else (c.get("error") or "failed")
+    return f"{who} {what}" + (f" {c['message']!r}" if c.get("message") else "")
+
+
+def exchange_problem(s: dict[str, Any]) -> str | None:
+    """What is wrong with the exchange as the daemon last saw it, in words; None if nothing.
+
+    The last signed call decides (a rate-limited 429 is a busy venue, not a failure);
+    a failed start-up self-test is named while no later call has succeeded."""
+    ex = s.get("exchange") or {}
+    test = ex.get("self_test") or {}
+    failed = [c for c in test.get("checks") or [] if not c.get("ok")]
+    last = ex.get("last_call") or {}
+    if last and not last.get("ok") and last.get("http_status") != 429:
+        head = f"the last call failed: {_call(last)}"
+        return head + (f"; the self-test failed: {', '.join(map(_call, failed))}" if failed else "")
+    if failed and not last.get("ok"):
+        return f"the self-test failed: {', '.join(map(_call, failed))}"
+    if ex and ex.get("offset_ms") is None and ex.get("sync_failures"):
+        return f"the server time never answered ({ex['sync_failures']} tries)"
+    return None
+
+
+def _exchange(s: dict[str, Any]) -> str:
+    ex = s.get("exchange") or {}
+    problem = exchange_problem(s)
+    if problem is not None:
+        return f"FAILING: {problem}; check with `killswitch check-config --online`"
+    test = ex.get("self_test")
+    tested = "self-test pending" if test is None else "self-test passed"
+    offset = ex.get("offset_ms")
+    clock = "clock not synced yet" if offset is None else f"clock offset {offset} ms"
+    dry = "; DRY RUN: requests are logged, none sent" if ex.get("dry_run") else ""
+    return f"ok ({tested}, {clock}){dry}"
 
 
 def _last_kill(last: dict[str, Any] | None) -> str:
@@ -111,7 +158,11 @@ def _positions_rows(e: dict[str, Any] | None) -> list[tuple[str, str]]:
 def _progress_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("progress", f"{progress_bar(p['confirmed'], p['total'])} confirmed"),
-        ("estimate", f"{format_eta(p.get('eta_s'))} (running {duration(p.get('elapsed_s'))})"),
+        (
+            "estimate",
+            f"{format_eta(p.get('eta_s'), p.get('eta_basis'))} "
+            f"(running {duration(p.get('elapsed_s'))})",
+        ),
     ]
     outcomes = p.get("outcomes") or {}
     if outcomes:
@@ -121,18 +172,59 @@ def _progress_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _authority_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The halt of the trading units (§14) and a pending four-eyes reset (§13)."""
+    rows = []
+    halt = s.get("halt") or {}
+    if halt.get("units"):
+        units = ", ".join(halt["units"])
+        if halt.get("state") == "off":
+            rows.append(("halt", f"off ({halt.get('why')}): {units}"))
+        else:
+            failed = "; ".join(f"{f['unit']}: {f['problem']}" for f in halt.get("failed") or [])
+            rows.append(
+                (
+                    "halt",
+                    f"{halt.get('state')}: {units}" + (f" (FAILED {failed})" if failed else ""),
+                )
+            )
+    pending = s.get("reset_pending")
+    if pending:
+        by = pending.get("by") or {}
+        rows.append(
+            (
+                "reset",
+                f"{pending.get('approvals')} of {pending.get('needed')} approvals, by "
+                f"{by.get('user') or 'uid ' + str(by.get('uid'))}; lapses in "
+                f"{duration(pending.get('lapses_in'))}",
+            )
+        )
+    return rows
+
+
 def format_status(s: dict[str, Any]) -> str:
     """``killswitch status``: one row per fact, the key a single word."""
-    rows = [("state", STATE_WORDS.get(s["state"], s["state"]))]
+    state = STATE_WORDS.get(s["state"], s["state"])
+    if "exchange" in s and exchange_problem(s) is not None:
+        state += ", but the exchange is FAILING (below): a kill may not get through"
+    rows = [("state", state)]
     if s.get("progress"):
         rows += _progress_rows(s["progress"])
+    if "exchange" in s:
+        rows.append(("exchange", _exchange(s)))
+    pid = s.get("pid")
+    if pid is not None:
+        up = "" if s.get("uptime") is None else f", up {duration(s['uptime'])}"
+        rows.append(("daemon", f"pid {pid}, version {s.get('version')}{up}"))
     states = s.get("trigger_states") or {}
     if "signal" in states:
-        rows.append(("signal", f"{states['signal']} (SIGUSR1 kills)"))
+        how = "SIGUSR1 kills" if pid is None else f"SIGUSR1 kills: kill -USR1 {pid}"
+        rows.append(("signal", f"{states['signal']} ({how})"))
     rows.append(("heartbeat", _heartbeat(s)))
     rows.append(("pnl", _pnl(s)))
     rows.append(("last_kill", _last_kill(s.get("last_kill"))))
     rows += _positions_rows(s.get("positions"))
+    rows += _authority_rows(s)
     stuck = s.get("stuck")
     if stuck:
         rows.append(

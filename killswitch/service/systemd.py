@@ -86,7 +86,7 @@ class Service:
         if state is State.KILLING:
             progress = self.switch.runner.progress_report()
             if progress is not None and progress["total"] > 0:
-                eta = format_eta(progress["eta_s"])
+                eta = format_eta(progress["eta_s"], progress.get("eta_basis"))
                 return f"KILLING {progress['confirmed']}/{progress['total']} confirmed, {eta}"
             return "KILLING"
         if state is State.TRIPPED and self.switch.last_kill is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,10 @@ from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutco
 from killswitch.log import get_logger, redactor
 from killswitch.logsink import health as log_health
 from killswitch.logsink import status as log_status
+from killswitch.service.access import AccessGuard, Peer
+from killswitch.service.approvals import ResetApprovals
 from killswitch.service.control import ControlServer
+from killswitch.service.halt import Halt
 from killswitch.service.metrics import Metrics
 from killswitch.service.notify import Notifier
 from killswitch.service.positions import PositionsService
@@ -95,6 +99,7 @@ class Wiring:
         self._started = self.clock.monotonic()
         self.damper = Damper()  # repeated warnings (ratelimit.wait) a few a minute
         self.ready = False  # daemon.ready was logged (the daemon sets it)
+        self.activated_socket: socket.socket | None = None  # from systemd (service/activation.py)
         redactor.register([credentials.api_key.reveal(), credentials.api_secret.reveal()])
         if cluster is not None and cluster.credentials is not None:
             # The JWT and the seed (a .creds file's frame lines are not secret).
@@ -279,7 +284,25 @@ class Wiring:
         )
         self.pnl_watcher = PnlWatcher(pnl.path, self.pnl)
         self.switch.on_reset(self.pnl.rearm)
-        self.control = ControlServer(cfg.control.socket, self)
+        self.access = AccessGuard(lambda: self.config.control)
+        self.approvals = ResetApprovals(
+            self.clock,
+            lambda: (
+                1
+                if self.config.control.access is None
+                else self.config.control.access.reset_approvals
+            ),
+            lambda: self.config.control.approval_window,
+        )
+        self.halt = Halt(lambda: self.config.halt.units, cfg.state.path.parent, self.clock)
+        self.control = ControlServer(
+            cfg.control.socket,
+            self,
+            access=self.access,
+            mode=int(cfg.control.socket_mode, 8),
+            group=cfg.control.socket_group,
+            activated=self.activated_socket,
+        )
         if self.cluster_settings is not None:
             from killswitch.cluster.connection import Cluster
             from killswitch.log import add_tap
@@ -389,6 +412,9 @@ class Wiring:
         state = State(value)
         if self.guard is not None:
             self.guard.state_changed()
+        self.halt.state_changed(state, self.switch.current_kill_id)  # after the first cancel_all
+        if state is State.KILLING:
+            self.approvals.cancel("a new kill started")
         if state is State.KILLING:
             self.prom.kills.labels(self.switch.kill_source or "unknown").inc()
         elif state is State.TRIPPED:
@@ -437,17 +463,30 @@ class Wiring:
             "heartbeat_trigger": self.config.triggers.heartbeat.enabled,
         }
 
-    def trigger(self, reason: str) -> dict[str, Any]:
-        outcome = self.switch.trigger("manual", reason)
+    def trigger(self, reason: str, peer: Peer | None = None) -> dict[str, Any]:
+        detail = {} if peer is None else {"peer": peer.as_dict()}
+        outcome = self.switch.trigger("manual", reason, **detail)
         self.prom.triggers.labels("manual", outcome.value).inc()
         return {"outcome": outcome.value, "kill_id": self.switch.current_kill_id}
 
-    def reset(self, force: bool = False) -> tuple[bool, dict[str, Any]]:
-        outcome = self.switch.reset(force=force)
+    def reset(
+        self, force: bool = False, peer: Peer | None = None, reason: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """200 reset (or already armed), 409 refused while a kill runs, 202 one approval
+        of the two a four-eyes reset needs (contract §13)."""
+        refusal, detail = self.approvals.decide(
+            self.switch.state is State.KILLING and not force,
+            self.switch.state is State.ARMED,
+            None if peer is None else peer.as_dict(),
+            reason,
+        )
+        if refusal is not None:  # 409 while a kill runs, 202 one approval of two
+            return refusal[0], {**refusal[1], **self.status()}
+        outcome = self.switch.reset(force=force, **detail)
         ok = outcome is not ResetOutcome.REFUSED
         if ok:
             self.store.acknowledge()  # the operator has seen a store problem it recovered from
-        return ok, {"reset": outcome.value, **self.status()}
+        return 200 if ok else 409, {"reset": outcome.value, **self.status()}
 
     def status(self) -> dict[str, Any]:
         hb_deadline = self.deadman.deadline
@@ -464,6 +503,7 @@ class Wiring:
             "pnl": self.pnl.value,
             "pnl_age": self.pnl.age(),
             "pnl_threshold": self.pnl.threshold,
+            "pnl_before_reset": self.pnl.read_before_reset(),  # it does not count after a reset
             "last_kill": self.switch.last_kill,
             "store": self.store.health(),
             "stuck": stuck.as_dict()
@@ -481,6 +521,8 @@ class Wiring:
             "guard": None if self.guard is None else self.guard.status(),
             "positions": self.positions.exposure,  # contract §12: what the last kill left
             "triggers": self._triggers_enabled(),
+            "halt": self.halt.status(),
+            "reset_pending": self.approvals.pending(),
             "trigger_states": self._trigger_states(),
             **({} if self.cluster is None else {"cluster": self.cluster.status()}),
             **({} if self.sentinel is None else {"sentinel": self.sentinel.status()}),

@@ -57,6 +57,8 @@ class DeadManSwitch:
         self.deadline = now + self.timeout
         if not armed:  # the watcher waits for a deadline: wake it
             self._moved.set()
+            if self.enabled:  # once per arming: the first heartbeat, or the first after a kill
+                self._log.info("heartbeat.armed", timeout=self.timeout)
 
     def reconfigure(self, timeout: float, enabled: bool) -> None:
         """Apply a reloaded config; an armed deadline moves with the new timeout."""

@@ -195,6 +195,8 @@ class PnlMonitor:
         self._started = clock.monotonic()
         self._last_bad: str | None = None
         self._waiting_logged = False
+        self._read_before_reset = False  # the last valid reading came before a reset
+        self._logged_value: float | None = None  # the last value pnl.read showed
         self.latched = latched  # True while the switch is tripped: breaches are damped
         self.damper = Damper()
         self._log = get_logger()
@@ -202,18 +204,23 @@ class PnlMonitor:
     def observe(self, value: float) -> None:
         self.value = value
         self.updated_at = self.clock.monotonic()
+        self._read_before_reset = False
         self._stale_fired = False
         self._last_bad = None
         if value >= self.threshold:
             self._above = True
-            return
-        if self._above is not False:
+        elif self._above is not False:
             self._above = False
+            self._logged_value = value  # pnl.breach shows it: no pnl.read before the kill
             if self.latched():  # a flapping PnL while tripped: nothing new to do
                 self.damper.error(self._log, "pnl.breach", pnl=value, threshold=self.threshold)
             else:
                 self._log.error("pnl.breach", pnl=value, threshold=self.threshold)
             self.on_fire("breach", value)
+            return
+        if value != self._logged_value:  # one line per new value, damped like a warning
+            self._logged_value = value
+            self.damper.log(self._log, "info", "pnl.read", pnl=value, threshold=self.threshold)
 
     def invalid(self, problem: str, content: bytes | None) -> None:
         """Log bad content once per distinct content, damped; the last valid value stands."""
@@ -240,6 +247,12 @@ class PnlMonitor:
         self._above = False
         self._stale_fired = False
         self._started = self.clock.monotonic()
+        self._read_before_reset = self.value is not None
+
+    def read_before_reset(self) -> bool:
+        """True when the last valid reading is older than the last reset: it does not count
+        towards the edge the re-armed trigger waits for."""
+        return self._read_before_reset
 
     def state(self) -> str:
         """The trigger's own state (the edge it waits for), in words."""
@@ -250,7 +263,7 @@ class PnlMonitor:
         if self._above is False:
             if self.value < self.threshold:
                 return "below threshold: waits for a recovery above it"
-            return "re-armed: waits for a reading at or above the threshold"
+            return "re-armed: waits for a new reading at or above the threshold"
         return "watching"
 
     def stale_deadline(self) -> float | None:
