@@ -510,6 +510,7 @@ async def test_events_of_a_large_kill_arrive_complete_and_in_order(
             exchange,
             confirm={"rate_limit": {"requests": 100_000, "per_seconds": 1, "margin": 0.05}},
             cluster={"servers": [server.url], "firm": FIRM, "credentials_env": CREDS_ENV},
+            log={"level": "debug"},  # order.status is a debug event (one line per order)
         )
         env = daemon_env(**{CREDS_ENV: user.seed, "KILLSWITCH_DESK": "desk-a"})
         daemon = DaemonProcess(config, env)

@@ -293,7 +293,8 @@ async def test_a_pipe_full_from_the_start_never_stops_start_up_or_the_exit(
     seeded = 20
     sim, url = await sim_factory(status_limit=(2000, 1.0), cancel_delay=(0.01, 0.05), seed=8)
     sim.seed({"BTCUSDT": seeded})
-    daemon = await _Daemon.start(write_config(workdir, url), pipe_size=4096, full=True)
+    config = write_config(workdir, url, log={"level": "debug"})  # order.status lines fill it
+    daemon = await _Daemon.start(config, pipe_size=4096, full=True)
     try:
         daemon.pause_output()
         ctl = ControlClient(workdir / "ctl.sock")
