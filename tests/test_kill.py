@@ -236,7 +236,8 @@ async def test_rejected_sweep_is_retried_slowly_forever_and_reported_stuck(
 ) -> None:
     """A 422 on one symbol: exchange.rejected with the venue's message, retried at 5 s,
     10 s, 20 s ... (never given up), the runner reports why it is stuck; the other
-    symbol is proven flat meanwhile; once the venue accepts, the kill completes."""
+    symbol is proven flat meanwhile; once the venue accepts, the kill completes; the spell
+    is one kill.stuck event and one kill.unstuck."""
     clock = FakeClock(START)
     venue = VenueFake(clock)
     venue.seed("BTC", 5)
@@ -262,6 +263,9 @@ async def test_rejected_sweep_is_retried_slowly_forever_and_reported_stuck(
     assert len(rejected) == 6
     assert {e["message"] for e in rejected} == {"symbol ETH is suspended"}
     assert [e["retry_in"] for e in rejected] == [REJECT_FIRST * 2**i for i in range(6)]
+    (spell,) = named(logs, "kill.stuck")  # one event for the whole spell, not one per retry
+    assert (spell["why"], spell["http_status"]) == ("symbol ETH is suspended", 422)
+    assert len(named(logs, "kill.unstuck")) == 1
     eth = [c.at for c in venue.calls if c.endpoint == "cancel_all" and c.detail == "ETH"]
     gaps = [b - a for a, b in itertools.pairwise(eth)]
     assert gaps == pytest.approx([REJECT_FIRST * 2**i for i in range(6)])

@@ -120,6 +120,7 @@ class Sweeper:
                 retry_in=round(failure.delay, 3),
             )
             stuck = ctx.stuck.get(key)
+            spell_starts = stuck is None
             if stuck is None:
                 stuck = ctx.stuck[key] = StuckSweep(
                     key[0], key[1], "", None, self._clock.time(), 0, 0.0
@@ -128,6 +129,13 @@ class Sweeper:
             stuck.http_status = exc.status
             stuck.attempts = failure.rejected
             stuck.next_retry_at = self._clock.monotonic() + failure.delay
+            if spell_starts:  # contract v3 §17: an event once per stuck spell, not per retry
+                self._log.error(
+                    "kill.stuck",
+                    why=stuck.why,
+                    http_status=exc.status,
+                    retry_in=round(failure.delay, 3),
+                )
         self._log.error(
             "cancel_all.failed",
             attempt=failure.attempt,
