@@ -75,13 +75,13 @@ async def test_manual_trigger_kills_and_matches_exchange(running: Any) -> None:
     """A manual trigger cancels every order; kill.completed matches the exchange's truth."""
     daemon, sim, logs = await running(sim_overrides={"fill_ratio": 0.2})
     sim.seed({"BTCUSDT": 40, "ETHUSDT": 10})
-    assert daemon.parts.trigger("test")["outcome"] == "started"
+    assert daemon.parts.answers.trigger("test")["outcome"] == "started"
     done = await _until(logs, "kill.completed")
     truth = sim.stats()["orders"]
     assert done["cancelled"] == truth["CANCELLED"]
     assert done["filled"] == truth["EXECUTED"]
     assert done["cancelled"] + done["filled"] == 50
-    assert daemon.parts.status()["state"] == "TRIPPED"
+    assert daemon.parts.answers.status()["state"] == "TRIPPED"
     assert sum(sim.stats()["violations"].values()) == 0
 
 
@@ -90,7 +90,7 @@ async def test_cancel_all_retried_through_server_errors(running: Any) -> None:
     daemon, sim, logs = await running()
     sim.seed({"BTCUSDT": 5})
     sim.inject("cancel_all", "503", count=2)
-    daemon.parts.trigger("test")
+    daemon.parts.answers.trigger("test")
     done = await _until(logs, "kill.completed")
     failed = [e for e in logs if e["event"] == "cancel_all.failed"]
     assert [e["error"] for e in failed] == ["server_error", "server_error"]
@@ -104,7 +104,7 @@ async def test_dry_run_sends_nothing(running: Any) -> None:
     """exchange.dry_run: the kill runs through, the exchange receives no request."""
     daemon, sim, logs = await running(exchange={"dry_run": True})
     sim.seed({"BTCUSDT": 5})
-    daemon.parts.trigger("drill")
+    daemon.parts.answers.trigger("drill")
     done = await _until(logs, "kill.completed")
     assert done["orders"] == 0
     requests = sim.stats()["requests"]
@@ -117,13 +117,13 @@ async def test_resumed_daemon_state_is_reported(running: Any) -> None:
     """/status carries the contract's fields and the rate-limit budget left."""
     daemon, sim, logs = await running()
     sim.seed({"BTCUSDT": 3})
-    status = daemon.parts.status()
+    status = daemon.parts.answers.status()
     for key in ("state", "heartbeat_age", "pnl", "last_kill", "rate_limit"):
         assert key in status
     assert status["rate_limit"]["cancel_all"] == {"available": 10, "limit": 10, "next_free_in": 0.0}
-    daemon.parts.trigger("budget")
+    daemon.parts.answers.trigger("budget")
     await _until(logs, "kill.completed")
-    assert daemon.parts.status()["rate_limit"]["cancel_all"]["available"] == 9
+    assert daemon.parts.answers.status()["rate_limit"]["cancel_all"]["available"] == 9
 
 
 async def test_reload_changes_targets_for_the_next_kill(running: Any, workdir: Path) -> None:
@@ -135,7 +135,7 @@ async def test_reload_changes_targets_for_the_next_kill(running: Any, workdir: P
     path.write_text(path.read_text().replace("symbols = []", 'symbols = ["BTCUSDT", "ETHUSDT"]'))
     daemon.reload()
     assert daemon.parts.config.targets[0].symbols == ("BTCUSDT", "ETHUSDT")
-    daemon.parts.trigger("after reload")
+    daemon.parts.answers.trigger("after reload")
     await _until(logs, "kill.completed")
     accepted = sorted(
         (e["symbol"], e["order_count"]) for e in logs if e["event"] == "cancel_all.accepted"
@@ -149,7 +149,7 @@ async def test_status_heartbeat_and_metrics_show_the_venue(running: Any) -> None
     daemon, sim, logs = await running(sim_overrides={"partial_fill_ratio": 0.5})
     sim.seed({"BTCUSDT": 6})
     await _until(logs, "exchange.self_test")
-    status = daemon.parts.status()
+    status = daemon.parts.answers.status()
     assert set(status["rate_limit"]) == {
         "cancel_all",
         "order_status",
@@ -162,14 +162,14 @@ async def test_status_heartbeat_and_metrics_show_the_venue(running: Any) -> None
     assert status["exchange"]["self_test"]["ok"] is True
     assert status["guard"]["active"] is False
     assert status["stuck"] is None
-    assert daemon.parts.heartbeat()["state"] == "ARMED"
-    daemon.parts.trigger("metrics")
+    assert daemon.parts.answers.heartbeat()["state"] == "ARMED"
+    daemon.parts.answers.trigger("metrics")
     done = await _until(logs, "kill.completed")
     assert done["flat"] is True
     assert done["partially_filled"] == sim.stats()["partially_executed"] > 0
-    assert daemon.parts.heartbeat()["state"] == "TRIPPED"
-    assert daemon.parts.status()["guard"]["active"] is True
-    text = daemon.parts.metrics().decode()
+    assert daemon.parts.answers.heartbeat()["state"] == "TRIPPED"
+    assert daemon.parts.answers.status()["guard"]["active"] is True
+    text = daemon.parts.answers.metrics().decode()
     partial = (
         f'killswitch_orders_final_total{{outcome="partially_filled"}} {done["partially_filled"]}.0'
     )
@@ -188,10 +188,10 @@ async def test_failed_self_test_shows_and_the_daemon_keeps_running(running: Any)
     rejected = await _until(logs, "exchange.rejected")
     assert rejected["http_status"] == 401
     await _until(logs, "exchange.self_test")
-    test = daemon.parts.status()["exchange"]["self_test"]
+    test = daemon.parts.answers.status()["exchange"]["self_test"]
     assert test["ok"] is False
     assert test["checks"][0]["http_status"] == 401
-    assert "killswitch_exchange_self_test_ok 0.0" in daemon.parts.metrics().decode()
+    assert "killswitch_exchange_self_test_ok 0.0" in daemon.parts.answers.metrics().decode()
     assert "self-test FAILED (HTTP 401" in daemon.parts.service.status_line()
-    assert daemon.parts.status()["state"] == "ARMED"
+    assert daemon.parts.answers.status()["state"] == "ARMED"
     assert not any(e["event"] == "daemon.crashed" for e in logs)

@@ -256,12 +256,13 @@ async def test_a_corrupt_store_shows_in_status_metrics_and_systemd_status(
     task = asyncio.create_task(daemon.serve())
     try:
         await _ready(task, logs)
-        status = daemon.parts.status()
+        status = daemon.parts.answers.status()
         assert status["state"] == "TRIPPED"
         assert status["store"]["ok"] is False
         assert status["store"]["problem"].startswith("corrupt: file is not a database")
-        assert b"killswitch_store_ok 0.0" in daemon.parts.metrics()
-        assert b'killswitch_store_failures_total{kind="corrupt"} 1.0' in daemon.parts.metrics()
+        assert b"killswitch_store_ok 0.0" in daemon.parts.answers.metrics()
+        metrics = daemon.parts.answers.metrics()
+        assert b'killswitch_store_failures_total{kind="corrupt"} 1.0' in metrics
         rows = dict(line.split(maxsplit=1) for line in format_status(status).splitlines())
         assert rows["store"].startswith("NOT OK: corrupt: file is not a database")
         datagrams = []

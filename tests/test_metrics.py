@@ -28,9 +28,9 @@ async def test_metrics_after_a_kill(running: Any) -> None:  # noqa: F811
     daemon, sim, logs = await running()
     sim.seed({"BTCUSDT": 30})
     await _until(logs, "exchange.self_test")
-    daemon.parts.trigger("metrics")
+    daemon.parts.answers.trigger("metrics")
     done = await _until(logs, "kill.completed")
-    got = samples(daemon.parts.metrics().decode())
+    got = samples(daemon.parts.answers.metrics().decode())
 
     sent = daemon.parts.exchange.requests_sent
     assert {"cancel_all", "open_orders", "time"} <= set(sent)

@@ -159,7 +159,7 @@ async def test_heartbeat_command_prints_the_state(running: Any) -> None:  # noqa
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert out.decode().strip() == "heartbeat accepted: state ARMED; the heartbeat trigger is off"
-    got = rows(format_status(daemon.parts.status()))
+    got = rows(format_status(daemon.parts.answers.status()))
     assert got["heartbeat"].startswith("off (last heartbeat ")
     assert got["pnl"].startswith("off (no reading yet")
     assert got["state"] == "ARMED: watching the triggers"

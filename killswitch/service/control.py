@@ -50,6 +50,7 @@ __all__ = [
     "Controllable",
     "DaemonUnavailable",
     "SocketInUse",
+    "claim_socket",
     "raise_fd_limit",
 ]
 
@@ -166,6 +167,17 @@ def _socket_is_live(path: Path) -> bool:
         return True
 
 
+def claim_socket(path: Path) -> None:
+    """Refuse a path a live daemon holds; remove a stale socket file left by a crash."""
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise SocketInUse(f"{path} exists and is not a socket")
+        if _socket_is_live(path):
+            raise SocketInUse(f"a live daemon already listens on {path}")
+        path.unlink()
+        get_logger().warning("control.stale_socket_removed", path=str(path))
+
+
 class ControlServer:
     def __init__(
         self,
@@ -269,13 +281,7 @@ class ControlServer:
 
     def claim(self) -> None:
         """Refuse a path a live daemon holds; remove a stale socket file left by a crash."""
-        if self.path.exists() or self.path.is_symlink():
-            if not stat.S_ISSOCK(self.path.lstat().st_mode):
-                raise SocketInUse(f"{self.path} exists and is not a socket")
-            if _socket_is_live(self.path):
-                raise SocketInUse(f"a live daemon already listens on {self.path}")
-            self.path.unlink()
-            self._log.warning("control.stale_socket_removed", path=str(self.path))
+        claim_socket(self.path)
 
     async def start(self) -> None:
         if self.activated is None:

@@ -37,7 +37,7 @@ from killswitch.exchange.credentials import Credentials
 from killswitch.kill.switch import State
 from killswitch.log import configure_logging, get_logger, install_loop_handler
 from killswitch.service.activation import listening_socket
-from killswitch.service.control import ControlServer, SocketInUse
+from killswitch.service.control import SocketInUse, claim_socket
 from killswitch.service.notify import Notifier
 from killswitch.service.wiring import Wiring
 from killswitch.triggers import signals
@@ -232,7 +232,7 @@ class Daemon:
         # (Not under socket activation: systemd's socket is live, and it is ours.)
         self.parts.activated_socket = listening_socket()
         if self.parts.activated_socket is None:
-            ControlServer(self.parts.config.control.socket, self.parts).claim()
+            claim_socket(self.parts.config.control.socket)
         self._release(stack, "store", self._close_store)
         self._release(stack, "alerts and journal", self.parts.telling.close)
         self.parts.telling.listen()  # first: a store that cannot open is an alert too

@@ -1,25 +1,21 @@
-"""The daemon's parts, built from the config and wired together, and what they answer.
+"""The daemon's parts, built from the config and wired together.
 
 :class:`Wiring` holds everything a running daemon is made of: the state store
 and its watch, one sliding-window limiter per endpoint (its send log restored
 from the store), the exchange client, the kill runner, the switch, the tripped
-guard, the dead-man switch, the PnL monitor, the control server, the optional
-cluster, and the metrics that read them.  It answers the control API
-(``heartbeat``, ``trigger``, ``reset``, ``status``, ``metrics``) and the
-cluster (``cluster_trigger``, ``cancel_sent``).  When each part opens and
-closes is :class:`~killswitch.service.daemon.Daemon`'s business.
+guard, the dead-man switch, the PnL monitor, the control server and its
+answers (:mod:`killswitch.service.answers`), the optional cluster and its host
+side (:mod:`killswitch.service.cluster_host`), and the metrics that read them.
+It implements the engine's ``KillEvents``.  When each part opens and closes is
+:class:`~killswitch.service.daemon.Daemon`'s business.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import socket
-from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from killswitch import __version__
 from killswitch.alerts import Receiver
 from killswitch.clock import Clock, SystemClock
 from killswitch.config.model import Config, RateLimit
@@ -40,12 +36,13 @@ from killswitch.kill.flat import VenueListings
 from killswitch.kill.guard import Guard
 from killswitch.kill.order_facts import RecordingListings, RecordingStatus
 from killswitch.kill.runner import KillRunner
-from killswitch.kill.switch import KillSwitch, ResetOutcome, State, TriggerOutcome
+from killswitch.kill.switch import KillSwitch, State
 from killswitch.log import get_logger, redactor
 from killswitch.logsink import health as log_health
-from killswitch.logsink import status as log_status
-from killswitch.service.access import AccessGuard, Peer
+from killswitch.service.access import AccessGuard
+from killswitch.service.answers import ControlAnswers, triggers_enabled
 from killswitch.service.approvals import ResetApprovals
+from killswitch.service.cluster_host import ClusterHost
 from killswitch.service.control import ControlServer
 from killswitch.service.halt import Halt
 from killswitch.service.metrics import Metrics
@@ -85,8 +82,6 @@ class Wiring:
         self.cluster_settings = cluster
         self.cluster: Cluster | None = None
         self.sentinel: Sentinel | None = None
-        self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._sent_kills: deque[str] = deque(maxlen=16)
         self.credentials = credentials
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier.from_env()
@@ -112,7 +107,7 @@ class Wiring:
             self._log,
             registry=self.prom.registry,
             current_kill=self._current_kill,
-            render=self.metrics,
+            render=self.prom.render,
             last_kill=self._tripped_by,
         )
 
@@ -163,55 +158,7 @@ class Wiring:
 
     def cancel_all_sent(self, kill_id: str | None, exchange: str, symbol: str | None) -> None:
         """A ``cancel_all`` was written (the engine logged ``cancel_all.sent``)."""
-        kill_id = kill_id or self.switch.current_kill_id
-        if kill_id is None:
-            return
-        if kill_id not in self._sent_kills:
-            self._sent_kills.append(kill_id)
-        for waiter in self._sent_waiters.pop(kill_id, []):
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def cancel_sent(self, kill_id: str) -> asyncio.Future[None]:
-        """Resolves once a ``cancel_all`` of kill ``kill_id`` has left (the cluster's ack)."""
-        for known, waiters in list(self._sent_waiters.items()):  # drop the abandoned ones
-            if all(w.done() for w in waiters):
-                del self._sent_waiters[known]
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if kill_id in self._sent_kills:
-            waiter.set_result(None)
-        else:
-            self._sent_waiters.setdefault(kill_id, []).append(waiter)
-        return waiter
-
-    def cluster_trigger(self, reason: str, **detail: Any) -> tuple[TriggerOutcome, str | None]:
-        """A broadcast trigger from the cluster (source ``cluster``: explicit, like a signal)."""
-        outcome = self.switch.trigger("cluster", reason, **detail)
-        self.prom.triggers.labels("cluster", outcome.value).inc()
-        return outcome, self.switch.current_kill_id
-
-    # ------------------------------------------------------------------ sentinel (§15)
-
-    def switch_state(self) -> str:
-        """The switch's state, for this desk's liveness messages."""
-        return self.switch.state.value
-
-    def sentinel_trigger(self, reason: str, **detail: Any) -> TriggerOutcome:
-        """Source ``sentinel``: this daemon's sentinel found its desk silent, or (on a desk)
-        the desk's sentinel says it killed the account while the desk was away."""
-        outcome = self.switch.trigger("sentinel", reason, **detail)
-        self.prom.triggers.labels("sentinel", outcome.value).inc()
-        return outcome
-
-    def account_killed(self) -> tuple[str, str | None, str] | None:
-        """(kill_id, source, state) while this daemon holds a kill; the sentinel's verdict."""
-        if self.switch.state is State.ARMED:
-            return None
-        kill_id = self.switch.current_kill_id or (self.switch.last_kill or {}).get("kill_id")
-        if kill_id is None:  # tripped without a kill (a store that failed closed): no verdict
-            return None
-        source = self.switch.kill_source or (self.switch.last_kill or {}).get("source")
-        return kill_id, source, self.switch.state.value
+        self.cluster_host.sent(kill_id)
 
     def _build(self) -> None:
         cfg = self.config
@@ -295,26 +242,53 @@ class Wiring:
             lambda: self.config.control.approval_window,
         )
         self.halt = Halt(lambda: self.config.halt.units, cfg.state.path.parent, self.clock)
-        self.control = ControlServer(
-            cfg.control.socket,
-            self,
-            access=self.access,
-            mode=int(cfg.control.socket_mode, 8),
-            group=cfg.control.socket_group,
-            activated=self.activated_socket,
-        )
+        self.cluster_host = ClusterHost(self.switch, self.prom, lambda: self.answers.status())
         if self.cluster_settings is not None:
             from killswitch.cluster.connection import Cluster
             from killswitch.log import add_tap
 
-            self.cluster = Cluster(self.cluster_settings, self, self.clock, self.prom.registry)
+            self.cluster = Cluster(
+                self.cluster_settings, self.cluster_host, self.clock, self.prom.registry
+            )
             add_tap(self.cluster.tap)
             if cfg.sentinel is not None:
                 from killswitch.cluster.sentinel import Sentinel
 
                 self.sentinel = Sentinel(
-                    self.cluster_settings, cfg.sentinel, self, self.clock, self.prom.registry
+                    self.cluster_settings,
+                    cfg.sentinel,
+                    self.cluster_host,
+                    self.clock,
+                    self.prom.registry,
                 )
+        self.answers = ControlAnswers(
+            lambda: self.config,
+            switch=self.switch,
+            runner=self.runner,
+            deadman=self.deadman,
+            pnl=self.pnl,
+            store=self.store,
+            limiters=self.limiters,
+            exchange=self.exchange,
+            guard=self.guard,
+            positions=self.positions,
+            halt=self.halt,
+            approvals=self.approvals,
+            telling=self.telling,
+            prom=self.prom,
+            clock=self.clock,
+            started=self._started,
+            cluster=self.cluster,
+            sentinel=self.sentinel,
+        )
+        self.control = ControlServer(
+            cfg.control.socket,
+            self.answers,
+            access=self.access,
+            mode=int(cfg.control.socket_mode, 8),
+            group=cfg.control.socket_group,
+            activated=self.activated_socket,
+        )
         self.prom.watch(
             heartbeat_age=self.deadman.age,
             pnl=lambda: self.pnl.value,
@@ -337,15 +311,6 @@ class Wiring:
         )
         self.order_facts = self.positions.facts
         self.after_flat = self.positions.after_flat
-
-    async def flatten(self, symbol: str | None) -> tuple[int, dict[str, Any]]:
-        """``POST /flatten`` (contract §12): close what the last kill left, while TRIPPED."""
-        state = self.switch.state
-        if state is not State.TRIPPED:
-            why = f"refused while {state.value}: flatten closes what a kill left, once TRIPPED"
-            return 409, {"error": why, "state": state.value}
-        kill_id = (self.switch.last_kill or {}).get("kill_id") or self.switch.current_kill_id
-        return await self.positions.flatten(kill_id or "manual", symbol)
 
     def _problem(self) -> str | None:
         """What systemd's STATUS= line should say is wrong (a stuck kill, a failed self-test)."""
@@ -431,107 +396,8 @@ class Wiring:
             self.cluster.state_changed(state, why)
 
     def _fire(self, source: str, reason: str) -> None:
-        if not self._triggers_enabled().get(source, True):
+        if not triggers_enabled(self.config).get(source, True):
             self._log.info("trigger.disabled", source=source, reason=reason)
             return
         outcome = self.switch.trigger(source, reason)
         self.prom.triggers.labels(source, outcome.value).inc()
-
-    def _triggers_enabled(self) -> dict[str, bool]:
-        """Which triggers the config turns on (one definition: firing and status read it)."""
-        t = self.config.triggers
-        return {"signal": t.signal.enabled, "heartbeat": t.heartbeat.enabled, "pnl": t.pnl.enabled}
-
-    def _trigger_states(self) -> dict[str, str]:
-        """Each trigger's own state, in words (``killswitch status`` shows them)."""
-        enabled = self._triggers_enabled()
-        return {
-            "signal": "watching" if enabled["signal"] else "off",
-            "heartbeat": self.deadman.state(),
-            "pnl": self.pnl.state() if enabled["pnl"] else "off",
-        }
-
-    # ------------------------------------------------------------------ control API
-
-    def heartbeat(self) -> dict[str, Any]:
-        """A heartbeat (counted even with the trigger off); the state, so a trading
-        process can stop itself when it reads KILLING or TRIPPED."""
-        self.deadman.beat()
-        return {
-            "state": self.switch.state.value,
-            "kill_id": self.switch.current_kill_id,
-            "heartbeat_trigger": self.config.triggers.heartbeat.enabled,
-        }
-
-    def trigger(self, reason: str, peer: Peer | None = None) -> dict[str, Any]:
-        detail = {} if peer is None else {"peer": peer.as_dict()}
-        outcome = self.switch.trigger("manual", reason, **detail)
-        self.prom.triggers.labels("manual", outcome.value).inc()
-        return {"outcome": outcome.value, "kill_id": self.switch.current_kill_id}
-
-    def reset(
-        self, force: bool = False, peer: Peer | None = None, reason: str | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        """200 reset (or already armed), 409 refused while a kill runs, 202 one approval
-        of the two a four-eyes reset needs (contract §13)."""
-        refusal, detail = self.approvals.decide(
-            self.switch.state is State.KILLING and not force,
-            self.switch.state is State.ARMED,
-            None if peer is None else peer.as_dict(),
-            reason,
-        )
-        if refusal is not None:  # 409 while a kill runs, 202 one approval of two
-            return refusal[0], {**refusal[1], **self.status()}
-        outcome = self.switch.reset(force=force, **detail)
-        ok = outcome is not ResetOutcome.REFUSED
-        if ok:
-            self.store.acknowledge()  # the operator has seen a store problem it recovered from
-        return 200 if ok else 409, {"reset": outcome.value, **self.status()}
-
-    def status(self) -> dict[str, Any]:
-        hb_deadline = self.deadman.deadline
-        return {
-            "state": self.switch.state.value,
-            "kill_id": self.switch.current_kill_id,
-            # confirmed/total, outcomes, budgets and the estimate (killswitch/kill/progress.py)
-            "progress": self.runner.progress_report()
-            if self.switch.state is State.KILLING
-            else None,
-            "heartbeat_age": self.deadman.age(),
-            "heartbeat_armed": hb_deadline is not None and self.deadman.enabled,
-            "heartbeat_timeout": self.deadman.timeout,
-            "pnl": self.pnl.value,
-            "pnl_age": self.pnl.age(),
-            "pnl_threshold": self.pnl.threshold,
-            "pnl_before_reset": self.pnl.read_before_reset(),  # it does not count after a reset
-            "last_kill": self.switch.last_kill,
-            "store": self.store.health(),
-            "stuck": stuck.as_dict()
-            if (stuck := self.runner.stuck_info()) and self.switch.state is State.KILLING
-            else None,
-            "rate_limit": {
-                name: {
-                    "available": lim.available(),
-                    "limit": lim.requests,
-                    "next_free_in": round(lim.next_free_in(), 3),
-                }
-                for name, lim in self.limiters.items()
-            },
-            "exchange": self.exchange.health(),
-            "guard": None if self.guard is None else self.guard.status(),
-            "positions": self.positions.exposure,  # contract §12: what the last kill left
-            "triggers": self._triggers_enabled(),
-            "halt": self.halt.status(),
-            "reset_pending": self.approvals.pending(),
-            "trigger_states": self._trigger_states(),
-            **({} if self.cluster is None else {"cluster": self.cluster.status()}),
-            **({} if self.sentinel is None else {"sentinel": self.sentinel.status()}),
-            "log": log_status(),
-            **self.telling.status(),
-            "uptime": round(self.clock.monotonic() - self._started, 3),
-            "pid": os.getpid(),
-            "version": __version__,
-        }
-
-    def metrics(self) -> bytes:
-        return self.prom.render()
