@@ -27,15 +27,16 @@ listing proves an order is not terminal yet; a closed listing gives its final
 status), :meth:`Confirmer.hold` keeps an order from being polled while a
 listing is about to say more, and :meth:`Confirmer.release` makes it due now.
 Per-id polling stays the fallback for whatever no listing resolves.
+
+Each order's status and outcome, the counts and the snapshot are kept by an
+:class:`~killswitch.kill.ledger.OrderLedger` (``Confirmer.ledger``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Final
 
 from structlog.typing import FilteringBoundLogger
@@ -43,6 +44,7 @@ from structlog.typing import FilteringBoundLogger
 from killswitch.clock import Clock, sleep_or_wake
 from killswitch.config.model import ConfirmConfig
 from killswitch.exchange.errors import ExchangeError, OrderNotFound, RateLimited
+from killswitch.kill.ledger import OrderLedger, TrackedOrder
 from killswitch.kill.outcomes import (
     OUTCOME_FIELDS,
     VENUE_STATUSES,
@@ -54,7 +56,7 @@ from killswitch.kill.outcomes import (
     outcome_of,
 )
 from killswitch.kill.schedule import PollSchedule
-from killswitch.log import get_logger, tell_listeners
+from killswitch.log import get_logger
 
 __all__ = [  # the outcome types are killswitch.kill.outcomes', re-exported
     "OUTCOME_FIELDS",
@@ -70,24 +72,6 @@ __all__ = [  # the outcome types are killswitch.kill.outcomes', re-exported
 
 
 _SHOWN_CHARS: Final = 64  # how much of an unexpected status string goes into an event
-
-
-@dataclass(eq=False)
-class _Order:
-    order_id: str
-    status: str = ""
-    outcome: Outcome | None = None
-    first_polled: float | None = None  # monotonic: first poll or listing (the deadline runs)
-    first_polled_wall: float | None = None
-    hold_until: float = 0.0  # monotonic: not polled before this (a listing will say more)
-    backoff: int = 0  # doublings of poll_interval so far
-    not_found: int = 0  # 404 answers in a row
-    polled: bool = False  # had at least one status request in this run
-    version: int = 0  # schedule entries with another version are stale
-
-    @property
-    def resolved(self) -> bool:
-        return self.outcome is not None
 
 
 class Confirmer:
@@ -119,7 +103,6 @@ class Confirmer:
         self._config = config
         self._clock = clock
         self._log = log if log is not None else get_logger()
-        self._on_status = on_status
         self._gate = gate
         self._jitter = jitter
         self._rng = rng if rng is not None else random.Random()
@@ -127,17 +110,12 @@ class Confirmer:
         self._on_wait = on_wait  # told when the gate (not the schedule) makes polls wait
         self._gate_waiting = False
         self._known = VENUE_STATUSES | config.terminal_statuses
-        self._orders: dict[str, _Order] = {}
-        self._schedule_of: PollSchedule[_Order] = PollSchedule()
-        self._counts = dict.fromkeys(Outcome, 0)
-        self.listed = 0  # orders resolved from a listing, without a status request
-        self._resolved = 0
-        self._polls = 0
+        self.ledger = OrderLedger(self._log, on_status)  # the orders, statuses, outcomes
+        self._schedule_of: PollSchedule[TrackedOrder] = PollSchedule()
         self._closed = False
         self._started = False
         self._turn = asyncio.Lock()  # one worker at a time plans the next poll
         self._changed = asyncio.Event()
-        self._settle = asyncio.Event()  # an order was resolved
 
     # ------------------------------------------------------------------ feeding
 
@@ -153,9 +131,8 @@ class Confirmer:
         now = self._clock.monotonic()
         ready_at = now + max(self._config.first_poll_delay, self._listing_hold)
         for order_id in order_ids:
-            if order_id not in self._orders:
-                order = _Order(order_id)
-                self._orders[order_id] = order
+            if not self.ledger.knows(order_id):
+                order = self.ledger.track(TrackedOrder(order_id))
                 self._schedule(order, ready_at)
         self._changed.set()
 
@@ -169,10 +146,9 @@ class Confirmer:
         from an earlier run) when given, and it still gets at least one poll.
         """
         self._check_open()
-        if order_id in self._orders:
+        if self.ledger.knows(order_id):
             return
-        order = _Order(order_id, status=status)
-        self._orders[order_id] = order
+        order = self.ledger.track(TrackedOrder(order_id, status=status))
         if first_polled_at is not None:
             age = max(0.0, self._clock.time() - first_polled_at)
             order.first_polled = self._clock.monotonic() - age
@@ -192,19 +168,18 @@ class Confirmer:
         against its deadline like a poll.
         """
         self._check_open()
-        order = self._orders.get(order_id)
+        order = self.ledger.get(order_id)
         if order is None:
-            order = _Order(order_id)
-            self._orders[order_id] = order
+            order = self.ledger.track(TrackedOrder(order_id))
         if order.outcome is not None:
             return
         self._started_deadline(order)
         self._changed.set()
         if status not in self._known:
             return  # a listing's odd value: the status poll will tell
-        self._record(order, status, via=via)
+        self.ledger.record(order, status, via=via)
         if status in self._config.terminal_statuses:
-            self.listed += 1
+            self.ledger.listed += 1
             self._resolve(order, outcome_of(status))
             return
         now = self._clock.monotonic()
@@ -219,7 +194,7 @@ class Confirmer:
         """No status poll of these (unresolved) ids for ``seconds`` (a listing will tell)."""
         until = self._clock.monotonic() + seconds
         for order_id in order_ids:
-            order = self._orders.get(order_id)
+            order = self.ledger.get(order_id)
             if order is not None and order.outcome is None:
                 order.hold_until = max(order.hold_until, until)
                 self._schedule(order, until)
@@ -229,7 +204,7 @@ class Confirmer:
         """Poll these (unresolved) ids as soon as the gate allows: no listing will resolve them."""
         now = self._clock.monotonic()
         for order_id in order_ids:
-            order = self._orders.get(order_id)
+            order = self.ledger.get(order_id)
             if order is not None and order.outcome is None:
                 order.hold_until = now
                 self._schedule(order, now)
@@ -246,58 +221,41 @@ class Confirmer:
 
     # ------------------------------------------------------------------ reading
 
-    def progress(self) -> tuple[int, int]:
-        """(resolved, total) ids so far."""
-        return self._resolved, len(self._orders)
+    @property
+    def listed(self) -> int:
+        """Orders resolved from a listing, without a status request."""
+        return self.ledger.listed
 
     @property
     def polls(self) -> int:
         """Status requests made so far."""
-        return self._polls
+        return self.ledger.polls
+
+    def progress(self) -> tuple[int, int]:
+        """(resolved, total) ids so far."""
+        return self.ledger.progress()
 
     async def settled(self) -> None:
         """Wait until every id added so far is resolved."""
-        while self._resolved < len(self._orders):
-            self._settle.clear()
-            await self._settle.wait()
+        await self.ledger.settled()
 
     def counts(self) -> dict[str, int]:
         """The outcome counts so far, by name (:data:`OUTCOME_FIELDS`), without a snapshot."""
-        return {outcome.value: self._counts[outcome] for outcome in Outcome}
+        return self.ledger.counts()
 
     def knows(self, order_id: str) -> bool:
-        return order_id in self._orders
+        return self.ledger.knows(order_id)
 
     def unresolved(self, order_ids: Iterable[str] | None = None) -> list[str]:
         """The ids (of ``order_ids``, or all) not resolved yet, in the order they were added."""
-        if order_ids is None:
-            return [o.order_id for o in self._orders.values() if o.outcome is None]
-        return [
-            i for i in order_ids if (o := self._orders.get(i)) is not None and o.outcome is None
-        ]
+        return self.ledger.unresolved(order_ids)
 
     def outcome(self, order_id: str) -> Outcome | None:
-        order = self._orders.get(order_id)
-        return None if order is None else order.outcome
+        return self.ledger.outcome(order_id)
 
     def snapshot(self) -> ConfirmResult:
         """Counts and statuses so far, with the ids still pending (to persist and resume)."""
-        orders = self._orders.values()
-        return ConfirmResult(
-            cancelled=self._counts[Outcome.CANCELLED],
-            filled=self._counts[Outcome.FILLED],
-            partially_filled=self._counts[Outcome.PARTIALLY_FILLED],
-            other=self._counts[Outcome.OTHER],
-            unknown=self._counts[Outcome.UNKNOWN],
-            unconfirmed=self._counts[Outcome.UNCONFIRMED],
-            statuses={o.order_id: o.status for o in orders},
-            polls=self._polls,
-            outcomes={o.order_id: o.outcome for o in orders if o.outcome is not None},
-            pending=tuple(o.order_id for o in orders if o.outcome is None),
-            first_polled_at={
-                o.order_id: o.first_polled_wall for o in orders if o.first_polled_wall is not None
-            },
-        )
+        return self.ledger.snapshot()
 
     # ------------------------------------------------------------------ running
 
@@ -324,11 +282,11 @@ class Confirmer:
         while (order := await self._next()) is not None:
             await self._poll(order)
 
-    async def _next(self) -> _Order | None:
+    async def _next(self) -> TrackedOrder | None:
         """The next order to poll, once it is due and the gate has a slot; None when done."""
         async with self._turn:
             while True:
-                if self._closed and self._resolved == len(self._orders):
+                if self._closed and self.ledger.all_resolved():
                     return None
                 wait = self._due_in()
                 gated = False
@@ -342,7 +300,7 @@ class Confirmer:
                     return self._take()
                 await self._wait(wait)
 
-    def _schedule(self, order: _Order, at: float) -> None:
+    def _schedule(self, order: TrackedOrder, at: float) -> None:
         """(Re)schedule the next poll of ``order`` at ``at`` (not before its hold, not after
         its deadline); any earlier entry for it becomes stale."""
         at = max(at, order.hold_until)
@@ -350,7 +308,7 @@ class Confirmer:
             at = min(at, order.first_polled + self._config.deadline)
         self._schedule_of.put(order, at)
 
-    def _take(self) -> _Order:
+    def _take(self) -> TrackedOrder:
         return self._schedule_of.take(self._clock.monotonic())
 
     def _due_in(self) -> float | None:
@@ -361,15 +319,15 @@ class Confirmer:
         self._changed.clear()
         await sleep_or_wake(self._clock, seconds, self._changed)
 
-    def _started_deadline(self, order: _Order) -> None:
+    def _started_deadline(self, order: TrackedOrder) -> None:
         if order.first_polled is None:
             order.first_polled = self._clock.monotonic()
             order.first_polled_wall = self._clock.time()
 
-    async def _poll(self, order: _Order) -> None:
+    async def _poll(self, order: TrackedOrder) -> None:
         self._started_deadline(order)
         order.polled = True
-        self._polls += 1
+        self.ledger.polls += 1
         try:
             answer = await self._source.order_status(order.order_id)
         except OrderNotFound:
@@ -394,7 +352,7 @@ class Confirmer:
 
     # ------------------------------------------------------------------ outcomes
 
-    def _answer(self, order: _Order, status: str) -> None:
+    def _answer(self, order: TrackedOrder, status: str) -> None:
         order.not_found = 0
         if status not in self._known:
             self._log.warning(
@@ -405,29 +363,13 @@ class Confirmer:
             )
             self._retry(order)
             return
-        self._record(order, status)
+        self.ledger.record(order, status)
         if status in self._config.terminal_statuses:
             self._resolve(order, outcome_of(status))
         else:
             self._retry(order)
 
-    def _record(self, order: _Order, status: str, *, via: str | None = None) -> None:
-        """Log and persist a change of status (``via``: the listing that showed it)."""
-        extra = {} if via is None else {"via": via}
-        if status != order.status:
-            order.status = status
-            if self._log.is_enabled_for(logging.DEBUG):  # per order: kill.progress sums up
-                self._log.debug("order.status", order_id=order.order_id, status=status, **extra)
-            else:  # not written, but the kill's record (a log listener) learns how
-                tell_listeners("order.status", order_id=order.order_id, status=status, **extra)
-            if self._on_status is not None:
-                self._on_status(order.order_id, status)
-        else:
-            self._log.debug(
-                "order.status_unchanged", order_id=order.order_id, status=status, **extra
-            )
-
-    def _not_found(self, order: _Order) -> None:
+    def _not_found(self, order: TrackedOrder) -> None:
         order.not_found += 1
         if order.not_found >= self._config.unknown_after:
             self._log.warning(
@@ -443,7 +385,7 @@ class Confirmer:
         )
         self._retry(order)
 
-    def _retry(self, order: _Order, *, back_off: bool = True) -> None:
+    def _retry(self, order: TrackedOrder, *, back_off: bool = True) -> None:
         """Schedule the next poll, or give up on an order past its deadline."""
         assert order.first_polled is not None
         now = self._clock.monotonic()
@@ -461,13 +403,10 @@ class Confirmer:
         self._schedule(order, now + delay)
         self._changed.set()
 
-    def _unconfirmed(self, order: _Order) -> None:
+    def _unconfirmed(self, order: TrackedOrder) -> None:
         self._log.warning("order.unconfirmed", order_id=order.order_id, last_status=order.status)
         self._resolve(order, Outcome.UNCONFIRMED)
 
-    def _resolve(self, order: _Order, outcome: Outcome) -> None:
-        order.outcome = outcome
-        self._counts[outcome] += 1
-        self._resolved += 1
+    def _resolve(self, order: TrackedOrder, outcome: Outcome) -> None:
+        self.ledger.resolve(order, outcome)
         self._changed.set()
-        self._settle.set()
