@@ -14,20 +14,23 @@ venue's host.
 Retry-until-acknowledged, polling and flat-proof policies belong to the kill
 engine and the confirmer, not here.  Every signed request goes through its
 limiter, retries included; dry run sends nothing and takes no slot.
+
+Each endpoint's call (its body, its answer checked) is
+:class:`~killswitch.exchange.endpoint_calls.EndpointCalls`'s; the client
+composes it with the pools, the venue's clock, the self-test and health.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
-from urllib.parse import quote
 
 from structlog.typing import FilteringBoundLogger
 
 from killswitch.clock import Clock
 from killswitch.config.model import ExchangeConfig, Target
+from killswitch.exchange.endpoint_calls import DRY_RUN_STATUS, EndpointCalls
 from killswitch.exchange.endpoints import (
     CANCEL_ALL,
     CLOSED_ORDERS,
@@ -41,8 +44,6 @@ from killswitch.exchange.orders import (
     LISTING_LIMIT,
     OrderPage,
     VenueOrder,
-    parse_order,
-    parse_page,
 )
 from killswitch.exchange.ratelimit import SlidingWindowLimiter
 from killswitch.exchange.selftest import SelfTest, TargetCheck, run_self_test
@@ -77,9 +78,6 @@ __all__ = [
     "VenueOrder",
 ]
 
-
-DRY_RUN_STATUS: Final = "DRY_RUN"
-"""What :meth:`ExchangeClient.order_status` answers in dry run (never a real status)."""
 
 SYNC_RETRY: Final = 5.0
 """Seconds before a failed clock sync is tried again; doubled per further failure,
@@ -136,6 +134,9 @@ class ExchangeClient:
         self._venue_clock = VenueClock(clock, self._log, self._measure)
         self._requests = SignedRequests(
             self._transport, signer, self._venue_clock, self.limiters, clock, self._log, self._calls
+        )
+        self._endpoints = EndpointCalls(
+            config, self._prefix, self._requests, self._calls, self._log
         )
         self._self_test: SelfTest | None = None
         self._self_test_mono: float | None = None
@@ -265,65 +266,12 @@ class ExchangeClient:
         on_sent: Callable[[], None] | None = None,
     ) -> list[str]:
         """Cancel every open order on ``exchange`` (or one ``symbol``); the ids sent for
-        cancellation.  A 200 with an empty or missing ``orders_ids`` means none was open.
-        ``on_sent()`` is called once each attempt's request was written."""
-        body: dict[str, str] = {"exchange": exchange}
-        if symbol is not None:
-            body["symbol"] = symbol
-        path = self._prefix + self._config.cancel_all_path
-        if self._dry_run("POST", path, body):
-            return []
-        answer = await self._requests.send(
-            CANCEL_ALL, "POST", path, CANCEL_POOL, data=json.dumps(body).encode(), on_sent=on_sent
-        )
-        document = self._calls.document(CANCEL_ALL, answer)
-        data = document.get("data")
-        if data is None:
-            data = {k: v for k, v in document.items() if k != "data"}
-        if not isinstance(data, dict):
-            raise self._calls.fail(CANCEL_ALL, BadResponse(CANCEL_ALL, "data is not an object"))
-        ids = data.get("orders_ids")
-        if ids is None:
-            # Empty or missing orders_ids is "nothing was open" (VENUE.md) -- but only in
-            # an answer that says nothing else: {"data": {"ids": [...]}} is a shape we do
-            # not know, an unknown outcome for the listing to resolve, never "none".
-            if any(k != "orders_ids" for k in data):
-                raise self._calls.fail(
-                    CANCEL_ALL, BadResponse(CANCEL_ALL, "data has no orders_ids")
-                )
-            ids = []
-        if not isinstance(ids, list) or not all(
-            (isinstance(i, str) and i) or (isinstance(i, int) and not isinstance(i, bool))
-            for i in ids
-        ):
-            raise self._calls.fail(
-                CANCEL_ALL, BadResponse(CANCEL_ALL, "data.orders_ids is not a list of ids")
-            )
-        self._calls.succeeded(CANCEL_ALL, answer)
-        return [str(i) for i in ids]
+        cancellation (:meth:`EndpointCalls.cancel_all`)."""
+        return await self._endpoints.cancel_all(exchange, symbol, on_sent=on_sent)
 
     async def order_status(self, order_id: str) -> VenueOrder:
         """The order as the venue knows it; 404, 400 or 422 is :class:`OrderNotFound`."""
-        if not order_id:
-            raise ValueError("order_id must not be empty")
-        path = f"{self._prefix}{self._config.order_status_path}?order_id={quote(order_id, safe='')}"
-        if self._dry_run("GET", path, None):
-            return VenueOrder(order_id, "", "", DRY_RUN_STATUS, 0, None, None, None, {})
-        answer = await self._requests.send(ORDER_STATUS, "GET", path, STATUS_POOL)
-        data = self._calls.data(ORDER_STATUS, answer)
-        order = data.get("order", data)
-        if isinstance(order, dict) and "order_id" not in order:
-            order = {**order, "order_id": order_id}  # the answer is about the id asked for
-        try:
-            parsed = parse_order(order, need_created_at=False)
-        except ValueError as exc:
-            raise self._calls.fail(ORDER_STATUS, BadResponse(ORDER_STATUS, str(exc))) from None
-        if parsed.order_id != order_id:
-            raise self._calls.fail(
-                ORDER_STATUS, BadResponse(ORDER_STATUS, "answer is about another order_id")
-            )
-        self._calls.succeeded(ORDER_STATUS, answer)
-        return parsed
+        return await self._endpoints.order_status(order_id)
 
     async def open_orders(
         self,
@@ -335,8 +283,9 @@ class ExchangeClient:
         to_time: int | None = None,
     ) -> OrderPage:
         """One page of the open-orders listing, newest first (venue clock, ms, inclusive)."""
-        body = self._listing_body(exchange, symbol, limit, from_time, to_time, None)
-        return await self._listing(OPEN_ORDERS, self._config.open_orders_path, body)
+        return await self._endpoints.open_orders(
+            exchange, symbol, limit=limit, from_time=from_time, to_time=to_time
+        )
 
     async def closed_orders(
         self,
@@ -349,42 +298,9 @@ class ExchangeClient:
         status: str | None = None,
     ) -> OrderPage:
         """One page of the closed-orders listing (EXECUTED, PARTIALLY_EXECUTED, CANCELLED)."""
-        body = self._listing_body(exchange, symbol, limit, from_time, to_time, status)
-        return await self._listing(CLOSED_ORDERS, self._config.closed_orders_path, body)
-
-    @staticmethod
-    def _listing_body(
-        exchange: str,
-        symbol: str | None,
-        limit: int,
-        from_time: int | None,
-        to_time: int | None,
-        status: str | None,
-    ) -> dict[str, Any]:
-        if not 1 <= limit <= LISTING_LIMIT:
-            raise ValueError(f"limit must be 1 to {LISTING_LIMIT}, got {limit}")
-        if from_time is not None and to_time is not None and from_time > to_time:
-            raise ValueError("from_time is after to_time")
-        body: dict[str, Any] = {"exchange": exchange}
-        optional = {"symbol": symbol, "from_time": from_time, "to_time": to_time, "status": status}
-        body.update({k: v for k, v in optional.items() if v is not None})
-        body["limit"] = limit
-        return body
-
-    async def _listing(self, endpoint: str, config_path: str, body: dict[str, Any]) -> OrderPage:
-        path = self._prefix + config_path
-        if self._dry_run("POST", path, body):
-            return OrderPage((), None)
-        answer = await self._requests.send(
-            endpoint, "POST", path, STATUS_POOL, data=json.dumps(body).encode()
+        return await self._endpoints.closed_orders(
+            exchange, symbol, limit=limit, from_time=from_time, to_time=to_time, status=status
         )
-        data = self._calls.data(endpoint, answer)
-        try:
-            page = parse_page(data)
-        except ValueError as exc:
-            raise self._calls.fail(endpoint, BadResponse(endpoint, str(exc))) from None
-        self._calls.succeeded(endpoint, answer)
-        return page
 
     async def signed_call(
         self,
@@ -396,27 +312,10 @@ class ExchangeClient:
         body: Mapping[str, Any] | None = None,
         retry_stale: bool = True,
     ) -> T | None:
-        """One signed call of another endpoint (:mod:`killswitch.exchange.positions`): its
-        limiter (``limiters[endpoint]``), the 401 re-sync, errors mapped and counted as for
-        the rest; ``parse(document)`` of the JSON answer (a ``ValueError`` it raises is
-        :class:`BadResponse`).  ``path`` is relative to the base URL and may carry a query.
-        None in dry run (logged, nothing sent).  ``retry_stale=False``: a stale pooled
-        connection is an error, never a second request (an order is not re-sent on a guess).
-        """
-        full = self._prefix + path
-        if self._dry_run(method, full, body):
-            return None
-        data = None if body is None else json.dumps(body).encode()
-        answer = await self._requests.send(
-            endpoint, method, full, STATUS_POOL, data=data, retry_stale=retry_stale
+        """One signed call of another endpoint (:meth:`EndpointCalls.signed_call`)."""
+        return await self._endpoints.signed_call(
+            endpoint, method, path, parse, body=body, retry_stale=retry_stale
         )
-        document = self._calls.document(endpoint, answer)
-        try:
-            value = parse(document)
-        except ValueError as exc:
-            raise self._calls.fail(endpoint, BadResponse(endpoint, str(exc))) from None
-        self._calls.succeeded(endpoint, answer)
-        return value
 
     # ------------------------------------------------------------------ self-test and health
 
@@ -445,10 +344,3 @@ class ExchangeClient:
             "self_test": None if self._self_test is None else self._self_test.as_dict(),
             "dry_run": self._config.dry_run,
         }
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _dry_run(self, method: str, path: str, body: Any) -> bool:
-        if self._config.dry_run:
-            self._log.info("exchange.dry_run", method=method, path=path, body=body)
-        return self._config.dry_run
