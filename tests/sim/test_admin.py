@@ -141,7 +141,8 @@ async def test_seed_over_http_takes_status_and_age(
 
 def test_sim_subcommand_builds_its_config_from_every_option() -> None:
     """Every `killswitch sim` option reaches SimConfig (limits, ratios, delay, offset, ...)."""
-    from killswitch.cli import _sim_config, build_parser
+    from killswitch.cli import build_parser
+    from killswitch.sim_commands import _sim_config
 
     args = build_parser().parse_args(
         [
@@ -167,7 +168,8 @@ def test_sim_subcommand_builds_its_config_from_every_option() -> None:
 
 def test_sim_subcommand_defaults_are_the_venue_limits() -> None:
     """Without options `killswitch sim` runs at 10/60 and 20/60 x3, requiring Content-Type."""
-    from killswitch.cli import _sim_config, build_parser
+    from killswitch.cli import build_parser
+    from killswitch.sim_commands import _sim_config
 
     config = _sim_config(build_parser().parse_args(["sim", "--port", "0"]))
 
