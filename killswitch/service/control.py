@@ -1,4 +1,6 @@
-"""The control API: HTTP over a UNIX socket (contract §6), and its client.
+"""The control API: HTTP over a UNIX socket (contract §6).  What it answers is in
+:mod:`killswitch.service.answers`; its client is :mod:`killswitch.service.control_client`
+(re-exported here).
 
 The socket is created with mode 0600.  A path held by a live daemon is
 refused; a stale socket file left by a crash is removed.
@@ -25,11 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import logging
 import os
-import pwd
 import resource
 import socket
 import stat
@@ -43,6 +43,7 @@ from aiohttp import web
 from killswitch.damping import Damper
 from killswitch.log import get_logger
 from killswitch.service.access import AccessGuard, Peer
+from killswitch.service.control_client import ControlClient, DaemonUnavailable
 
 __all__ = [
     "ControlClient",
@@ -117,31 +118,6 @@ class _HttpErrors(logging.Filter):
 
 class SocketInUse(Exception):
     """Another live daemon answers on the control socket."""
-
-
-class DaemonUnavailable(Exception):
-    """No daemon answers on the control socket."""
-
-
-def permission_problem(path: Path) -> str:
-    """What to tell a user the control socket refused (mode 0600: its owner only)."""
-    try:
-        owner = path.stat().st_uid
-        try:
-            who = pwd.getpwuid(owner).pw_name
-        except KeyError:
-            who = f"uid {owner}"
-    except OSError:
-        who = "the daemon's user"
-    try:
-        me = getpass.getuser()
-    except (KeyError, OSError):
-        me = "?"
-    return (
-        f"permission denied on the control socket {path} for user {me} "
-        f"(uid {os.getuid()}); the daemon may well be running: the socket belongs to "
-        f"{who}. Run this with sudo, or as the service user (sudo -u {who} killswitch ...)"
-    )
 
 
 class Controllable(Protocol):
@@ -431,39 +407,3 @@ class ControlServer:
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},
         )
-
-
-class ControlClient:
-    """Talks to a running daemon over its control socket (the CLI verbs)."""
-
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    async def request(
-        self,
-        method: str,
-        route: str,
-        body: dict[str, Any] | None = None,
-        parse: Callable[[bytes], Any] = json.loads,
-    ) -> tuple[int, Any]:
-        connector = aiohttp.UnixConnector(path=str(self.path))
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        try:
-            async with (
-                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-                session.request(method, f"http://killswitch{route}", json=body) as resp,
-            ):
-                return resp.status, parse(await resp.read())
-        except PermissionError:
-            raise DaemonUnavailable(permission_problem(self.path)) from None
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, PermissionError):
-                raise DaemonUnavailable(permission_problem(self.path)) from None
-            raise DaemonUnavailable(
-                f"no daemon answers on {self.path} ({type(exc).__name__})"
-            ) from None
-        except (aiohttp.ClientConnectionError, FileNotFoundError, TimeoutError) as exc:
-            raise DaemonUnavailable(
-                f"no daemon answers on {self.path} ({type(exc).__name__})"
-            ) from None
