@@ -167,6 +167,9 @@ async def test_status_heartbeat_and_metrics_show_the_venue(running: Any) -> None
     done = await _until(logs, "kill.completed")
     assert done["flat"] is True
     assert done["partially_filled"] == sim.stats()["partially_executed"] > 0
+    # The switch goes TRIPPED as the kill's task returns, a loop turn after kill.completed.
+    tripped = await _until(logs, "switch.state", count=2)  # KILLING, then TRIPPED
+    assert tripped["state"] == "TRIPPED"
     assert daemon.parts.answers.heartbeat()["state"] == "TRIPPED"
     assert daemon.parts.answers.status()["guard"]["active"] is True
     text = daemon.parts.answers.metrics().decode()

@@ -353,7 +353,8 @@ class Wiring:
                     checks=[c for c in result.as_dict()["checks"] if not c["ok"]],
                     note="the daemon keeps running and re-tests; a kill still tries",
                 )
-            self.service.send_status()  # only if the line changed (a failed self-test)
+            if self.ready:  # before that, daemon.ready sends the first STATUS= (after READY=1)
+                self.service.send_status()  # only if the line changed (a failed self-test)
         await self.exchange.run_background()
 
     def _latch(self) -> tuple[bool, str | None]:
