@@ -30,6 +30,9 @@ async def test_metrics_after_a_kill(running: Any) -> None:  # noqa: F811
     await _until(logs, "exchange.self_test")
     daemon.parts.answers.trigger("metrics")
     done = await _until(logs, "kill.completed")
+    # The switch goes TRIPPED (the duration histograms) a loop turn after kill.completed.
+    tripped = await _until(logs, "switch.state", count=2)  # KILLING, then TRIPPED
+    assert tripped["state"] == "TRIPPED"
     got = samples(daemon.parts.answers.metrics().decode())
 
     sent = daemon.parts.exchange.requests_sent
