@@ -92,7 +92,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         if args.online:
             return _fail(f"config error: {exc}", EXIT_CONFIG)
-        effective["credentials"] = f"NOT USABLE: {exc}"
+        effective["credentials"] = (
+            f"NOT USABLE: {exc}" if config.targets else "not needed: `killswitch fleet` only"
+        )
     if config.cluster is not None:
         try:
             settings = _cluster_settings(config)

@@ -298,10 +298,10 @@ desk = "ops"
 
 
 def test_a_fleet_only_config_needs_no_targets(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ops.toml with [cluster] and no [[targets]]: the fleet commands and check-config take
-    it; the daemon refuses it with one line naming targets, exit 2."""
+    it (no venue key needed); the daemon refuses it with one line naming targets, exit 2."""
     ops = tmp_path / "ops.toml"
     ops.write_text(FLEET_ONLY)
     assert load_config(ops, require_targets=False).targets == ()
@@ -322,9 +322,12 @@ def test_a_fleet_only_config_needs_no_targets(
         "config error: targets: at least one [[targets]] entry is required"
     )
     capsys.readouterr()
+    monkeypatch.delenv("KILLSWITCH_API_KEY", raising=False)
+    monkeypatch.delenv("KILLSWITCH_API_SECRET", raising=False)
     assert main(["check-config", "--config", str(ops)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["targets"].startswith("none: only `killswitch fleet` can use this file")
+    assert shown["credentials"] == "not needed: `killswitch fleet` only"
     daemonless = tmp_path / "none.toml"
     daemonless.write_text(FLEET_ONLY.split("[cluster]")[0])
     assert main(["check-config", "--config", str(daemonless)]) == 2
