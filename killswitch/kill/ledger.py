@@ -41,6 +41,12 @@ class TrackedOrder:
         return self.outcome is not None
 
 
+@dataclass(eq=False)
+class _Watch:
+    done: asyncio.Event
+    left: int  # ids of the watch not resolved yet
+
+
 class OrderLedger:
     """The orders a confirmer tracks, in the order they were added, and their outcomes.
 
@@ -61,6 +67,7 @@ class OrderLedger:
         self.polls = 0  # status requests made so far
         self._resolved = 0
         self._settle = asyncio.Event()  # an order was resolved
+        self._watches: dict[str, list[_Watch]] = {}  # order id -> who waits on it
 
     # ------------------------------------------------------------------ changing
 
@@ -93,6 +100,10 @@ class OrderLedger:
         self._counts[outcome] += 1
         self._resolved += 1
         self._settle.set()
+        for watch in self._watches.pop(order.order_id, ()):
+            watch.left -= 1
+            if watch.left == 0:
+                watch.done.set()
 
     # ------------------------------------------------------------------ reading
 
@@ -108,6 +119,17 @@ class OrderLedger:
         while self._resolved < len(self._orders):
             self._settle.clear()
             await self._settle.wait()
+
+    def when_resolved(self, order_ids: Iterable[str]) -> asyncio.Event:
+        """An event set once every tracked id of ``order_ids`` is resolved (set already when
+        none is pending); each resolution costs only the watches of its own id."""
+        pending = self.unresolved(order_ids)
+        watch = _Watch(asyncio.Event(), len(pending))
+        if not pending:
+            watch.done.set()
+        for order_id in pending:
+            self._watches.setdefault(order_id, []).append(watch)
+        return watch.done
 
     def counts(self) -> dict[str, int]:
         """The outcome counts so far, by name (``OUTCOME_FIELDS``), without a snapshot."""
