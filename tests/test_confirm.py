@@ -738,3 +738,27 @@ async def test_a_due_repoll_goes_before_a_first_poll_that_is_not_ready() -> None
     calls = [(c.order_id, round(c.at - START, 3)) for c in source.calls]
     assert calls[:2] == [("a", 1.0), ("a", 1.25)]
     assert calls[2] == ("b", 2.0)
+
+
+async def test_when_resolved_fires_on_the_last_id_and_a_forgotten_watch_is_dropped() -> None:
+    """The event is set when the last watched id resolves, not before; a forgotten watch
+    leaves nothing behind (a proof that waits many times must not pile them up)."""
+    clock = FakeClock(START)
+    source = ScriptedSource(clock, {"b": ["OPEN", "CANCELLED"]}, latency=0.1)
+    confirmer = Confirmer(source, config(max_concurrency=1, poll_interval=1.0), clock)
+    confirmer.add(["a", "b"])
+    done = confirmer.when_resolved(["a", "b", "never-added"])
+    forgotten = confirmer.when_resolved(["b"])
+    confirmer.forget(forgotten)
+    confirmer.close()
+    task = asyncio.create_task(confirmer.run())
+
+    await clock.advance(0.5)  # a resolved, b still OPEN
+    assert confirmer.unresolved() == ["b"]
+    assert not done.is_set()
+    await clock.run_until(task)
+    assert done.is_set()
+    assert not forgotten.is_set()
+    assert confirmer.when_resolved(["a", "b"]).is_set()
+    assert confirmer.ledger._watches == {}
+    assert confirmer.ledger._by_event == {}

@@ -255,6 +255,10 @@ class Confirmer:
         """An event set once every (known) id of ``order_ids`` is resolved."""
         return self.ledger.when_resolved(order_ids)
 
+    def forget(self, done: asyncio.Event) -> None:
+        """Drop a :meth:`when_resolved` watch no one waits on any more."""
+        self.ledger.forget(done)
+
     def outcome(self, order_id: str) -> Outcome | None:
         return self.ledger.outcome(order_id)
 

@@ -45,6 +45,7 @@ class TrackedOrder:
 class _Watch:
     done: asyncio.Event
     left: int  # ids of the watch not resolved yet
+    ids: list[str]  # the ids it waits on (to forget it)
 
 
 class OrderLedger:
@@ -68,6 +69,7 @@ class OrderLedger:
         self._resolved = 0
         self._settle = asyncio.Event()  # an order was resolved
         self._watches: dict[str, list[_Watch]] = {}  # order id -> who waits on it
+        self._by_event: dict[asyncio.Event, _Watch] = {}  # the watches not done yet
 
     # ------------------------------------------------------------------ changing
 
@@ -104,6 +106,7 @@ class OrderLedger:
             watch.left -= 1
             if watch.left == 0:
                 watch.done.set()
+                self._by_event.pop(watch.done, None)
 
     # ------------------------------------------------------------------ reading
 
@@ -124,12 +127,26 @@ class OrderLedger:
         """An event set once every tracked id of ``order_ids`` is resolved (set already when
         none is pending); each resolution costs only the watches of its own id."""
         pending = self.unresolved(order_ids)
-        watch = _Watch(asyncio.Event(), len(pending))
+        watch = _Watch(asyncio.Event(), len(pending), pending)
         if not pending:
             watch.done.set()
+        else:
+            self._by_event[watch.done] = watch
         for order_id in pending:
             self._watches.setdefault(order_id, []).append(watch)
         return watch.done
+
+    def forget(self, done: asyncio.Event) -> None:
+        """Drop the watch :meth:`when_resolved` returned as ``done`` (its waiter is gone)."""
+        watch = self._by_event.pop(done, None)
+        if watch is None or watch.left == 0:
+            return
+        for order_id in watch.ids:
+            watches = self._watches.get(order_id)
+            if watches is not None:
+                watches[:] = [w for w in watches if w is not watch]
+                if not watches:
+                    del self._watches[order_id]
 
     def counts(self) -> dict[str, int]:
         """The outcome counts so far, by name (``OUTCOME_FIELDS``), without a snapshot."""

@@ -140,7 +140,11 @@ class FlatProof:
         """Sleep ``wait``, or less: the moment the last of ``order_ids`` (the unit's named ids
         and what its last listing showed) is resolved, the listing that proves the unit flat
         can go (an event from the confirmer, not a poll)."""
-        await sleep_or_wake(self._clock, wait, ctx.confirmer.when_resolved(order_ids))
+        done = ctx.confirmer.when_resolved(order_ids)
+        try:
+            await sleep_or_wake(self._clock, wait, done)
+        finally:
+            ctx.confirmer.forget(done)
 
     def _polls_first(self, ctx: KillContext, unit: Unit) -> bool:
         """True when status polls would confirm the unit's unresolved ids sooner than a
