@@ -588,3 +588,27 @@ async def test_the_flat_proof_lists_as_soon_as_the_last_named_id_is_terminal(
     assert listing >= polls[-1]
     assert listing - polls[-1] < 0.1  # the last answer, then the listing: no relist wait
     assert task.result().summary["flat"] is True
+
+
+async def test_a_burst_of_explicit_triggers_in_one_loop_turn_is_one_resweep(
+    store: StateStore,
+) -> None:
+    """Once the sweeps were answered, the first explicit trigger resweeps and the ones
+    handled in the same loop turn join it (the resweep is registered before resweep()
+    returns): one more cancel_all, not one per trigger."""
+    clock = FakeClock(START)
+    venue = VenueFake(clock, cancel_delay=5.0)  # the kill stays unproven for a while
+    venue.seed("BTC", 5)
+    config = make_config()
+    runner = KillRunner(config, venue, store, clock, listings=venue)
+    plan = KillPlan("k1", "manual", "t", plan_sweeps(config.targets), started_at=clock.time())
+    store.start_kill("k1", "manual", "t", clock.time(), plan.sweeps)
+    task = asyncio.create_task(runner.run(plan))
+    await clock.advance(1.0)  # the sweep was answered; the orders are still cancelling
+
+    burst = [runner.resweep() for _ in range(5)]
+    await clock.run_until(task)
+
+    assert burst == [True, False, False, False, False]
+    assert task.result().summary["resweeps"] == 1
+    assert len([c for c in venue.calls if c.endpoint == "cancel_all"]) == 2

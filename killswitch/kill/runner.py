@@ -183,17 +183,17 @@ class KillRunner:
         ctx.resweeps += 1
         for key in plan_sweeps(self.config.targets):
             unit = ctx.unit_for(key)
-            ctx.spawn(self._sweep_and_prove(ctx, unit, key), name=f"resweep-{key}")
+            # Registered before this returns: a trigger handled in the same loop turn finds
+            # the resweep unanswered and is coalesced into it (a burst is one resweep).
+            sweep = ctx.spawn(self.sweeper.sweep(ctx, unit, *key), name=f"resweep-{key}")
+            unit.sweeps.append(sweep)
+            ctx.spawn(self._prove_after(ctx, unit, sweep), name=f"reprove-{key}")
         return True
 
-    async def _sweep_and_prove(
-        self, ctx: KillContext, unit: Unit, key: tuple[str, str | None]
-    ) -> None:
-        sweep = ctx.spawn(self.sweeper.sweep(ctx, unit, *key), name=f"sweep-{key}")
-        unit.sweeps.append(sweep)
+    async def _prove_after(self, ctx: KillContext, unit: Unit, sweep: asyncio.Task[Any]) -> None:
         await sweep
         if self.proof is not None and ctx.listing and (unit.proving is None or unit.proving.done()):
-            unit.proving = ctx.spawn(self.proof.prove(ctx, unit), name=f"prove-{key}")
+            unit.proving = ctx.spawn(self.proof.prove(ctx, unit), name=f"prove-{unit.key}")
 
     def _announce(self, ctx: KillContext) -> None:
         """Once per kill: the announcer's part (its events and the durable record, which the
