@@ -559,37 +559,6 @@ async def test_a_large_book_is_confirmed_by_polls_then_listed_once(store: StateS
     assert len(named(logs, "kill.flat")) == 1
 
 
-async def test_the_flat_proof_lists_as_soon_as_the_last_named_id_is_terminal(
-    store: StateStore,
-) -> None:
-    """Once status polls have resolved every id a sweep named, the proving listing goes at
-    once (woken by the confirmer), not on the relist cadence's next tick (up to RELIST_MAX:
-    1,000 orders at 100 polls/s take ~10 s, so the cadence is at its longest by then, and
-    the spent listing budget keeps the proof on status polls until the end)."""
-    clock = FakeClock(START)
-    venue = VenueFake(clock, cancel_delay=0.3)
-    venue.seed("BTC", 1000)
-    config = make_config(max_concurrency=8)
-    budgets = {
-        "open_orders": SlidingWindowLimiter("open_orders", 20, 60.0, clock),
-        "order_status": SlidingWindowLimiter("order_status", 100, 1.0, clock),
-    }
-    for _ in range(18):  # the listing budget nearly spent: status polls go first
-        await budgets["open_orders"].acquire()
-    runner = KillRunner(config, venue, store, clock, listings=venue, budgets=budgets)
-    plan = KillPlan("k1", "manual", "t", plan_sweeps(config.targets), started_at=clock.time())
-    store.start_kill("k1", "manual", "t", clock.time(), plan.sweeps)
-    with capture_logs():
-        task = asyncio.create_task(runner.run(plan))
-        await clock.run_until(task)
-
-    polls = [c.at for c in venue.calls if c.endpoint == "order_status"]
-    [listing] = [c.at for c in venue.calls if c.endpoint == "open_orders"]
-    assert listing >= polls[-1]
-    assert listing - polls[-1] < 0.1  # the last answer, then the listing: no relist wait
-    assert task.result().summary["flat"] is True
-
-
 async def test_a_burst_of_explicit_triggers_in_one_loop_turn_is_one_resweep(
     store: StateStore,
 ) -> None:

@@ -8,9 +8,8 @@ answered 404 ``unknown_after`` times in a row is *unknown*; one still not
 terminal ``deadline`` seconds after its first poll is *unconfirmed*.
 
 Scheduling.  ``max_concurrency`` workers share one schedule.  Ids never polled
-wait in a FIFO; re-polls wait in a heap by due time (FIFO among equals), and
-while both have an order due they take turns (a due re-poll is not left behind
-every never-polled id, nor are first polls starved); each
+wait in a FIFO that always goes first, so every id is polled once before any id
+is polled again; re-polls wait in a heap by due time (FIFO among equals), each
 order backing off from ``poll_interval`` (x2 per poll, capped at
 ``max_poll_interval``, the last one at its deadline).  One worker at a time plans
 the next poll: it sleeps on the clock until the next poll is due, and is woken
@@ -250,14 +249,6 @@ class Confirmer:
     def unresolved(self, order_ids: Iterable[str] | None = None) -> list[str]:
         """The ids (of ``order_ids``, or all) not resolved yet, in the order they were added."""
         return self.ledger.unresolved(order_ids)
-
-    def when_resolved(self, order_ids: Iterable[str]) -> asyncio.Event:
-        """An event set once every (known) id of ``order_ids`` is resolved."""
-        return self.ledger.when_resolved(order_ids)
-
-    def forget(self, done: asyncio.Event) -> None:
-        """Drop a :meth:`when_resolved` watch no one waits on any more."""
-        self.ledger.forget(done)
 
     def outcome(self, order_id: str) -> Outcome | None:
         return self.ledger.outcome(order_id)

@@ -41,13 +41,6 @@ class TrackedOrder:
         return self.outcome is not None
 
 
-@dataclass(eq=False)
-class _Watch:
-    done: asyncio.Event
-    left: int  # ids of the watch not resolved yet
-    ids: list[str]  # the ids it waits on (to forget it)
-
-
 class OrderLedger:
     """The orders a confirmer tracks, in the order they were added, and their outcomes.
 
@@ -68,8 +61,6 @@ class OrderLedger:
         self.polls = 0  # status requests made so far
         self._resolved = 0
         self._settle = asyncio.Event()  # an order was resolved
-        self._watches: dict[str, list[_Watch]] = {}  # order id -> who waits on it
-        self._by_event: dict[asyncio.Event, _Watch] = {}  # the watches not done yet
 
     # ------------------------------------------------------------------ changing
 
@@ -102,11 +93,6 @@ class OrderLedger:
         self._counts[outcome] += 1
         self._resolved += 1
         self._settle.set()
-        for watch in self._watches.pop(order.order_id, ()):
-            watch.left -= 1
-            if watch.left == 0:
-                watch.done.set()
-                self._by_event.pop(watch.done, None)
 
     # ------------------------------------------------------------------ reading
 
@@ -122,31 +108,6 @@ class OrderLedger:
         while self._resolved < len(self._orders):
             self._settle.clear()
             await self._settle.wait()
-
-    def when_resolved(self, order_ids: Iterable[str]) -> asyncio.Event:
-        """An event set once every tracked id of ``order_ids`` is resolved (set already when
-        none is pending); each resolution costs only the watches of its own id."""
-        pending = self.unresolved(order_ids)
-        watch = _Watch(asyncio.Event(), len(pending), pending)
-        if not pending:
-            watch.done.set()
-        else:
-            self._by_event[watch.done] = watch
-        for order_id in pending:
-            self._watches.setdefault(order_id, []).append(watch)
-        return watch.done
-
-    def forget(self, done: asyncio.Event) -> None:
-        """Drop the watch :meth:`when_resolved` returned as ``done`` (its waiter is gone)."""
-        watch = self._by_event.pop(done, None)
-        if watch is None or watch.left == 0:
-            return
-        for order_id in watch.ids:
-            watches = self._watches.get(order_id)
-            if watches is not None:
-                watches[:] = [w for w in watches if w is not watch]
-                if not watches:
-                    del self._watches[order_id]
 
     def counts(self) -> dict[str, int]:
         """The outcome counts so far, by name (``OUTCOME_FIELDS``), without a snapshot."""

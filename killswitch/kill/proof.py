@@ -5,8 +5,7 @@ completely (:mod:`killswitch.kill.flat`): an open order an answer named is
 confirmed, not swept again; one no answer named is a leftover
 (``flat.leftover``), swept again scoped to its symbol and confirmed; the
 target is listed again, after a short wait while named orders are still
-cancelling (cut short the moment the confirmer has none of them left
-unresolved), until a listing is empty.  ``kill.flat`` when every target listed
+cancelling, until a listing is empty.  ``kill.flat`` when every target listed
 empty.  Ids missing from a complete listing are terminal (*gone*): the kill is
 proven without their outcomes, which :mod:`killswitch.kill.classify` learns.
 A listing that fails is retried by :mod:`killswitch.kill.retry`'s policy.
@@ -21,7 +20,7 @@ from typing import Final
 
 from structlog.typing import FilteringBoundLogger
 
-from killswitch.clock import Clock, sleep_or_wake
+from killswitch.clock import Clock
 from killswitch.config.model import Config
 from killswitch.exchange.endpoints import OPEN_ORDERS, ORDER_STATUS
 from killswitch.exchange.errors import ExchangeError
@@ -76,7 +75,6 @@ class FlatProof:
         wait = cfg.first_poll_delay
         pages = 1  # what the last listing cost
         released = False
-        listed: Mapping[str, ListedOrder] = {}
         while True:
             if self._polls_first(ctx, unit):
                 # A listing of this many orders still cancelling would wait minutes for the
@@ -85,14 +83,14 @@ class FlatProof:
                 if not released:
                     released = True
                     confirmer.release(confirmer.unresolved(unit.named))
-                await self._sleep_unless_resolved(ctx, [*unit.named], wait)
+                await self._clock.sleep(wait)
                 wait = _relist(wait)
                 continue
             if self._listings.open_budget() < pages + 1:
                 # Listing now would spend the last of the open-orders budget on orders
                 # still cancelling: let them finish first (the limiter would wait anyway).
                 wait = max(wait, RELIST_MAX)
-            await self._sleep_unless_resolved(ctx, [*unit.named, *listed], wait)
+            await self._clock.sleep(wait)
             listed = await self.list_open(unit)
             pages = max(1, math.ceil(len(listed) / NEW_PER_PAGE))
             ctx.created.update((i, o.created_at) for i, o in listed.items())
@@ -133,18 +131,6 @@ class FlatProof:
         if unit.flat and all(u.flat for u in ctx.units.values()) and ctx.flat_ms is None:
             ctx.flat_ms = round((self._clock.monotonic() - ctx.started) * 1000, 1)
             self._log.info("kill.flat", duration_ms=ctx.flat_ms)
-
-    async def _sleep_unless_resolved(
-        self, ctx: KillContext, order_ids: list[str], wait: float
-    ) -> None:
-        """Sleep ``wait``, or less: the moment the last of ``order_ids`` (the unit's named ids
-        and what its last listing showed) is resolved, the listing that proves the unit flat
-        can go (an event from the confirmer, not a poll)."""
-        done = ctx.confirmer.when_resolved(order_ids)
-        try:
-            await sleep_or_wake(self._clock, wait, done)
-        finally:
-            ctx.confirmer.forget(done)
 
     def _polls_first(self, ctx: KillContext, unit: Unit) -> bool:
         """True when status polls would confirm the unit's unresolved ids sooner than a

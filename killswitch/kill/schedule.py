@@ -1,10 +1,8 @@
 """The confirmer's poll schedule: never-polled orders first, re-polls by due time.
 
-Two heaps of ``(due, seq, version, order)``: orders never polled wait in one,
-re-polls in the other (FIFO among equal due times).  While both have an order
-due they take turns, so a re-poll that is due is not left behind every
-never-polled order (a large kill's tail), and first polls still get at least
-half of the polls.  Each order
+Two heaps of ``(due, seq, version, order)``: orders never polled wait in one
+that always goes first, so every id is polled once before any id is polled
+again; re-polls wait in the other (FIFO among equal due times).  Each order
 carries a ``version``: scheduling it again makes its earlier entries stale,
 and stale or resolved entries are dropped when they reach the top.  The
 clock is read, never slept on: when a poll is due is the confirmer's call.
@@ -37,7 +35,6 @@ class PollSchedule(Generic[OrderT]):
         self._fresh: list[tuple[float, int, int, OrderT]] = []
         self._due: list[tuple[float, int, int, OrderT]] = []
         self._seq = itertools.count()
-        self._last_fresh = False  # the last take was a first poll: a due re-poll is next
 
     def put(self, order: OrderT, at: float) -> None:
         """(Re)schedule ``order`` at ``at``; any earlier entry for it becomes stale."""
@@ -51,16 +48,12 @@ class PollSchedule(Generic[OrderT]):
                 heapq.heappop(queue)
 
     def take(self, now: float) -> OrderT:
-        """A due order: first polls and due re-polls take turns while both are due."""
+        """A due order: never-polled ones first; a re-poll only when no first poll is due."""
         self._prune()
-        fresh_due = bool(self._fresh) and self._fresh[0][0] <= now
-        repoll_due = bool(self._due) and self._due[0][0] <= now
-        if fresh_due and not (repoll_due and self._last_fresh):
+        if self._fresh and self._fresh[0][0] <= now:
             order = heapq.heappop(self._fresh)[3]
-            self._last_fresh = True
         else:
             order = heapq.heappop(self._due)[3]
-            self._last_fresh = False
         order.version += 1  # taken: no entry of it is live until it is scheduled again
         return order
 
