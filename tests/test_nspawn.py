@@ -768,6 +768,7 @@ def test_halt_stops_the_strategy_and_keeps_it_down_until_reset(box: Machine) -> 
     assert status["halt"]["state"] == "stopped"
     assert status["halt"]["stopped"] == [STRATEGY]
 
+    c.wait_event(UNIT, "kill.completed", after=mark)  # a running kill refuses a reset
     c.run(KILLSWITCH, "reset", "--config", config, "--reason", "nspawn test")
     c.systemctl("start", STRATEGY)
     assert c.show(STRATEGY, "ActiveState")["ActiveState"] == "active"
